@@ -1,0 +1,75 @@
+"""Shared fixtures: offline mode, a guard that fails any test reaching beyond loopback, tiny pipelines."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["DO_NOT_TRACK"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pipelines.tiny import TINY_PIPELINES  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+NETWORK_ATTEMPTS: list[str] = []
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, str | bytes):  # AF_UNIX
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded(real):
+    def connect(self, address):
+        if not _is_local(address):
+            NETWORK_ATTEMPTS.append(repr(address))
+            raise ConnectionRefusedError(f"network access blocked in tests: {address!r}")
+        return real(self, address)
+
+    return connect
+
+
+socket.socket.connect = _guarded(_real_connect)
+socket.socket.connect_ex = _guarded(_real_connect_ex)
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Fail the test if it tried to reach anything but loopback (the attempt itself is refused)."""
+    before = len(NETWORK_ATTEMPTS)
+    yield
+    attempts = NETWORK_ATTEMPTS[before:]
+    del NETWORK_ATTEMPTS[before:]
+    assert not attempts, f"test tried to reach the network: {attempts}"
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """Tiny pipelines saved once per session with save_pretrained: `tiny_folder(name)` -> folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    cache: dict[str, str] = {}
+
+    def folder(name: str) -> str:
+        if name not in cache:
+            TINY_PIPELINES[name]().save_pretrained(root / name, safe_serialization=True)
+            cache[name] = str(root / name)
+        return cache[name]
+
+    return folder
