@@ -1,0 +1,141 @@
+"""HeadHunter pipelines: diffusers' SD3/SD3.5, FLUX.1, SD1.x/2.x and SDXL pipelines plus SoftPAG head guidance.
+
+`HeadHunterPipeline.from_pretrained(path_or_hub_id)` reads `model_index.json` and returns the matching subclass.
+Each subclass keeps its diffusers parent's whole `__call__` (schedulers, callbacks, LoRA, output types,
+generator lists, offloading) and adds the `pag_*` arguments; see `SoftPAGMixin.__call__`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from guidance.perturbation import CallRows, SoftPAG
+from pipelines.loading import absent_components, model_index
+
+
+class SoftPAGMixin:
+    """Adds SoftPAG head-perturbation guidance to a diffusers text-to-image pipeline."""
+
+    _denoiser_name = "transformer"
+
+    def _call_rows(self, call_kwargs: dict):
+        """Batched CFG pipelines (SD3, SD, SDXL): the batch is [uncond, cond] with CFG on, [cond] otherwise."""
+
+        def rows(n: int) -> CallRows:
+            if self.do_classifier_free_guidance:
+                return CallRows(cond=slice(n // 2, n), cfg_divisor=float(self.guidance_scale))
+            return CallRows(cond=slice(0, n), cfg_divisor=1.0)
+
+        return rows
+
+    def __call__(
+        self,
+        *args,
+        pag_heads=None,
+        pag_scale: float | Sequence[float] = 3.0,
+        pag_strength: float = 1.0,
+        pag_identity: str = "joint",
+        pag_start: float = 0.0,
+        pag_stop: float = 1.0,
+        pag_shared_prefix: bool = True,
+        **kwargs,
+    ):
+        """Generate with the parent pipeline's arguments plus SoftPAG guidance.
+
+        pag_heads: heads to perturb: "L1H10,L5H3", (layer, head[, u]) tuples, a HeadSelection or a preset JSON path.
+            None turns SoftPAG off (the parent pipeline runs unchanged).
+        pag_scale: guidance scale w of the perturbed branch (one per head group, or one for all).
+        pag_strength: u for entries that carry none; 0 leaves a head untouched, 1 makes its map the identity.
+        pag_identity: "joint" (identity over the whole joint sequence, the paper's) or "image" (only the
+            image->image block, as diffusers' PAG for SD3).
+        pag_start, pag_stop: the fraction of the schedule in which the perturbed branch runs.
+        pag_shared_prefix: compute the blocks before the first perturbed layer once for cond and perturbed rows.
+        """
+        if pag_heads is None:
+            return super().__call__(*args, **kwargs)
+        pag = SoftPAG(
+            getattr(self, self._denoiser_name), pag_heads, pag_scale, pag_strength, pag_identity,
+            pag_start, pag_stop, pag_shared_prefix,
+        )  # fmt: skip
+        with pag.applied(self, self._call_rows(kwargs)):
+            return super().__call__(*args, **kwargs)
+
+
+class HeadHunterSD3Pipeline(SoftPAGMixin, StableDiffusion3Pipeline):
+    """StableDiffusion3Pipeline (SD3, SD3.5) with SoftPAG; layers index `transformer.transformer_blocks`."""
+
+
+class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
+    """FluxPipeline with SoftPAG; layers 0..D-1 are double-stream blocks, D.. the single-stream blocks."""
+
+    def _call_rows(self, call_kwargs: dict):
+        """FLUX runs cond and (true-CFG) uncond as separate calls; the cond call comes first in each step."""
+        has_negative = (
+            call_kwargs.get("negative_prompt") is not None
+            or call_kwargs.get("negative_prompt_embeds") is not None
+        )
+        true_cfg = float(call_kwargs.get("true_cfg_scale", 1.0))
+        divisor = true_cfg if true_cfg > 1 and has_negative else 1.0
+        return lambda n: CallRows(cond=slice(0, n), cfg_divisor=divisor)
+
+
+class HeadHunterSDPipeline(SoftPAGMixin, StableDiffusionPipeline):
+    """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on UNet self-attention layers."""
+
+    _denoiser_name = "unet"
+
+
+class HeadHunterSDXLPipeline(SoftPAGMixin, StableDiffusionXLPipeline):
+    """StableDiffusionXLPipeline with SoftPAG on UNet self-attention layers."""
+
+    _denoiser_name = "unet"
+
+
+# model_index.json `_class_name` -> our subclass.
+PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {}
+for _cls, _parents in (
+    (HeadHunterSD3Pipeline, ("StableDiffusion3Pipeline", "StableDiffusion3PAGPipeline")),
+    (HeadHunterFluxPipeline, ("FluxPipeline",)),
+    (HeadHunterSDPipeline, ("StableDiffusionPipeline", "StableDiffusionPAGPipeline")),
+    (HeadHunterSDXLPipeline, ("StableDiffusionXLPipeline", "StableDiffusionXLPAGPipeline")),
+):
+    for _name in (_cls.__name__, *_parents):
+        PIPELINE_CLASSES[_name] = _cls
+
+
+def pipeline_class(class_name: str) -> type[DiffusionPipeline]:
+    """Our pipeline class for a diffusers pipeline class name."""
+    if class_name not in PIPELINE_CLASSES:
+        raise ValueError(
+            f"HeadHunterPipeline does not support {class_name!r}; supported: {sorted(PIPELINE_CLASSES)}"
+        )
+    return PIPELINE_CLASSES[class_name]
+
+
+class HeadHunterPipeline:
+    """Entry point: `HeadHunterPipeline.from_pretrained(...)` / `.from_pipe(...)` return the matching subclass."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> DiffusionPipeline:
+        """Load SD3/SD3.5, FLUX.1, SD1.x/2.x or SDXL from a folder or hub id as its HeadHunter subclass."""
+        hub_kwargs = {
+            k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
+        }
+        index = model_index(pretrained_model_name_or_path, **hub_kwargs)
+        target = pipeline_class(index.get("_class_name", "?"))
+        for name, value in absent_components(target, index).items():
+            kwargs.setdefault(name, value)
+        return target.from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> DiffusionPipeline:
+        """Wrap an already loaded diffusers pipeline (components shared, not copied)."""
+        return pipeline_class(type(pipeline).__name__).from_pipe(pipeline, **kwargs)
