@@ -13,11 +13,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["DO_NOT_TRACK"] = "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from pipelines.tiny import TINY_PIPELINES  # noqa: E402
-
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 NETWORK_ATTEMPTS: list[str] = []
 _real_connect = socket.socket.connect

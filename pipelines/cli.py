@@ -1,0 +1,171 @@
+"""The `headhunter` command line: generate with SoftPAG heads, list and show head presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from guidance.heads import HeadSelection, HeadSelectionError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "assets" / "toy-sd3"
+PRESETS = ROOT / "assets" / "presets"
+SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to a toy model's weights
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def recommended_settings(model: str | Path) -> dict:
+    """Sampling defaults recorded in a model folder (toy models), or {} for other models."""
+    path = Path(model) / SETTINGS_FILE
+    return json.loads(path.read_text()).get("sampling", {}) if path.is_file() else {}
+
+
+def list_presets(folder: Path = PRESETS) -> list[tuple[str, dict]]:
+    """(file stem, preset JSON) for every preset file in `folder`, sorted by name."""
+    return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+
+
+def resolve_heads(value: str | None, folder: Path = PRESETS) -> str | None:
+    """A preset name (a file stem in assets/presets) becomes its path; anything else passes through."""
+    if value and (folder / f"{value}.json").is_file():
+        return str(folder / f"{value}.json")
+    return value
+
+
+def png_parameters(prompt: str, negative: str | None, settings: dict) -> str:
+    """The A1111-style `parameters` text: prompt, negative prompt, then `key: value` pairs."""
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in settings.items() if v is not None))
+    return "\n".join(lines)
+
+
+def save_png(image, path: Path, parameters: str, settings: dict) -> None:
+    """Write a PNG with `parameters` and full JSON `headhunter` text chunks, atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    info.add_text("headhunter", json.dumps(settings, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipelines.headhunter import HeadHunterPipeline
+
+    if not args.out.lower().endswith(".png"):
+        raise SystemExit(f"--out {args.out!r} must name a .png file")
+    defaults = recommended_settings(args.model)
+    steps = args.steps or defaults.get("num_inference_steps", 28)
+    cfg = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 5.0)
+    size = defaults.get("height")
+    dtype = getattr(torch, args.dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    heads = resolve_heads(args.pag_heads)
+    if heads:
+        HeadSelection.parse(heads, "--pag-heads")  # fail before loading a model
+    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    call = dict(
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        height=args.height or size,
+        width=args.width or size,
+        negative_prompt=args.negative_prompt,
+    )
+    pag = dict(
+        pag_heads=heads, pag_scale=args.pag_scale, pag_strength=args.pag_strength,
+        pag_identity=args.pag_identity, pag_start=args.pag_start, pag_stop=args.pag_stop,
+    )  # fmt: skip
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    image = pipe(args.prompt, generator=generator, **call, **(pag if heads else {})).images[0]
+    settings = {"model": str(args.model), "seed": args.seed, **call, **(pag if heads else {})}
+    out = Path(args.out)
+    save_png(image, out, png_parameters(args.prompt, args.negative_prompt, settings), settings)
+    print(out)
+    if args.compare and heads:
+        plain = pipe(
+            args.prompt, generator=torch.Generator(device="cpu").manual_seed(args.seed), **call
+        ).images[0]
+        plain_out = out.with_name(out.stem + "-unguided.png")
+        base = {"model": str(args.model), "seed": args.seed, **call}
+        save_png(plain, plain_out, png_parameters(args.prompt, args.negative_prompt, base), base)
+        print(plain_out)
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for name, data in list_presets():
+            model = data.get("model", "?")
+            source = data.get("source", "")[:60]
+            heads = sum(len(g["heads"]) for g in data.get("groups", []))
+            print(f"{name:<28} {model:<36} {heads:>3} heads  {source}")
+        return 0
+    path = Path(resolve_heads(args.name) or args.name)
+    print(json.dumps(HeadSelection.load(path, "name").to_json(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `headhunter`."""
+    parser = argparse.ArgumentParser(prog="headhunter", description="Attention-head guidance for diffusers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate one image with SoftPAG heads (PNG with parameters)")
+    gen.add_argument("prompt")
+    gen.add_argument(
+        "--model", default=str(DEFAULT_MODEL), help="hub id or folder (default: the toy SD3 model)"
+    )
+    gen.add_argument("--out", default="outputs/image.png")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, help="default: the model's recommended steps, else 28")
+    gen.add_argument(
+        "--guidance-scale", type=float, help="CFG scale; default: the model's recommendation, else 5"
+    )
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--negative-prompt")
+    gen.add_argument(
+        "--pag-heads", help="'L1H10,L5H3', a preset name (headhunter presets list) or a JSON path"
+    )
+    gen.add_argument("--pag-scale", type=float, default=3.0)
+    gen.add_argument("--pag-strength", type=float, default=1.0)
+    gen.add_argument("--pag-identity", choices=("joint", "image"), default="joint")
+    gen.add_argument("--pag-start", type=float, default=0.0)
+    gen.add_argument("--pag-stop", type=float, default=1.0)
+    gen.add_argument(
+        "--compare", action="store_true", help="also write the unguided image from the same seed"
+    )
+    gen.add_argument("--device", help="default: cuda if available, else cpu")
+    gen.add_argument("--dtype", choices=DTYPES, default="float32")
+    gen.set_defaults(func=_generate)
+
+    presets = sub.add_parser("presets", help="list or show head presets")
+    presets.add_argument("action", choices=("list", "show"))
+    presets.add_argument("name", nargs="?", help="preset name or path (for show)")
+    presets.set_defaults(func=_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `headhunter` console script."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) == "show" and not args.name:
+        raise SystemExit("headhunter presets show: give a preset name or path")
+    try:
+        return args.func(args)
+    except (HeadSelectionError, ValueError, FileNotFoundError) as error:
+        print(f"headhunter: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
