@@ -1,8 +1,8 @@
 """One SoftPAG call: validate the settings, install processors and batch hooks, combine the guided prediction.
 
 Flow of a denoiser call while `SoftPAG.applied(...)` is active:
-1. A forward pre-hook on the denoiser sees the pipeline's batch (`[uncond, cond]` or `[cond]`). On the first
-   call of a step inside the start/stop window it appends one copy of the cond rows per head group and sets each
+1. A forward pre-hook on the denoiser sees the pipeline's batch (`[uncond, cond]` or `[cond]`). On a main call
+   (not SD3's skip-layer call nor FLUX's separate true-CFG uncond call) inside the start/stop window it appends one copy of the cond rows per head group and sets each
    perturbed module's strengths (rows, heads) in the call's `PerturbationState` (0 on unperturbed rows).
 2. Shared prefix (transformers): the blocks before the first perturbed layer compute the same thing for cond
    and perturbed rows, so only the time embedding inputs grow at the start; blocks before the split see the first
@@ -176,8 +176,8 @@ class _Runner:
     def __init__(self, pag: SoftPAG, pipe, state: PerturbationState, rows: Callable[[int], CallRows]):
         self.pag, self.pipe, self.state, self.rows = pag, pipe, state, rows
         self.signature = inspect.signature(pag.denoiser.forward)
-        self.last_timestep: float | None = None
-        self.steps_seen = 0
+        self.cond_pointer: int | None = None
+        self.calls = 0
         self.active = False
 
     def register(self) -> list:
@@ -193,20 +193,30 @@ class _Runner:
                 handles.append(denoiser.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
         return handles
 
-    def _in_window(self, timestep) -> bool:
-        """True on the first denoiser call of each step inside [start, stop) of the schedule."""
-        t = float(torch.as_tensor(timestep).flatten()[0])
-        if t == self.last_timestep:
-            return False  # a second call of the same step (FLUX true-CFG uncond, SD3 skip-layer guidance)
-        self.last_timestep = t
-        fraction = self.steps_seen / max(len(self.pipe.scheduler.timesteps), 1)
-        self.steps_seen += 1
+    def _is_main_call(self, inputs: dict) -> bool:
+        """False for a step's extra denoiser calls: SD3 skip-layer guidance, FLUX's separate true-CFG uncond call."""
+        if inputs.get("skip_layers"):
+            return False
+        if self.pag.layout.arch == "flux":
+            # FLUX passes the same prompt_embeds tensor to every cond call; the uncond call passes another one.
+            pointer = inputs["encoder_hidden_states"].data_ptr()
+            self.cond_pointer = self.cond_pointer or pointer
+            return pointer == self.cond_pointer
+        return True
+
+    def _in_window(self, inputs: dict) -> bool:
+        """True when this call carries the perturbed rows: a main call inside [start, stop) of the schedule."""
+        if not self._is_main_call(inputs):
+            return False
+        # Model evaluations so far over those the scheduler plans (Heun-type schedulers plan two per step).
+        fraction = self.calls / max(len(self.pipe.scheduler.timesteps), 1)
+        self.calls += 1
         return self.pag.start <= fraction < self.pag.stop
 
     def before(self, module, args, kwargs):
         bound = self.signature.bind(*args, **kwargs)
         inputs = bound.arguments
-        self.active = self._in_window(inputs["timestep"])
+        self.active = self._in_window(inputs)
         self.state.strengths = {}
         if not self.active:
             return None

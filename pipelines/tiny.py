@@ -191,7 +191,12 @@ def tiny_sd35(
 
 
 def tiny_flux(
-    seed: int = 0, num_layers: int = 2, num_single_layers: int = 3, num_heads: int = 2, head_dim: int = 16
+    seed: int = 0,
+    num_layers: int = 2,
+    num_single_layers: int = 3,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    guidance_embeds: bool = False,
 ) -> FluxPipeline:
     """A tiny random FLUX.1 pipeline (double + single stream blocks, CLIP + T5); 32x32 images -> 8x8 tokens."""
     torch.manual_seed(seed)
@@ -205,7 +210,7 @@ def tiny_flux(
         joint_attention_dim=32,
         pooled_projection_dim=32,
         axes_dims_rope=(4, 6, 6),
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
     )
     tokenizer = clip_tokenizer()
     text_encoder = CLIPTextModel(_clip_text_config(len(tokenizer)))

@@ -252,3 +252,44 @@ def test_unsupported_pipeline_is_named(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
     with pytest.raises(ValueError, match="does not support 'WanPipeline'"):
         HeadHunterPipeline.from_pretrained(tmp_path)
+
+
+def test_flux_guidance_distilled(tmp_path):
+    """FLUX.1-dev style: the distilled guidance embedding is expanded with the perturbed rows."""
+    from pipelines.tiny import tiny_flux
+
+    tiny_flux(guidance_embeds=True).save_pretrained(tmp_path)
+    pipe = HeadHunterPipeline.from_pretrained(tmp_path)
+    plain = generate(diffusers.FluxPipeline.from_pretrained(tmp_path), guidance_scale=3.5)
+    np.testing.assert_allclose(
+        generate(pipe, guidance_scale=3.5, pag_heads="L3H0", pag_strength=0.0), plain, atol=1e-5
+    )
+    shared = generate(pipe, guidance_scale=3.5, pag_heads="L3H0,L4H1")
+    full = generate(pipe, guidance_scale=3.5, pag_heads="L3H0,L4H1", pag_shared_prefix=False)
+    np.testing.assert_allclose(shared, full, atol=1e-5)
+    assert np.abs(shared - plain).max() > 1e-3
+
+
+def test_sd3_skip_layer_guidance_composes(loaded, tiny_folder):
+    """SD3's skip-layer guidance makes a second denoiser call per step; it must not get perturbed rows."""
+    kwargs = dict(skip_guidance_layers=[1], skip_layer_guidance_scale=2.0, guidance_scale=5.0)
+    plain = generate(_parent(tiny_folder, "sd3"), **kwargs)
+    np.testing.assert_allclose(
+        generate(loaded("sd3"), pag_heads="L2H0", pag_strength=0.0, **kwargs), plain, atol=1e-5
+    )
+
+
+def test_heun_scheduler_window(loaded):
+    """Heun evaluates the model twice per step: both evaluations are perturbed inside the window."""
+    from diffusers import HeunDiscreteScheduler
+
+    pipe = loaded("sd15")
+    original = pipe.scheduler
+    pipe.scheduler = HeunDiscreteScheduler.from_config(original.config)
+    try:
+        plain = generate(pipe)
+        np.testing.assert_allclose(generate(pipe, pag_heads="L0H0", pag_strength=0.0), plain, atol=1e-5)
+        np.testing.assert_array_equal(generate(pipe, pag_heads="L0H0", pag_start=0.99), plain)
+        assert np.abs(generate(pipe, pag_heads="L0H0,L0H1") - plain).max() > 1e-3
+    finally:
+        pipe.scheduler = original
