@@ -37,7 +37,7 @@ def test_tiny_pipeline_roundtrip_and_generate(name, tmp_path):
         generator=torch.Generator().manual_seed(0),
         output_type="np",
     ).images
-    np.testing.assert_allclose(image, again, atol=1e-6)
+    np.testing.assert_allclose(image, again, atol=1e-5)  # reloaded weights: same image up to float noise
     assert elapsed < 5.0, f"{name}: build + save + load + 2-step generation took {elapsed:.1f}s"
 
 
