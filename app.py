@@ -1,0 +1,243 @@
+"""Gradio demo: SoftPAG generation with head selections, guided beside unguided from the same seed.
+
+python app.py                      # the embedded toy SD3 model, on http://127.0.0.1:7860, no network
+python app.py --model stabilityai/stable-diffusion-3-medium-diffusers --device cuda --dtype float16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from guidance.heads import HeadSelection, HeadSelectionError  # noqa: E402
+from guidance.layouts import layout_of  # noqa: E402
+from guidance.perturbation import SoftPAGError  # noqa: E402
+from pipelines.cli import DEFAULT_MODEL, PRESETS, list_presets, png_parameters, recommended_settings  # noqa: E402
+from pipelines.headhunter import HeadHunterPipeline  # noqa: E402
+
+NO_PRESET = "(none: type heads below)"
+MAX_PRESET_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; requests beyond are refused with a message naming the input."""
+
+    max_steps: int = 100
+    max_size: int = 1024
+    queue_size: int = 16
+    concurrency: int = 1
+
+
+class Demo:
+    """A loaded pipeline plus what the UI needs to know about it."""
+
+    def __init__(self, pipe, model: str, limits: Limits = Limits()):
+        self.pipe, self.model, self.limits = pipe, model, limits
+        self.denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        self.heads_per_layer = layout_of(self.denoiser).heads_per_layer
+        settings = recommended_settings(model)
+        self.default_steps = min(settings.get("num_inference_steps", 28), limits.max_steps)
+        self.default_cfg = settings.get("guidance_scale", 5.0)
+        self.default_size = settings.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
+        self.size_multiple = (
+            pipe.vae_scale_factor
+            * getattr(self.denoiser.config, "patch_size", 1)
+            * (2 if type(pipe).__name__ == "HeadHunterFluxPipeline" else 1)
+        )
+        self.presets = self._compatible_presets()
+
+    def _compatible_presets(self) -> dict[str, str]:
+        """Shipped presets whose heads exist in the loaded model: name -> path."""
+        found = {}
+        for name, data in list_presets():
+            try:
+                HeadSelection.from_json(data).validate(self.heads_per_layer)
+            except HeadSelectionError:
+                continue
+            found[name] = str(PRESETS / f"{name}.json")
+        return found
+
+    # -- validation ---------------------------------------------------------------------------------------
+
+    def check(self, steps, size, seed) -> None:
+        """Refuse out-of-range numbers with a message that names the input."""
+        lim = self.limits
+        if steps is None or int(steps) != steps or not 1 <= steps <= lim.max_steps:
+            raise gr.Error(f"Steps: {steps} is not allowed; use a whole number from 1 to {lim.max_steps}")
+        if size is None or int(size) != size or not 0 < size <= lim.max_size or size % self.size_multiple:
+            raise gr.Error(
+                f"Size: {size} is not allowed; use a multiple of {self.size_multiple} up to {lim.max_size}"
+            )
+        if seed is None or int(seed) != seed or seed < -1 or seed >= 2**63:
+            raise gr.Error(f"Seed: {seed} is not allowed; use -1 (random) or a whole number from 0 to 2^63-1")
+
+    def selection(self, preset: str, heads_text: str, preset_file: str | None) -> HeadSelection | None:
+        """The heads from an uploaded preset, a shipped preset, or typed text (in that order)."""
+        try:
+            if preset_file:
+                path = Path(preset_file)
+                if path.suffix.lower() != ".json" or path.stat().st_size > MAX_PRESET_BYTES:
+                    raise gr.Error("Preset file: upload a .json preset of at most 256 KiB")
+                selection = HeadSelection.from_json(json.loads(path.read_text()), "Preset file")
+            elif preset and preset != NO_PRESET:
+                if preset not in self.presets:
+                    raise gr.Error(f"Preset: {preset!r} is not a preset for this model")
+                selection = HeadSelection.load(self.presets[preset], "Preset")
+            elif heads_text and heads_text.strip():
+                selection = HeadSelection.parse(heads_text, "Heads")
+            else:
+                return None
+            selection.validate(self.heads_per_layer, "Heads")
+            return selection
+        except (HeadSelectionError, json.JSONDecodeError) as error:
+            raise gr.Error(str(error)) from None
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: float = -1,
+        steps: float | None = None,
+        size: float | None = None,
+        guidance_scale: float | None = None,
+        pag_scale: float = 3.0,
+        pag_strength: float = 1.0,
+        pag_identity: str = "joint",
+        pag_start: float = 0.0,
+        pag_stop: float = 1.0,
+        preset: str = NO_PRESET,
+        heads: str = "",
+        preset_file: str | None = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ):
+        """Guided and unguided images from one seed, each a PNG carrying its parameters."""
+        if not prompt or not prompt.strip():
+            raise gr.Error("Prompt: write a prompt")
+        steps = self.default_steps if steps is None else steps
+        size = self.default_size if size is None else size
+        cfg = self.default_cfg if guidance_scale is None else guidance_scale
+        self.check(steps, size, seed)
+        selection = self.selection(preset, heads, preset_file)
+        seed = random.randrange(2**31) if seed == -1 else int(seed)
+        call = dict(num_inference_steps=int(steps), height=int(size), width=int(size), guidance_scale=float(cfg),
+                    negative_prompt=negative_prompt or None)  # fmt: skip
+        pag = dict(pag_heads=selection, pag_scale=pag_scale, pag_strength=pag_strength, pag_identity=pag_identity,
+                   pag_start=pag_start, pag_stop=pag_stop)  # fmt: skip
+        images = []
+        for extra in ((pag if selection else {}), {}):
+            try:
+                image = self.pipe(
+                    prompt, generator=torch.Generator().manual_seed(seed), **call, **extra
+                ).images[0]
+            except (SoftPAGError, HeadSelectionError, ValueError) as error:
+                raise gr.Error(str(error)) from None
+            record = {"model": self.model, "seed": seed, **call, **extra}
+            if selection is not None and extra:
+                record["pag_heads"] = str(selection)
+            image.info["parameters"] = png_parameters(prompt, negative_prompt, record)
+            image.info["headhunter"] = json.dumps(record, sort_keys=True, default=str)
+            images.append(image)
+        note = f"seed {seed}" + (
+            f" · heads {selection}" if selection else " · no heads selected: both images unguided"
+        )
+        return images[0], images[1], note
+
+
+def build_app(demo: Demo) -> gr.Blocks:
+    """The Blocks UI around a `Demo`."""
+    with gr.Blocks(title="HeadHunter") as app:
+        gr.Markdown(f"# HeadHunter · SoftPAG\nModel: `{demo.model}`")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column():
+                    prompt = gr.Textbox(
+                        label="Prompt", value="a red circle on the left and a blue square on the right"
+                    )
+                    negative = gr.Textbox(label="Negative prompt", value="")
+                    with gr.Row():
+                        seed = gr.Number(label="Seed (-1 = random)", value=0, precision=0)
+                        # Numbers, not sliders: out-of-range values reach our checks, whose messages name the input.
+                        steps = gr.Number(label="Steps", value=demo.default_steps, precision=0)
+                        size = gr.Number(label=f"Size (multiple of {demo.size_multiple})", value=demo.default_size,
+                                         precision=0)  # fmt: skip
+                    with gr.Row():
+                        cfg = gr.Slider(1, 15, value=demo.default_cfg, step=0.5, label="CFG scale")
+                        pag_scale = gr.Slider(0, 10, value=3.0, step=0.25, label="PAG scale w")
+                        pag_strength = gr.Slider(0, 1, value=1.0, step=0.05, label="Strength u")
+                    with gr.Row():
+                        identity = gr.Radio(["joint", "image"], value="joint", label="Identity")
+                        start = gr.Slider(0, 1, value=0.0, step=0.05, label="Start (fraction)")
+                        stop = gr.Slider(0, 1, value=1.0, step=0.05, label="Stop (fraction)")
+                    preset = gr.Dropdown([NO_PRESET, *demo.presets], value=NO_PRESET, label="Preset")
+                    heads = gr.Textbox(label="Heads", value="L2H1, L3H0", placeholder="L1H10, L5H3=0.5")
+                    preset_file = gr.File(
+                        label="Or upload a preset JSON", file_types=[".json"], type="filepath"
+                    )
+                    run = gr.Button("Generate", variant="primary")
+                with gr.Column():
+                    with gr.Row():
+                        guided = gr.Image(label="Guided (SoftPAG)", type="pil", format="png")
+                        plain = gr.Image(label="Unguided, same seed", type="pil", format="png")
+                    info = gr.Markdown()
+            run.click(
+                demo.generate,
+                [
+                    prompt,
+                    negative,
+                    seed,
+                    steps,
+                    size,
+                    cfg,
+                    pag_scale,
+                    pag_strength,
+                    identity,
+                    start,
+                    stop,
+                    preset,
+                    heads,
+                    preset_file,
+                ],  # fmt: skip
+                [guided, plain, info],
+                api_name="generate",
+                concurrency_limit=demo.limits.concurrency,
+            )
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, load the model, serve the app."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default=str(DEFAULT_MODEL), help="hub id or folder (default: the toy SD3 model)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--host", default="127.0.0.1", help="default: this machine only")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-steps", type=int, default=Limits.max_steps)
+    parser.add_argument("--max-size", type=int, default=Limits.max_size)
+    parser.add_argument("--queue-size", type=int, default=Limits.queue_size)
+    args = parser.parse_args(argv)
+    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(
+        args.device
+    )
+    limits = Limits(args.max_steps, args.max_size, args.queue_size)
+    app = build_app(Demo(pipe, args.model, limits))
+    app.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency)
+    app.launch(server_name=args.host, server_port=args.port, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The Gradio demo, launched on localhost and driven with gradio_client (and a headless browser)."""
+
+import json
+import socket
+
+import pytest
+from PIL import Image
+
+import app as demo_app
+from pipelines.headhunter import HeadHunterPipeline
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_folder):
+    pipe = HeadHunterPipeline.from_pretrained(tiny_folder("sd3"))
+    pipe.set_progress_bar_config(disable=True)
+    demo = demo_app.Demo(pipe, tiny_folder("sd3"), demo_app.Limits(max_steps=4, max_size=64, queue_size=4))
+    app = demo_app.build_app(demo)
+    app.queue(max_size=4, default_concurrency_limit=1)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", demo
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+def test_generate_returns_two_images_with_parameters(client):
+    guided, plain, note = client.predict("a red circle", api_name="/generate")
+    images = [Image.open(guided), Image.open(plain)]
+    assert images[0].size == (32, 32)
+    params = [json.loads(i.text["headhunter"]) for i in images]
+    assert params[0]["pag_heads"] == "heads: L2H1, L3H0" and "pag_heads" not in params[1]
+    assert params[0]["seed"] == params[1]["seed"] == 0
+    assert images[0].text["parameters"].startswith("a red circle\n")
+    assert "seed 0" in note
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(steps=0), "Steps: 0 is not allowed"),
+        (dict(size=33), "Size: 33 is not allowed; use a multiple of 4"),
+        (dict(size=128), "Size: 128 is not allowed"),
+        (dict(heads="L1X2"), "Heads: cannot read 'L1X2'"),
+        (dict(heads="L9H0"), "Heads: entry L9H0: layer 9 is out of range"),
+        (dict(prompt=""), "Prompt: write a prompt"),
+        (dict(preset="../../etc/passwd"), "is not in the list of choices"),  # Gradio refuses it first
+    ],
+)
+def test_invalid_inputs_name_the_input(client, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    prompt = kwargs.pop("prompt", "a red circle")
+    with pytest.raises(AppError, match=message.replace("(", r"\(")):
+        client.predict(prompt, api_name="/generate", **kwargs)
