@@ -188,8 +188,8 @@ def build_app(demo: Demo) -> gr.Blocks:
                     run = gr.Button("Generate", variant="primary")
                 with gr.Column():
                     with gr.Row():
-                        guided = gr.Image(label="Guided (SoftPAG)", type="pil", format="png")
-                        plain = gr.Image(label="Unguided, same seed", type="pil", format="png")
+                        guided = gr.Image(label="Guided (SoftPAG)", type="pil", format="png", height=320)
+                        plain = gr.Image(label="Unguided, same seed", type="pil", format="png", height=320)
                     info = gr.Markdown()
             run.click(
                 demo.generate,

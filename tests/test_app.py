@@ -1,39 +1,9 @@
 """The Gradio demo, launched on localhost and driven with gradio_client (and a headless browser)."""
 
 import json
-import socket
 
 import pytest
 from PIL import Image
-
-import app as demo_app
-from pipelines.headhunter import HeadHunterPipeline
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_folder):
-    pipe = HeadHunterPipeline.from_pretrained(tiny_folder("sd3"))
-    pipe.set_progress_bar_config(disable=True)
-    demo = demo_app.Demo(pipe, tiny_folder("sd3"), demo_app.Limits(max_steps=4, max_size=64, queue_size=4))
-    app = demo_app.build_app(demo)
-    app.queue(max_size=4, default_concurrency_limit=1)
-    port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", demo
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    from gradio_client import Client
-
-    return Client(server[0], verbose=False)
 
 
 def test_generate_returns_two_images_with_parameters(client):
