@@ -54,6 +54,10 @@ class ModelLayout:
             table[attention][layer] = site.heads
         return table
 
+    def heads_of(self, name: str) -> int:
+        """Number of heads of the attention module called `name`."""
+        return next(site.heads for site in self.sites.values() if site.name == name)
+
     @property
     def num_layers(self) -> int:
         """Number of layers with a main attention."""

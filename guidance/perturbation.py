@@ -70,48 +70,74 @@ class SoftPAG:
     def __init__(
         self,
         denoiser: torch.nn.Module,
-        heads,
+        heads=None,
         scale: float | Sequence[float] = 3.0,
         strength: float = 1.0,
         identity: str = "joint",
         start: float = 0.0,
         stop: float = 1.0,
         shared_prefix: bool = True,
+        heads_per_image: Sequence | None = None,
     ):
         self.denoiser = denoiser
         self.layout: ModelLayout = layout_of(denoiser)
-        self.selection = HeadSelection.parse(heads, "pag_heads")
-        self.selection.validate(self.layout.heads_per_layer, "pag_heads")
+        if (heads is None) == (heads_per_image is None):
+            raise SoftPAGError("give exactly one of pag_heads and pag_heads_per_image")
         if identity not in IDENTITIES:
             raise SoftPAGError(f"pag_identity={identity!r} is not supported; allowed: {IDENTITIES}")
         self.identity = identity
-        default_u = _check_number("pag_strength", strength, 0.0, 1.0)
+        self.default_u = _check_number("pag_strength", strength, 0.0, 1.0)
         self.start = _check_number("pag_start", start, 0.0, 1.0)
         self.stop = _check_number("pag_stop", stop, 0.0, 1.0)
         if self.start >= self.stop:
             raise SoftPAGError(f"pag_start={start!r} must be below pag_stop={stop!r}")
-        groups = self.selection.groups
+        if heads_per_image is not None:
+            self._per_image(heads_per_image, scale)
+        else:
+            self._groups(HeadSelection.parse(heads, "pag_heads"), scale)
+        self.modules = sorted({name for table in self.group_strengths for name in table})
+        self.split_block = min(self.layers) if shared_prefix and self.layout.blocks else None
+
+    def _strengths(self, selection: HeadSelection, parameter: str) -> dict[str, torch.Tensor]:
+        """{module name: strengths (heads,)} of all entries of a selection, checked against the model."""
+        selection.validate(self.layout.heads_per_layer, parameter)
+        table: dict[str, torch.Tensor] = {}
+        for head in selection.entries:
+            site = self.layout.sites[head.layer, head.attention]
+            u = self.default_u if head.strength is None else head.strength
+            table.setdefault(site.name, torch.zeros(site.heads))[head.head] = u
+        return table
+
+    def _groups(self, selection: HeadSelection, scale) -> None:
+        """`pag_heads`: one perturbed copy of the cond rows per head group, each with its own scale."""
+        groups = selection.groups
         if isinstance(scale, Sequence) and not isinstance(scale, str):
             if len(scale) != len(groups):
                 raise SoftPAGError(f"pag_scale has {len(scale)} values for {len(groups)} head groups")
-            scales = [_check_number(f"pag_scale[{i}]", s, -100, 100) for i, s in enumerate(scale)]
+            self.scales = [_check_number(f"pag_scale[{i}]", s, -100, 100) for i, s in enumerate(scale)]
         else:
             base = _check_number("pag_scale", scale, -100, 100)
-            scales = [base if g.scale is None else g.scale for g in groups]
-        self.scales = scales
-        # Per group: {module name: strengths (heads,)}.
-        self.group_strengths: list[dict[str, torch.Tensor]] = []
-        for group in groups:
-            table: dict[str, torch.Tensor] = {}
-            for head in group.heads:
-                site = self.layout.sites[head.layer, head.attention]
-                table.setdefault(site.name, torch.zeros(site.heads))[head.head] = (
-                    default_u if head.strength is None else head.strength
-                )
-            self.group_strengths.append(table)
-        self.modules = sorted({name for table in self.group_strengths for name in table})
-        perturbed_layers = [h.layer for h in self.selection.entries]
-        self.split_block = min(perturbed_layers) if shared_prefix and self.layout.blocks else None
+            self.scales = [base if g.scale is None else g.scale for g in groups]
+        self.group_strengths = [self._strengths(HeadSelection((g,)), "pag_heads") for g in groups]
+        self.layers = [h.layer for h in selection.entries]
+        self.images: int | None = None
+
+    def _per_image(self, selections: Sequence, scale) -> None:
+        """`pag_heads_per_image`: one perturbed row per image, each with its own heads (head search batches)."""
+        if isinstance(selections, str) or not len(selections):
+            raise SoftPAGError(
+                "pag_heads_per_image must be a non-empty list with one head selection per image"
+            )
+        self.scales = [_check_number("pag_scale", scale, -100, 100)]
+        parsed = [HeadSelection.parse(s, f"pag_heads_per_image[{i}]") for i, s in enumerate(selections)]
+        tables = [self._strengths(s, f"pag_heads_per_image[{i}]") for i, s in enumerate(parsed)]
+        merged: dict[str, torch.Tensor] = {}
+        for i, table in enumerate(tables):
+            for name, u in table.items():
+                merged.setdefault(name, torch.zeros(len(tables), u.numel()))[i] = u
+        self.group_strengths = [merged]
+        self.layers = [h.layer for s in parsed for h in s.entries]
+        self.images = len(tables)
 
     # -- installation -------------------------------------------------------------------------------------
 
@@ -229,8 +255,12 @@ class _Runner:
         self.index = torch.cat([torch.arange(n), cond.repeat(groups)])
         total = self.index.numel()
         size = len(cond)
+        if self.pag.images is not None and self.pag.images != size:
+            raise SoftPAGError(
+                f"pag_heads_per_image has {self.pag.images} selections but the call generates {size} images"
+            )
         for name in self.pag.modules:
-            heads = next(table[name].numel() for table in self.pag.group_strengths if name in table)
+            heads = self.pag.layout.heads_of(name)
             u = torch.zeros(total, heads)
             for g, table in enumerate(self.pag.group_strengths):
                 if name in table:

@@ -46,6 +46,7 @@ class SoftPAGMixin:
         pag_start: float = 0.0,
         pag_stop: float = 1.0,
         pag_shared_prefix: bool = True,
+        pag_heads_per_image: Sequence | None = None,
         **kwargs,
     ):
         """Generate with the parent pipeline's arguments plus SoftPAG guidance.
@@ -58,12 +59,15 @@ class SoftPAGMixin:
             image->image block, as diffusers' PAG for SD3).
         pag_start, pag_stop: the fraction of the schedule in which the perturbed branch runs.
         pag_shared_prefix: compute the blocks before the first perturbed layer once for cond and perturbed rows.
+        pag_heads_per_image: instead of `pag_heads`, one selection per generated image (batch_size *
+            num_images_per_prompt of them), each guiding only its own image; a head search evaluates many
+            candidate head sets in one batch this way.
         """
-        if pag_heads is None:
+        if pag_heads is None and pag_heads_per_image is None:
             return super().__call__(*args, **kwargs)
         pag = SoftPAG(
             getattr(self, self._denoiser_name), pag_heads, pag_scale, pag_strength, pag_identity,
-            pag_start, pag_stop, pag_shared_prefix,
+            pag_start, pag_stop, pag_shared_prefix, pag_heads_per_image,
         )  # fmt: skip
         with pag.applied(self, self._call_rows(kwargs)):
             return super().__call__(*args, **kwargs)

@@ -293,3 +293,24 @@ def test_heun_scheduler_window(loaded):
         assert np.abs(generate(pipe, pag_heads="L0H0,L0H1") - plain).max() > 1e-3
     finally:
         pipe.scheduler = original
+
+
+@pytest.mark.parametrize("name", ["sd3", "sd15"])
+def test_heads_per_image_equal_images_one_by_one(name, loaded):
+    """Each image of a batch guided by its own heads equals that image generated alone (1e-5)."""
+    pipe = loaded(name)
+    selections = ["L1H0", "L1H1,L2H0=0.5", "L0H1"]
+    seeds = [3, 4, 5]
+    batch = pipe(["a red circle"] * 3, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                 pag_heads_per_image=selections, **CALL).images  # fmt: skip
+    for image, heads, seed in zip(batch, selections, seeds, strict=True):
+        np.testing.assert_allclose(image, generate(pipe, seed=seed, prompt="a red circle", pag_heads=heads)[0],
+                                   atol=1e-5)  # fmt: skip
+    with pytest.raises(
+        SoftPAGError, match="pag_heads_per_image has 3 selections but the call generates 2 images"
+    ):
+        generate(pipe, pag_heads_per_image=selections, num_images_per_prompt=2)
+    with pytest.raises(SoftPAGError, match="exactly one of pag_heads and pag_heads_per_image"):
+        generate(pipe, pag_heads="L1H0", pag_heads_per_image=selections)
+    with pytest.raises(HeadSelectionError, match=r"pag_heads_per_image\[1\]: entry L9H0"):
+        generate(pipe, pag_heads_per_image=["L1H0", "L9H0"])
