@@ -129,14 +129,22 @@ class SoftPAG:
                 "pag_heads_per_image must be a non-empty list with one head selection per image"
             )
         self.scales = [_check_number("pag_scale", scale, -100, 100)]
-        parsed = [HeadSelection.parse(s, f"pag_heads_per_image[{i}]") for i, s in enumerate(selections)]
-        tables = [self._strengths(s, f"pag_heads_per_image[{i}]") for i, s in enumerate(parsed)]
+        # None: that image gets no heads (u = 0), i.e. it comes out as without SoftPAG.
+        parsed = [
+            None if s is None else HeadSelection.parse(s, f"pag_heads_per_image[{i}]")
+            for i, s in enumerate(selections)
+        ]
+        tables = [
+            {} if s is None else self._strengths(s, f"pag_heads_per_image[{i}]") for i, s in enumerate(parsed)
+        ]
+        if not any(tables):
+            raise SoftPAGError("pag_heads_per_image: every entry is None; pass at least one head selection")
         merged: dict[str, torch.Tensor] = {}
         for i, table in enumerate(tables):
             for name, u in table.items():
                 merged.setdefault(name, torch.zeros(len(tables), u.numel()))[i] = u
         self.group_strengths = [merged]
-        self.layers = [h.layer for s in parsed for h in s.entries]
+        self.layers = [h.layer for s in parsed if s is not None for h in s.entries]
         self.images = len(tables)
 
     # -- installation -------------------------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""Objectives for head search: images (with prompts) -> one score per image, higher is better.
+
+Built in: toy-world measures from the model-free evaluator (`toy-quality`, `toy-fidelity`, `toy-dark`,
+`toy-outlined`), image statistics (`saturation`, `brightness`, `contrast`, `sharpness`), and for real models a
+CLIP score or a preference model of the PickScore kind loaded with transformers (`clip:<path or hub id>`,
+`pickscore:<path or hub id>`). `Constrained` ranks by one objective among candidates that keep another within
+a margin of the unguided images, as the paper thresholds PickScore before ranking by CLIP. Any callable
+`(images, prompts) -> scores` works too (wrap it in `Objective`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+Images = Sequence[Image.Image]
+
+
+class Objective:
+    """A named per-image score; `candidate_score` reduces a candidate's images to one number (the mean)."""
+
+    def __init__(self, name: str, score: Callable[[Images, Sequence[str]], Sequence[float]]):
+        self.name = name
+        self._score = score
+
+    def __call__(self, images: Images, prompts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._score(images, prompts), dtype=np.float64)
+
+    def fit_baseline(self, scores: np.ndarray) -> None:
+        """Called once with the per-image scores of the unguided images of a search's prompt-seed pairs."""
+
+    def candidate_score(self, scores: np.ndarray) -> float:
+        """One number for a candidate from its per-image scores."""
+        return float(np.mean(scores))
+
+
+class Constrained(Objective):
+    """Rank by `target` among candidates whose mean `guard` drops at most `max_drop` below the unguided mean."""
+
+    def __init__(self, target: Objective, guard: Objective, max_drop: float):
+        super().__init__(f"{target.name}|{guard.name}>=base-{max_drop:g}", self._both)
+        self.target, self.guard, self.max_drop = target, guard, max_drop
+        self.baseline: float | None = None
+
+    def _both(self, images: Images, prompts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.target(images, prompts), self.guard(images, prompts)], axis=-1)
+
+    def fit_baseline(self, scores: np.ndarray) -> None:
+        self.baseline = float(np.mean(scores[..., 1]))
+
+    def candidate_score(self, scores: np.ndarray) -> float:
+        if self.baseline is None:
+            raise RuntimeError("Constrained objective used before fit_baseline")
+        target, guard = np.mean(scores[..., 0]), np.mean(scores[..., 1])
+        return float(target) if guard >= self.baseline - self.max_drop else -np.inf
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Image statistics
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+
+
+def saturation(image: Image.Image) -> float:
+    """Mean HSV saturation."""
+    return float(np.asarray(image.convert("HSV"), dtype=np.float64)[..., 1].mean() / 255.0)
+
+
+def brightness(image: Image.Image) -> float:
+    """Mean luma (Rec. 601)."""
+    return float((_rgb(image) @ np.array([0.299, 0.587, 0.114])).mean())
+
+
+def contrast(image: Image.Image) -> float:
+    """Standard deviation of luma."""
+    return float((_rgb(image) @ np.array([0.299, 0.587, 0.114])).std())
+
+
+def sharpness(image: Image.Image) -> float:
+    """Mean absolute Laplacian of luma (higher: crisper edges)."""
+    y = _rgb(image) @ np.array([0.299, 0.587, 0.114])
+    lap = -4 * y[1:-1, 1:-1] + y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+def darkness(image: Image.Image) -> float:
+    """1 - median luma of the border pixels: how dark the background is."""
+    y = _rgb(image) @ np.array([0.299, 0.587, 0.114])
+    border = np.concatenate([y[0], y[-1], y[:, 0], y[:, -1]])
+    return float(1.0 - np.median(border))
+
+
+def _per_image(fn: Callable[[Image.Image], float]) -> Callable[[Images, Sequence[str]], list[float]]:
+    return lambda images, prompts: [fn(image) for image in images]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Toy world (model-free evaluator)
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _toy(key: str) -> Callable[[Images, Sequence[str]], list[float]]:
+    def score(images: Images, prompts: Sequence[str]) -> list[float]:
+        from toyworld.evaluator import evaluate
+
+        return [
+            float(evaluate(image, prompt)[key] or 0.0) for image, prompt in zip(images, prompts, strict=True)
+        ]
+
+    return score
+
+
+def _outlined(images: Images, prompts: Sequence[str]) -> list[float]:
+    from toyworld.evaluator import detect
+
+    values = []
+    for image in images:
+        detections = detect(image)[0]
+        values.append(float(np.mean([d.outlined for d in detections])) if detections else 0.0)
+    return values
+
+
+# -------------------------------------------------------------------------------------------------------------
+# CLIP score and PickScore-kind preference models (transformers; local path or hub id)
+# -------------------------------------------------------------------------------------------------------------
+
+
+class CLIPObjective(Objective):
+    """Image-text agreement from a CLIP model: `clip` = 100 * max(cos, 0) (CLIPScore, Hessel et al. 2021);
+    `pickscore` = logit_scale * cos (PickScore, Kirstain et al. 2023, a CLIP fine-tuned on preferences)."""
+
+    def __init__(self, model: str, kind: str = "clip", device: str = "cpu"):
+        if kind not in ("clip", "pickscore"):
+            raise ValueError(f"kind={kind!r} must be 'clip' or 'pickscore'")
+        import torch
+        from transformers import AutoProcessor, CLIPModel
+
+        self.torch = torch
+        self.model = CLIPModel.from_pretrained(model).to(device).eval()
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.kind, self.device = kind, device
+        super().__init__(f"{kind}:{model}", self._score_clip)
+
+    def _score_clip(self, images: Images, prompts: Sequence[str]) -> np.ndarray:
+        torch = self.torch
+        with torch.no_grad():
+            inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True,
+                                    truncation=True).to(self.device)  # fmt: skip
+            image = _embedding(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+            text = _embedding(
+                self.model.get_text_features(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                )
+            )
+            cos = (image * text).sum(-1)
+            if self.kind == "clip":
+                return (100.0 * cos.clamp(min=0)).cpu().numpy()
+            return (self.model.logit_scale.exp() * cos).cpu().numpy()
+
+
+def _embedding(output):
+    """Unit-norm projected embedding (transformers 5 returns an output object whose pooler_output it is)."""
+    import torch
+
+    features = output if isinstance(output, torch.Tensor) else output.pooler_output
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+BUILTIN: dict[str, Callable[[], Objective]] = {
+    "toy-quality": lambda: Objective("toy-quality", _toy("quality")),
+    "toy-fidelity": lambda: Objective("toy-fidelity", _toy("score")),
+    "toy-dark": lambda: Objective("toy-dark", _per_image(darkness)),
+    "toy-outlined": lambda: Objective("toy-outlined", _outlined),
+    "saturation": lambda: Objective("saturation", _per_image(saturation)),
+    "brightness": lambda: Objective("brightness", _per_image(brightness)),
+    "contrast": lambda: Objective("contrast", _per_image(contrast)),
+    "sharpness": lambda: Objective("sharpness", _per_image(sharpness)),
+}
+
+
+def get_objective(spec: str | Objective, guard: str | None = None, max_drop: float = 0.05) -> Objective:
+    """An objective from its name (`toy-quality`, `clip:<model>`, `pickscore:<model>`, ...), optionally
+    constrained so that `guard` drops at most `max_drop` below the unguided images."""
+    if isinstance(spec, Objective):
+        objective = spec
+    elif spec.startswith(("clip:", "pickscore:")):
+        kind, _, model = spec.partition(":")
+        objective = CLIPObjective(model, kind)
+    elif spec in BUILTIN:
+        objective = BUILTIN[spec]()
+    else:
+        raise ValueError(
+            f"objective={spec!r} is unknown; built in: {sorted(BUILTIN)}, or 'clip:<model>', 'pickscore:<model>'"
+        )
+    return objective if guard is None else Constrained(objective, get_objective(guard), max_drop)

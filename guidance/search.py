@@ -1,0 +1,251 @@
+"""HeadHunter search: score head sets by an objective, sweep single heads (the head map), greedy selection.
+
+From "Fine-Grained Perturbation Guidance via Attention Head Selection" (2025), Algorithm 1: each round scores
+S ∪ {h} for every remaining head h at search strength u (1.0), averaged over M prompt-seed pairs, and adds the
+top k heads to S; R rounds. Candidates are evaluated as images of one batch (`pag_heads_per_image`), so one
+forward pass evaluates many heads. Scores are cached per (candidate, pair) in a JSON file: an interrupted search
+resumes without recomputing what it finished. With several processes (`accelerate launch`) each rank takes its
+share of the candidates and writes its own cache file; every rank reads them all afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from guidance.heads import HeadEntry, HeadGroup, HeadSelection
+from guidance.layouts import layout_of
+from guidance.objectives import Objective
+
+Candidate = tuple[tuple[int, int], ...]  # sorted (layer, head) pairs; () = unguided
+
+
+def label(candidate: Candidate) -> str:
+    """`L1H2,L3H0` for a candidate; `none` for the unguided baseline."""
+    return ",".join(f"L{layer}H{head}" for layer, head in candidate) or "none"
+
+
+@dataclass
+class SearchSettings:
+    """Everything that determines a candidate's score (hashed into the cache key)."""
+
+    prompts: list[str]
+    seeds: list[int]
+    steps: int = 10
+    size: int | None = None
+    guidance_scale: float = 4.0
+    pag_scale: float = 3.0
+    strength: float = 1.0
+    identity: str = "joint"
+    batch: int = 16
+    model: str = ""
+    objective: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A short hash of the settings that affect scores (not the batch size)."""
+        data = {k: v for k, v in asdict(self).items() if k != "batch"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class HeadSearch:
+    """Evaluate head sets on a HeadHunter pipeline with an objective, with a resumable per-pair score cache."""
+
+    def __init__(self, pipe, objective: Objective, settings: SearchSettings, cache: str | Path | None = None,
+                 progress: bool = True):  # fmt: skip
+        self.pipe, self.objective, self.settings = pipe, objective, settings
+        denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        self.heads_per_layer = layout_of(denoiser).heads_per_layer["attn"]
+        self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
+        self.progress = progress
+        self.rank, self.world = _process_index()
+        self.cache_dir = Path(cache) if cache else None
+        self.scores: dict[str, dict[int, list[float]]] = {}
+        if self.cache_dir:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._read_caches()
+        baseline = np.asarray(self._per_pair([()])[()])
+        objective.fit_baseline(baseline)
+        self.baseline = objective.candidate_score(baseline)
+
+    # -- cache --------------------------------------------------------------------------------------------
+
+    def _cache_file(self, rank: int) -> Path:
+        return self.cache_dir / f"cache-{self.settings.key()}-rank{rank}.json"
+
+    def _read_caches(self) -> None:
+        for path in self.cache_dir.glob(f"cache-{self.settings.key()}-rank*.json"):
+            for cand, pairs in json.loads(path.read_text()).items():
+                self.scores.setdefault(cand, {}).update({int(i): v for i, v in pairs.items()})
+
+    def _write_cache(self) -> None:
+        if not self.cache_dir:
+            return
+        path = self._cache_file(self.rank)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.scores))
+        tmp.replace(path)
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+
+    def _generate(
+        self, candidates: Sequence[Candidate], pairs: Sequence[tuple[str, int]]
+    ) -> list[Image.Image]:
+        s = self.settings
+        heads = [
+            HeadSelection((HeadGroup(tuple(HeadEntry(layer, h) for layer, h in c)),)) if c else None
+            for c in candidates
+        ]
+        call = {} if s.size is None else dict(height=s.size, width=s.size)
+        if any(heads):  # rows without heads get u = 0 everywhere: their images equal unguided ones
+            call.update(pag_scale=s.pag_scale, pag_strength=s.strength, pag_identity=s.identity,
+                        pag_heads_per_image=heads)  # fmt: skip
+        return self.pipe(
+            [p for p, _ in pairs], generator=[torch.Generator().manual_seed(seed) for _, seed in pairs],
+            num_inference_steps=s.steps, guidance_scale=s.guidance_scale, **call,
+        ).images  # fmt: skip
+
+    def _per_pair(self, candidates: Iterable[Candidate]) -> dict[Candidate, list]:
+        """Per-pair scores of each candidate, computing only (candidate, pair) items not in the cache."""
+        candidates = list(dict.fromkeys(candidates))
+        todo = [
+            (c, i)
+            for c in candidates
+            for i in range(len(self.pairs))
+            if i not in self.scores.get(label(c), {})
+        ]
+        bar = tqdm(total=len(todo), desc="head search images", disable=not self.progress or not todo)
+        for start in range(0, len(todo), self.settings.batch):
+            chunk = todo[start : start + self.settings.batch]
+            pairs = [self.pairs[i] for _, i in chunk]
+            images = self._generate([c for c, _ in chunk], pairs)
+            values = self.objective(images, [p for p, _ in pairs])
+            for (c, i), value in zip(chunk, values, strict=True):
+                self.scores.setdefault(label(c), {})[i] = np.asarray(value).tolist()
+            self._write_cache()
+            bar.update(len(chunk))
+        bar.close()
+        return {c: [self.scores[label(c)][i] for i in range(len(self.pairs))] for c in candidates}
+
+    def evaluate(self, candidates: Sequence[Candidate]) -> dict[Candidate, float]:
+        """Objective score of each candidate (mean over the prompt-seed pairs); this rank's share with accelerate."""
+        mine = [c for i, c in enumerate(candidates) if i % self.world == self.rank]
+        self._per_pair(mine)
+        if self.world > 1:
+            _barrier()
+            self._read_caches()
+        per_pair = self._per_pair(candidates)  # everything is cached now
+        return {c: self.objective.candidate_score(np.asarray(v)) for c, v in per_pair.items()}
+
+    # -- searches -----------------------------------------------------------------------------------------
+
+    def all_heads(self) -> list[tuple[int, int]]:
+        """Every (layer, head) of the main attention."""
+        return [(layer, h) for layer, n in sorted(self.heads_per_layer.items()) for h in range(n)]
+
+    def head_map(self) -> dict[tuple[int, int], float]:
+        """Single-head sweep: the score of every head perturbed alone."""
+        scores = self.evaluate([(h,) for h in self.all_heads()])
+        return {c[0]: v for c, v in scores.items()}
+
+    def layer_scores(self) -> dict[int, float]:
+        """Layer-level PAG baseline: all heads of one layer perturbed together."""
+        cands = {
+            layer: tuple((layer, h) for h in range(n)) for layer, n in sorted(self.heads_per_layer.items())
+        }
+        scores = self.evaluate(list(cands.values()))
+        return {layer: scores[c] for layer, c in cands.items()}
+
+    def greedy(self, k: int, rounds: int, pool: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+        """Greedy forward selection; returns one record per round (selected heads and the set's score)."""
+        pool = list(pool or self.all_heads())
+        selected: list[tuple[int, int]] = []
+        history = []
+        for r in range(rounds):
+            remaining = [h for h in pool if h not in selected]
+            if not remaining:
+                break
+            scores = self.evaluate([tuple(sorted([*selected, h])) for h in remaining])
+            ranked = sorted(remaining, key=lambda h: -scores[tuple(sorted([*selected, h]))])
+            selected += ranked[:k]
+            best = self.evaluate([tuple(sorted(selected))])[tuple(sorted(selected))]
+            history.append({"round": r, "added": [label((h,)) for h in ranked[:k]], "heads": label(tuple(sorted(selected))),
+                            "score": best})  # fmt: skip
+        return history
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Outputs
+# -------------------------------------------------------------------------------------------------------------
+
+
+def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | Path, cell: int = 24) -> Path:
+    """A layers x heads PNG of score - baseline (blue below, red above, white at the baseline)."""
+    layers = sorted({layer for layer, _ in scores})
+    heads = sorted({head for _, head in scores})
+    finite = [v - baseline for v in scores.values() if math.isfinite(v)]
+    span = max((abs(v) for v in finite), default=1.0) or 1.0
+    margin = 40
+    image = Image.new("RGB", (margin + cell * len(heads), margin + cell * len(layers)), "white")
+    draw = ImageDraw.Draw(image)
+    for (layer, head), value in scores.items():
+        x, y = margin + heads.index(head) * cell, margin + layers.index(layer) * cell
+        t = (value - baseline) / span if math.isfinite(value) else -1.0
+        color = (
+            (255, int(255 * (1 - t)), int(255 * (1 - t)))
+            if t >= 0
+            else (int(255 * (1 + t)), int(255 * (1 + t)), 255)
+        )
+        draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color)
+    for i, head in enumerate(heads):
+        draw.text((margin + i * cell + 4, margin - 14), f"H{head}", fill="black")
+    for i, layer in enumerate(layers):
+        draw.text((4, margin + i * cell + 6), f"L{layer}", fill="black")
+    draw.text((4, 4), f"score - baseline, +/-{span:.3g}", fill="black")
+    path = Path(path)
+    image.save(path)
+    return path
+
+
+def preset(selected: Sequence[tuple[int, int]], settings: SearchSettings, use_strength: float, scores: dict,
+           name: str = "searched") -> HeadSelection:  # fmt: skip
+    """The found heads as a preset: heads at the use strength, the search settings and scores as metadata."""
+    group = HeadGroup(
+        tuple(HeadEntry(layer, head, use_strength) for layer, head in selected), name, settings.pag_scale
+    )
+    meta = {"model": settings.model, "objective": settings.objective, "source": "headhunter search (measured)",
+            "search": {k: v for k, v in asdict(settings).items() if k not in ("prompts", "model", "objective")},
+            "prompts": settings.prompts, "scores": scores}  # fmt: skip
+    return HeadSelection((group,), meta)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Multi-process (accelerate) helpers
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _process_index() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes
+    return 0, 1
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()

@@ -1,0 +1,143 @@
+"""Head search on a tiny SD3: batched candidates, cache and resume, greedy rounds, constrained objectives."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guidance.objectives import Constrained, Objective, get_objective
+from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
+from pipelines.headhunter import HeadHunterPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_folder):
+    pipe = HeadHunterPipeline.from_pretrained(tiny_folder("sd3"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Counting(Objective):
+    """Mean red channel, counting how many images it scored."""
+
+    def __init__(self):
+        super().__init__("red", lambda images, prompts: [np.asarray(i)[..., 0].mean() / 255 for i in images])
+        self.seen = 0
+
+    def __call__(self, images, prompts):
+        self.seen += len(images)
+        return super().__call__(images, prompts)
+
+
+def settings(**kwargs):
+    return SearchSettings(**{"prompts": ["a red circle", "a blue square"], "seeds": [0, 1], "steps": 2, "size": 32,
+                             "batch": 8, **kwargs})  # fmt: skip
+
+
+def test_head_map_batched_equals_one_by_one_and_resumes(pipe, tmp_path):
+    objective = Counting()
+    search = HeadSearch(pipe, objective, settings(batch=12), cache=tmp_path, progress=False)
+    heads = search.head_map()
+    assert len(heads) == 4 * 4 and objective.seen == 4 + 16 * 4
+    one = HeadSearch(pipe, Counting(), settings(batch=1), progress=False)
+    single = one.evaluate([((1, 2),), ((3, 0),)])
+    for cand, value in single.items():
+        assert value == pytest.approx(heads[cand[0]], abs=1e-5)
+    # Resume: a new search on the same cache scores nothing again.
+    again = Counting()
+    resumed = HeadSearch(pipe, again, settings(batch=12), cache=tmp_path, progress=False)
+    assert resumed.head_map() == heads and again.seen == 0
+    # Another setting (strength) is another cache key.
+    other = Counting()
+    HeadSearch(pipe, other, settings(batch=12, strength=0.5), cache=tmp_path, progress=False).evaluate(
+        [((0, 0),)]
+    )
+    assert other.seen == 4 + 4
+
+
+def test_interrupted_search_recomputes_only_missing_pairs(pipe, tmp_path):
+    class Failing(Counting):
+        def __call__(self, images, prompts):
+            if self.seen >= 8:
+                raise KeyboardInterrupt
+            return super().__call__(images, prompts)
+
+    with pytest.raises(KeyboardInterrupt):
+        HeadSearch(pipe, Failing(), settings(batch=4), cache=tmp_path, progress=False).evaluate(
+            [((1, 0),), ((2, 1),)]
+        )
+    objective = Counting()
+    HeadSearch(pipe, objective, settings(batch=4), cache=tmp_path, progress=False).evaluate(
+        [((1, 0),), ((2, 1),)]
+    )
+    assert objective.seen == 4  # baseline (4 pairs) and candidate (1, 0) were cached; (2, 1) is recomputed
+
+
+def test_greedy_rounds_and_layer_baseline(pipe):
+    search = HeadSearch(pipe, Counting(), settings(), progress=False)
+    history = search.greedy(k=2, rounds=2, pool=[(1, 0), (1, 1), (2, 0), (2, 1), (3, 3)])
+    assert len(history) == 2 and len(history[1]["heads"].split(",")) == 4
+    first = search.evaluate([((h,)) for h in [(1, 0), (1, 1), (2, 0), (2, 1), (3, 3)]])
+    top2 = sorted(first, key=lambda c: -first[c])[:2]
+    assert set(history[0]["added"]) == {label(c) for c in top2}
+    layers = search.layer_scores()
+    assert sorted(layers) == [0, 1, 2, 3]
+
+
+def test_constrained_objective_excludes_candidates_that_break_the_guard():
+    target = Objective("t", lambda images, prompts: [1.0] * len(images))
+    guard = Objective("g", lambda images, prompts: [0.0] * len(images))
+    obj = Constrained(target, guard, max_drop=0.05)
+    obj.fit_baseline(np.array([[0.0, 0.5], [0.0, 0.7]]))
+    assert obj.candidate_score(np.array([[2.0, 0.6], [2.0, 0.6]])) == 2.0
+    assert obj.candidate_score(np.array([[3.0, 0.5], [3.0, 0.5]])) == -np.inf
+
+
+def test_builtin_objectives_and_errors():
+    red = Image.new("RGB", (16, 16), (230, 20, 20))
+    assert get_objective("saturation")([red], ["x"])[0] > 0.8
+    assert get_objective("toy-dark")([Image.new("RGB", (16, 16), (20, 20, 20))], ["x"])[0] > 0.9
+    with pytest.raises(ValueError, match="objective='beauty' is unknown"):
+        get_objective("beauty")
+
+
+def test_clip_and_pickscore_objectives_from_local_folder(tmp_path):
+    """Real loading code on a tiny random CLIP saved to disk (no hub)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from pipelines.tiny import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=16),
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(tmp_path)
+    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), tokenizer)
+    processor.save_pretrained(tmp_path)
+    images = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    clip = get_objective(f"clip:{tmp_path}")(images, ["a red circle", "a blue square"])
+    pick = get_objective(f"pickscore:{tmp_path}")(images, ["a red circle", "a blue square"])
+    assert clip.shape == pick.shape == (2,) and np.all(clip >= 0) and np.all(np.isfinite(pick))
+
+
+def test_outputs(tmp_path):
+    scores = {(0, 0): 0.5, (0, 1): 0.7, (1, 0): 0.2, (1, 1): 0.5}
+    png = heatmap(scores, 0.5, tmp_path / "map.png")
+    image = Image.open(png).convert("RGB")
+    assert image.size == (40 + 2 * 24, 40 + 2 * 24)
+    assert image.getpixel((40 + 24 + 5, 40 + 5)) == (255, 85, 85)  # L0H1 +0.2 of span 0.3: red
+    assert image.getpixel((40 + 5, 40 + 24 + 5)) == (0, 0, 255)  # L1H0 -0.3, the span: full blue
+    assert image.getpixel((40 + 5, 40 + 5)) == (255, 255, 255)  # at the baseline: white
+    sel = preset([(0, 1), (1, 1)], settings(model="tiny", objective="red"), 0.5, {"best": 0.7})
+    path = sel.save(tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    assert data["groups"][0]["heads"] == [
+        {"layer": 0, "head": 1, "strength": 0.5},
+        {"layer": 1, "head": 1, "strength": 0.5},
+    ]
+    assert data["objective"] == "red" and data["search"]["steps"] == 2
