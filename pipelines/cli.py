@@ -101,6 +101,63 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit("headhunter search: give --prompt (repeatable) or --prompts FILE")
+    return prompts
+
+
+def _search(args: argparse.Namespace) -> int:
+    """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out."""
+    import torch
+
+    from guidance.objectives import get_objective
+    from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
+    from pipelines.headhunter import HeadHunterPipeline
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    defaults = recommended_settings(args.model)
+    objective = get_objective(args.objective, args.guard, args.max_drop)
+    settings = SearchSettings(
+        prompts=_read_prompts(args), seeds=args.seeds, steps=args.steps or defaults.get("num_inference_steps", 28),
+        size=args.size or defaults.get("height"), guidance_scale=args.guidance_scale or defaults.get("guidance_scale", 5.0),
+        pag_scale=args.pag_scale, strength=args.search_strength, identity=args.pag_identity, batch=args.batch,
+        model=str(args.model), objective=objective.name,
+    )  # fmt: skip
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    search = HeadSearch(pipe, objective, settings, cache=out / "cache")
+    report = [f"# Head search: {objective.name}", "", f"model `{args.model}`, {len(settings.prompts)} prompts x "
+              f"{len(settings.seeds)} seeds, {settings.steps} steps, CFG {settings.guidance_scale}, "
+              f"w {settings.pag_scale}, search u {settings.strength}", "", f"unguided: {search.baseline:.4f}"]  # fmt: skip
+    scores: dict = {"unguided": search.baseline}
+    if args.sweep:
+        head_map = search.head_map()
+        heatmap(head_map, search.baseline, out / "headmap.png")
+        best = sorted(head_map, key=lambda h: -head_map[h])[:10]
+        report += ["", "best single heads: " + ", ".join(f"{label((h,))} {head_map[h]:.4f}" for h in best)]
+        scores["head_map"] = {label((h,)): v for h, v in head_map.items()}
+    if args.layers:
+        layers = search.layer_scores()
+        report += ["", "layer-level PAG: " + ", ".join(f"L{layer} {v:.4f}" for layer, v in layers.items())]
+        scores["layers"] = {f"L{layer}": v for layer, v in layers.items()}
+    history = search.greedy(args.k, args.rounds)
+    for record in history:
+        report.append(f"round {record['round']}: +{', '.join(record['added'])} -> {record['score']:.4f}")
+    scores["rounds"] = history
+    selected = [tuple(int(x) for x in h[1:].split("H")) for h in history[-1]["heads"].split(",")]
+    preset(selected, settings, args.use_strength, scores, name=args.objective).save(out / "preset.json")
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    print(out / "preset.json")
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name, data in list_presets():
@@ -147,6 +204,39 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="default: cuda if available, else cpu")
     gen.add_argument("--dtype", choices=DTYPES, default="float32")
     gen.set_defaults(func=_generate)
+
+    search = sub.add_parser(
+        "search", help="search heads for an objective (preset.json, headmap.png, report.md)"
+    )
+    search.add_argument("--model", default=str(DEFAULT_MODEL))
+    search.add_argument(
+        "--objective", default="toy-quality", help="toy-quality, toy-dark, saturation, clip:<model>, ..."
+    )
+    search.add_argument("--guard", help="keep this objective within --max-drop of the unguided images")
+    search.add_argument("--max-drop", type=float, default=0.05)
+    search.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    search.add_argument("--prompts", help="a text file, one prompt per line")
+    search.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    search.add_argument("--k", type=int, default=4, help="heads added per round")
+    search.add_argument("--rounds", type=int, default=1)
+    search.add_argument("--sweep", action="store_true", help="also score every head alone (the head map)")
+    search.add_argument(
+        "--layers", action="store_true", help="also score layer-level PAG (all heads of a layer)"
+    )
+    search.add_argument("--steps", type=int, help="sampling steps during search (fewer is faster)")
+    search.add_argument("--size", type=int, help="image size during search")
+    search.add_argument("--guidance-scale", type=float)
+    search.add_argument("--pag-scale", type=float, default=3.0)
+    search.add_argument("--pag-identity", choices=("joint", "image"), default="joint")
+    search.add_argument("--search-strength", type=float, default=1.0, help="u while searching (paper: 1.0)")
+    search.add_argument(
+        "--use-strength", type=float, default=0.5, help="u written into the preset (paper: ~0.5)"
+    )
+    search.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    search.add_argument("--out", default="outputs/search")
+    search.add_argument("--device")
+    search.add_argument("--dtype", choices=DTYPES, default="float32")
+    search.set_defaults(func=_search)
 
     presets = sub.add_parser("presets", help="list or show head presets")
     presets.add_argument("action", choices=("list", "show"))

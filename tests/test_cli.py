@@ -58,3 +58,19 @@ def test_presets_list_and_show(capsys):
 def test_out_must_be_png(tiny_folder):
     with pytest.raises(SystemExit, match="must name a .png file"):
         main(["generate", "x", "--model", tiny_folder("sd3"), "--out", "a.jpg"])
+
+
+def test_search_command_writes_preset_heatmap_report(tiny_folder, tmp_path):
+    out = tmp_path / "search"
+    args = ["search", "--model", tiny_folder("sd3"), "--objective", "saturation", "--prompt", "a red circle",
+            "--seeds", "0", "--k", "2", "--rounds", "1", "--sweep", "--layers", "--steps", "2", "--size", "32",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads((out / "preset.json").read_text())
+    assert len(data["groups"][0]["heads"]) == 2 and data["groups"][0]["heads"][0]["strength"] == 0.5
+    assert len(data["scores"]["head_map"]) == 16 and len(data["scores"]["layers"]) == 4
+    assert Image.open(out / "headmap.png").size == (40 + 4 * 24, 40 + 4 * 24)
+    assert "round 0" in (out / "report.md").read_text()
+    # The found preset drives generation.
+    assert main(["generate", "x", "--model", tiny_folder("sd3"), "--out", str(tmp_path / "g.png"), "--steps", "1",
+                 "--height", "32", "--width", "32", "--pag-heads", str(out / "preset.json")]) == 0  # fmt: skip
