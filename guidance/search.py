@@ -234,18 +234,16 @@ def preset(selected: Sequence[tuple[int, int]], settings: SearchSettings, use_st
 
 
 def _process_index() -> tuple[int, int]:
-    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+    """(rank, world size) under `accelerate launch` / torchrun (their RANK / WORLD_SIZE), else (0, 1)."""
     import os
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        state = PartialState()
-        return state.process_index, state.num_processes
-    return 0, 1
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _barrier() -> None:
-    from accelerate import PartialState
+    """Wait for every rank (a gloo process group works on CPUs and GPUs alike)."""
+    import torch.distributed as dist
 
-    PartialState().wait_for_everyone()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()

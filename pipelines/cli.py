@@ -150,6 +150,8 @@ def _search(args: argparse.Namespace) -> int:
     for record in history:
         report.append(f"round {record['round']}: +{', '.join(record['added'])} -> {record['score']:.4f}")
     scores["rounds"] = history
+    if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
+        return 0
     selected = [tuple(int(x) for x in h[1:].split("H")) for h in history[-1]["heads"].split(",")]
     preset(selected, settings, args.use_strength, scores, name=args.objective).save(out / "preset.json")
     (out / "report.md").write_text("\n".join(report) + "\n")

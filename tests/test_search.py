@@ -141,3 +141,30 @@ def test_outputs(tmp_path):
         {"layer": 1, "head": 1, "strength": 0.5},
     ]
     assert data["objective"] == "red" and data["search"]["steps"] == 2
+
+
+def test_two_processes_with_accelerate_split_candidates(tiny_folder, tmp_path):
+    """`accelerate launch` with 2 CPU processes: each rank scores its share; the result equals one process."""
+    import os
+    import subprocess
+    import sys
+
+    def run(out, launcher):
+        cmd = [*launcher, "-m", "pipelines.cli", "search", "--model", tiny_folder("sd3"), "--objective",
+               "saturation", "--prompt", "a red circle", "--seeds", "0", "1", "--k", "2", "--sweep", "--steps", "2",
+               "--size", "32", "--out", str(out)]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=300)
+        return json.loads((out / "preset.json").read_text())
+
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    two = run(tmp_path / "two", accelerate)
+    one = run(tmp_path / "one", [sys.executable])
+    caches = sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "two" / "cache").glob("*.json"))
+    assert caches == ["rank0.json", "rank1.json"]
+    rank1 = json.loads(next((tmp_path / "two" / "cache").glob("*rank1.json")).read_text())
+    assert 1 < len(rank1) < 16, "rank 1 scored a share of the 16 heads, not all"
+    assert two["groups"] == one["groups"]
+    for head, value in one["scores"]["head_map"].items():
+        assert two["scores"]["head_map"][head] == pytest.approx(value, abs=1e-6)
