@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection
 from guidance.layouts import layout_of
 from guidance.objectives import Objective
+from guidance.ranks import barrier, process_index
 
 Candidate = tuple[tuple[int, int], ...]  # sorted (layer, head) pairs; () = unguided
 
@@ -67,7 +68,7 @@ class HeadSearch:
         self.heads_per_layer = layout_of(denoiser).heads_per_layer["attn"]
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
         self.progress = progress
-        self.rank, self.world = _process_index()
+        self.rank, self.world = process_index()
         self.cache_dir = Path(cache) if cache else None
         self.scores: dict[str, dict[int, list[float]]] = {}
         if self.cache_dir:
@@ -141,7 +142,7 @@ class HeadSearch:
         mine = [c for i, c in enumerate(candidates) if i % self.world == self.rank]
         self._per_pair(mine)
         if self.world > 1:
-            _barrier()
+            barrier()
             self._read_caches()
         per_pair = self._per_pair(candidates)  # everything is cached now
         return {c: self.objective.candidate_score(np.asarray(v)) for c, v in per_pair.items()}
@@ -226,24 +227,3 @@ def preset(selected: Sequence[tuple[int, int]], settings: SearchSettings, use_st
             "search": {k: v for k, v in asdict(settings).items() if k not in ("prompts", "model", "objective")},
             "prompts": settings.prompts, "scores": scores}  # fmt: skip
     return HeadSelection((group,), meta)
-
-
-# -------------------------------------------------------------------------------------------------------------
-# Multi-process (accelerate) helpers
-# -------------------------------------------------------------------------------------------------------------
-
-
-def _process_index() -> tuple[int, int]:
-    """(rank, world size) under `accelerate launch` / torchrun (their RANK / WORLD_SIZE), else (0, 1)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _barrier() -> None:
-    """Wait for every rank (a gloo process group works on CPUs and GPUs alike)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()

@@ -160,6 +160,49 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    """Validate a job file, generate what is not done yet, merge manifests, print a summary."""
+    import torch
+
+    from guidance.layouts import layout_of
+    from guidance.ranks import barrier
+    from pipelines.batch import FIELDS, BatchRunner, JobFileError, plan, print_problems
+    from pipelines.headhunter import HeadHunterPipeline
+
+    recommended = recommended_settings(args.model)
+    defaults = {k: v for k, v in recommended.items() if k in FIELDS}
+    defaults.update(
+        height=recommended.get("height"), width=recommended.get("width", recommended.get("height"))
+    )
+    if args.config:
+        defaults.update(json.loads(Path(args.config).read_text()))
+    flags = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, height=args.height,
+                 width=args.width, pag_heads=args.pag_heads, pag_scale=args.pag_scale, pag_strength=args.pag_strength)  # fmt: skip
+    defaults.update({k: v for k, v in flags.items() if v is not None})
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    try:
+        items, problems = plan(args.jobs, defaults, layout_of(denoiser).heads_per_layer, resolve_heads,
+                               args.skip_invalid)  # fmt: skip
+    except JobFileError as error:
+        print(f"headhunter batch: {error}", file=sys.stderr)
+        return 2
+    if problems:
+        print(f"headhunter batch: skipping {len(problems)} invalid line(s):", file=sys.stderr)
+        print_problems(problems)
+    runner = BatchRunner(pipe, str(args.model), args.out, args.batch_size, resolve_heads)
+    counts = runner.run(items, progress=not args.quiet)
+    if runner.world > 1:
+        barrier()
+        if runner.rank == 0:
+            runner.merge()
+    print(f"rank {runner.rank}: {counts['ok']} generated, {counts['done_before']} already done, "
+          f"{counts['failed']} failed, {counts['items_per_second']:.2f} items/s")  # fmt: skip
+    return 1 if counts["failed"] or problems else 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name, data in list_presets():
@@ -239,6 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device")
     search.add_argument("--dtype", choices=DTYPES, default="float32")
     search.set_defaults(func=_search)
+
+    batch = sub.add_parser(
+        "batch", help="run a JSONL/CSV job file: resumable, one PNG + manifest line per item"
+    )
+    batch.add_argument("jobs", help="JSONL (one job object per line) or CSV with a header")
+    batch.add_argument("--out", required=True)
+    batch.add_argument("--model", default=str(DEFAULT_MODEL))
+    batch.add_argument("--config", help="a JSON file of defaults for every line")
+    batch.add_argument("--batch-size", type=int, default=4, help="images generated together (same settings)")
+    batch.add_argument("--skip-invalid", action="store_true", help="run the valid lines, report the others")
+    batch.add_argument("--steps", type=int)
+    batch.add_argument("--guidance-scale", type=float)
+    batch.add_argument("--height", type=int)
+    batch.add_argument("--width", type=int)
+    batch.add_argument("--pag-heads")
+    batch.add_argument("--pag-scale", type=float)
+    batch.add_argument("--pag-strength", type=float)
+    batch.add_argument("--device")
+    batch.add_argument("--dtype", choices=DTYPES, default="float32")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(func=_batch)
 
     presets = sub.add_parser("presets", help="list or show head presets")
     presets.add_argument("action", choices=("list", "show"))

@@ -1,0 +1,142 @@
+"""Batch jobs: validation with line numbers, resume after a kill, identical reruns, metadata, two ranks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.batch import JobFileError, plan
+from pipelines.cli import main
+
+LAYOUT = {"attn": {layer: 4 for layer in range(4)}, "attn2": {}}
+
+
+def write_jobs(path, jobs):
+    path.write_text("\n".join(j if isinstance(j, str) else json.dumps(j) for j in jobs) + "\n")
+    return path
+
+
+def test_validation_lists_every_problem_with_line_numbers(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"prompt": "a red circle", "seed": 1},
+        {"prompt": "a blue square", "colour": "red"},
+        "{not json",
+        {"prompt": "x", "num_inference_steps": 0},
+        {"prompt": "x", "pag_heads": "L9H0"},
+        {"prompt": "x", "pag_heads": "missing.json"},
+        {"seed": 3},
+        {"prompt": "y", "id": "a"},
+        {"prompt": "z", "id": "a"},
+        {"prompt": "x", "guidance_scale": "high"},
+    ])  # fmt: skip
+    with pytest.raises(JobFileError) as info:
+        plan(jobs, {}, LAYOUT)
+    assert sorted({n for n, _ in info.value.problems}) == [2, 3, 4, 5, 6, 7, 9, 10]
+    text = str(info.value)
+    assert "line 2: unknown key 'colour'" in text and "line 3: not valid JSON" in text
+    assert "line 4: num_inference_steps=0 is not allowed; use an integer in [1, 1000]" in text
+    assert "line 5: pag_heads: entry L9H0: layer 9 is out of range" in text
+    assert "line 6: pag_heads: preset file 'missing.json' does not exist" in text
+    assert "line 7: missing key 'prompt'" in text and "line 9: id 'a' repeats line 8" in text
+    assert "line 10: guidance_scale='high' is not allowed" in text
+    items, problems = plan(jobs, {}, LAYOUT, skip_invalid=True)
+    assert [i.line for i in items] == [1, 8] and len(problems) == 8
+
+
+def test_ids_seeds_and_csv(tmp_path):
+    jobs = write_jobs(tmp_path / "j.jsonl", [{"prompt": "a", "seed": 5, "num_images": 3}, {"prompt": "b"}])
+    items, _ = plan(jobs, {"num_inference_steps": 2}, LAYOUT)
+    assert [i.seed for i in items[:3]] == [5, 6, 7] and items[0].id.endswith("-0")
+    again, _ = plan(jobs, {"num_inference_steps": 2}, LAYOUT)
+    assert [i.id for i in again] == [i.id for i in items] and again[3].seed == items[3].seed
+    csv = tmp_path / "j.csv"
+    csv.write_text("id,prompt,seed,guidance_scale\nfirst,a red circle,4,3.5\nsecond,a blue square,,\n")
+    items, _ = plan(csv, {}, LAYOUT)
+    assert [(i.id, i.seed, i.settings["guidance_scale"]) for i in items][0] == ("first-0", 4, 3.5)
+
+
+def _cli(tiny, jobs, out, *extra):
+    return ["batch", str(jobs), "--out", str(out), "--model", tiny, "--steps", "2", "--height", "32", "--width",
+            "32", "--quiet", *extra]  # fmt: skip
+
+
+def test_run_writes_pngs_manifest_and_is_identical_on_rerun(tiny_folder, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"prompt": "a red circle", "seed": 1, "num_images": 2, "pag_heads": "L1H0"},
+        {"id": "plain", "prompt": "a blue square", "seed": 2},
+    ])  # fmt: skip
+    assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "a")) == 0
+    assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "b", "--batch-size", "1")) == 0
+    records = [json.loads(line) for line in (tmp_path / "a" / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["status"] == "ok" for r in records)
+    plain = next(r for r in records if r["id"] == "plain-0")
+    assert plain["seed"] == 2 and plain["num_inference_steps"] == 2 and plain["model"] == tiny_folder("sd3")
+    image = Image.open(tmp_path / "a" / "plain-0.png")
+    assert (
+        image.text["parameters"].startswith("a blue square\n")
+        and json.loads(image.text["headhunter"])["seed"] == 2
+    )
+    # A rerun skips everything.
+    assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "a")) == 0
+    assert len((tmp_path / "a" / "manifest.jsonl").read_text().splitlines()) == 3
+    # Same seeds, other batch size: the same images (8-bit PNGs, at most 1 level apart from float noise).
+    for r in records:
+        a = np.asarray(Image.open(tmp_path / "a" / r["file"]), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "b" / r["file"]), dtype=int)
+        assert np.abs(a - b).max() <= 1
+
+
+def test_invalid_file_runs_nothing(tiny_folder, tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "ok"}, {"prompt": "bad", "pag_strength": 2}])
+    assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "out")) == 2
+    assert "line 2: pag_strength=2 is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "out", "--skip-invalid")) == 1
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_resume_after_kill_yields_every_item_once(tiny_folder, tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"prompt": f"a red circle {i}", "seed": i} for i in range(24)]
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipelines.cli", *_cli(tiny_folder("sd3"), jobs, out, "--batch-size", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not manifest.exists() or len(manifest.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(manifest.read_text().splitlines())
+    assert 3 <= before < 24, "the kill should land mid-run"
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == 24
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(r["file"] for r in records)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_two_ranks_split_items_and_merge_manifests(tiny_folder, tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"prompt": f"a blue square {i}", "seed": i} for i in range(6)]
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.cli",
+           *_cli(tiny_folder("sd3"), jobs, out)]  # fmt: skip
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank 0: 3 generated" in result.stdout and "rank 1: 3 generated" in result.stdout
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == 6
+    assert not list(out.glob("manifest.rank*.jsonl"))
