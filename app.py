@@ -28,6 +28,11 @@ NO_PRESET = "(none: type heads below)"
 MAX_PRESET_BYTES = 256 * 1024
 
 
+SEARCH_OBJECTIVES = ("toy-quality", "toy-fidelity", "toy-dark", "toy-outlined", "saturation", "brightness",
+                     "contrast", "sharpness")  # fmt: skip
+MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS, MAX_K, MAX_ROUNDS = 8, 4, 8, 3
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for; requests beyond are refused with a message naming the input."""
@@ -154,6 +159,62 @@ class Demo:
         )
         return images[0], images[1], note
 
+    def search(
+        self,
+        objective: str,
+        prompts: str,
+        seeds: float = 2,
+        k: float = 4,
+        rounds: float = 1,
+        steps: float | None = None,
+        sweep: bool = True,
+        progress=gr.Progress(track_tqdm=True),
+    ):
+        """Run a head search; yields (head map PNG, report, preset file, heads text) as results arrive."""
+        import tempfile
+
+        from guidance.objectives import get_objective
+        from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
+
+        if objective not in SEARCH_OBJECTIVES:
+            raise gr.Error(f"Objective: {objective!r} is not one of {', '.join(SEARCH_OBJECTIVES)}")
+        lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+        if not 1 <= len(lines) <= MAX_SEARCH_PROMPTS:
+            raise gr.Error(
+                f"Prompts: give 1 to {MAX_SEARCH_PROMPTS} prompts, one per line (got {len(lines)})"
+            )
+        for name, value, top in (
+            ("Seeds", seeds, MAX_SEARCH_SEEDS),
+            ("k", k, MAX_K),
+            ("Rounds", rounds, MAX_ROUNDS),
+        ):
+            if value is None or int(value) != value or not 1 <= value <= top:
+                raise gr.Error(f"{name}: {value} is not allowed; use a whole number from 1 to {top}")
+        steps = self.default_steps if steps is None else steps
+        self.check(steps, self.default_size, 0)
+        obj = get_objective(objective)
+        settings = SearchSettings(prompts=lines, seeds=list(range(int(seeds))), steps=int(steps),
+                                  size=int(self.default_size), guidance_scale=float(self.default_cfg),
+                                  model=self.model, objective=obj.name)  # fmt: skip
+        out = Path(tempfile.mkdtemp(prefix="headhunter-search-"))
+        search = HeadSearch(self.pipe, obj, settings)
+        report = [f"unguided {obj.name}: {search.baseline:.4f}"]
+        image = None
+        if sweep:
+            head_map = search.head_map()
+            image = str(heatmap(head_map, search.baseline, out / "headmap.png"))
+            best = sorted(head_map, key=lambda h: -head_map[h])[:5]
+            report.append("best single heads: " + ", ".join(f"{label((h,))} {head_map[h]:.4f}" for h in best))
+            yield image, "\n\n".join(report), None, ""
+        history = search.greedy(int(k), int(rounds))
+        report += [f"round {r['round']}: +{', '.join(r['added'])} -> {r['score']:.4f}" for r in history]
+        heads = history[-1]["heads"]
+        selected = [tuple(int(x) for x in h[1:].split("H")) for h in heads.split(",")]
+        path = preset(
+            selected, settings, 0.5, {"unguided": search.baseline, "rounds": history}, objective
+        ).save(out / f"preset-{objective}.json")
+        yield image, "\n\n".join(report), str(path), heads
+
 
 def build_app(demo: Demo) -> gr.Blocks:
     """The Blocks UI around a `Demo`."""
@@ -213,6 +274,35 @@ def build_app(demo: Demo) -> gr.Blocks:
                 api_name="generate",
                 concurrency_limit=demo.limits.concurrency,
             )
+        with gr.Tab("Head search"):
+            with gr.Row():
+                with gr.Column():
+                    objective = gr.Dropdown(list(SEARCH_OBJECTIVES), value="toy-quality", label="Objective")
+                    search_prompts = gr.Textbox(label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
+                                                lines=4, value="a red circle\na blue square on the left and a yellow triangle on the right")  # fmt: skip
+                    with gr.Row():
+                        n_seeds = gr.Number(
+                            label=f"Seeds per prompt (1-{MAX_SEARCH_SEEDS})", value=2, precision=0
+                        )
+                        k = gr.Number(label=f"Heads per round k (1-{MAX_K})", value=4, precision=0)
+                        rounds = gr.Number(label=f"Rounds (1-{MAX_ROUNDS})", value=1, precision=0)
+                        search_steps = gr.Number(label="Steps", value=demo.default_steps, precision=0)
+                    sweep = gr.Checkbox(label="Head map (score every head alone first)", value=True)
+                    go = gr.Button("Search", variant="primary")
+                with gr.Column():
+                    head_map = gr.Image(label="Head map: score - unguided (layers x heads)", type="filepath")
+                    report = gr.Markdown()
+                    found = gr.File(label="Found preset")
+                    found_heads = gr.Textbox(label="Found heads", interactive=False)
+                    use = gr.Button("Use these heads in the Generate tab")
+            go.click(
+                demo.search,
+                [objective, search_prompts, n_seeds, k, rounds, search_steps, sweep],
+                [head_map, report, found, found_heads],
+                api_name="search",
+                concurrency_limit=demo.limits.concurrency,
+            )
+            use.click(lambda text: (text, NO_PRESET), [found_heads], [heads, preset], api_name=False)
     return app
 
 

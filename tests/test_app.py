@@ -35,3 +35,29 @@ def test_invalid_inputs_name_the_input(client, kwargs, message):
     prompt = kwargs.pop("prompt", "a red circle")
     with pytest.raises(AppError, match=message.replace("(", r"\(")):
         client.predict(prompt, api_name="/generate", **kwargs)
+
+
+def test_search_tab_returns_heatmap_and_preset(client):
+    heatmap, report, preset, heads = client.predict(
+        "saturation", "a red circle", 1, 2, 1, 2, True, api_name="/search"
+    )
+    assert Image.open(heatmap).size == (40 + 4 * 24, 40 + 4 * 24)
+    data = json.loads(open(preset).read())
+    assert len(data["groups"][0]["heads"]) == 2 and heads.count("L") == 2
+    assert "round 0" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("saturation", "", 1, 2, 1, 2, False), "Prompts: give 1 to 8 prompts"),
+        (("saturation", "a", 9, 2, 1, 2, False), "Seeds: 9 is not allowed"),
+        (("saturation", "a", 1, 0, 1, 2, False), "k: 0 is not allowed"),
+        (("saturation", "a", 1, 2, 1, 50, False), "Steps: 50 is not allowed"),
+    ],
+)
+def test_search_tab_errors_name_the_input(client, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/search")
