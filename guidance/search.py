@@ -74,7 +74,7 @@ class HeadSearch:
         if self.cache_dir:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._read_caches()
-        baseline = np.asarray(self._per_pair([()])[()])
+        baseline = np.asarray(self.per_pair([()])[()])
         objective.fit_baseline(baseline)
         self.baseline = objective.candidate_score(baseline)
 
@@ -115,7 +115,7 @@ class HeadSearch:
             num_inference_steps=s.steps, guidance_scale=s.guidance_scale, **call,
         ).images  # fmt: skip
 
-    def _per_pair(self, candidates: Iterable[Candidate]) -> dict[Candidate, list]:
+    def per_pair(self, candidates: Iterable[Candidate]) -> dict[Candidate, list]:
         """Per-pair scores of each candidate, computing only (candidate, pair) items not in the cache."""
         candidates = list(dict.fromkeys(candidates))
         todo = [
@@ -140,11 +140,11 @@ class HeadSearch:
     def evaluate(self, candidates: Sequence[Candidate]) -> dict[Candidate, float]:
         """Objective score of each candidate (mean over the prompt-seed pairs); this rank's share with accelerate."""
         mine = [c for i, c in enumerate(candidates) if i % self.world == self.rank]
-        self._per_pair(mine)
+        self.per_pair(mine)
         if self.world > 1:
             barrier()
             self._read_caches()
-        per_pair = self._per_pair(candidates)  # everything is cached now
+        per_pair = self.per_pair(candidates)  # everything is cached now
         return {c: self.objective.candidate_score(np.asarray(v)) for c, v in per_pair.items()}
 
     # -- searches -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from diffusers import (
 
 from guidance.perturbation import CallRows, SoftPAG
 from pipelines.loading import absent_components, model_index
+from pipelines.structured import StructuredMixin
 
 
 class SoftPAGMixin:
@@ -91,14 +92,14 @@ class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
         return lambda n: CallRows(cond=slice(0, n), cfg_divisor=divisor)
 
 
-class HeadHunterSDPipeline(SoftPAGMixin, StableDiffusionPipeline):
-    """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on UNet self-attention layers."""
+class HeadHunterSDPipeline(StructuredMixin, SoftPAGMixin, StableDiffusionPipeline):
+    """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on self-attention and structured cross-attention."""
 
     _denoiser_name = "unet"
 
 
-class HeadHunterSDXLPipeline(SoftPAGMixin, StableDiffusionXLPipeline):
-    """StableDiffusionXLPipeline with SoftPAG on UNet self-attention layers."""
+class HeadHunterSDXLPipeline(StructuredMixin, SoftPAGMixin, StableDiffusionXLPipeline):
+    """StableDiffusionXLPipeline with SoftPAG on self-attention and structured cross-attention."""
 
     _denoiser_name = "unet"
 
@@ -143,3 +144,17 @@ class HeadHunterPipeline:
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> DiffusionPipeline:
         """Wrap an already loaded diffusers pipeline (components shared, not copied)."""
         return pipeline_class(type(pipeline).__name__).from_pipe(pipeline, **kwargs)
+
+
+class StructuredDiffusionPipeline(HeadHunterPipeline):
+    """`StructuredDiffusionPipeline.from_pretrained(...)`: the SD1.x/2.x or SDXL HeadHunter pipeline, whose calls
+    take `structured="key-value"` or `"conjunction"` (and SoftPAG's `pag_*` arguments too)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> DiffusionPipeline:
+        """Load an SD1.x/2.x or SDXL pipeline; other architectures are refused with their name."""
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        name = model_index(pretrained_model_name_or_path, **hub_kwargs).get("_class_name", "?")
+        if not issubclass(pipeline_class(name), StructuredMixin):
+            raise ValueError(f"StructuredDiffusionPipeline supports SD1.x/2.x and SDXL, not {name!r}")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

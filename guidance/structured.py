@@ -1,0 +1,121 @@
+"""Structured cross-attention (StructureDiffusion, Feng et al., ICLR 2023): noun phrases encoded on their own and
+mixed into cross-attention, for better attribute binding.
+
+Aligned sequences: W̄_i = W_p (the full prompt's encoding) with phrase i's token span replaced by the phrase's own
+encoding W_i. Key-value mode (the paper's default): keys from W_p, output = mean_i A V(W̄_i) over
+[W_p, W̄_1..W̄_k]; attention is linear in the values, so this is one attention with the mean value context.
+Conjunction mode: one value set V(W_p), several key sets K(W_p), K(W̄_1).., output = mean_i softmax(Q K_i) V.
+
+How contexts travel: the pipeline passes, per batch row, one tensor that holds every context the processor needs,
+concatenated along the token axis, so any batch reordering (CFG, SoftPAG's copies) carries them along:
+- key-value: [W_p ; mean value context]              (2L tokens)
+- conjunction: [W_p ; W̄_1 ; .. ; W̄_m ; weights]      ((m + 2)L tokens; the weights block's first row holds the
+  weight of each key set: 1/(k+1) for the sets of that row, 0 for padding)
+Unconditional rows carry the negative prompt in every slot (weights on the first set only): plain attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("key-value", "conjunction")
+
+
+def aligned_contexts(full: torch.Tensor, phrases: list[tuple[torch.Tensor, tuple[int, int]]]) -> torch.Tensor:
+    """[W_p, W̄_1, .., W̄_k] (k+1, L, D): W_p with each span [s, e) replaced by its phrase encoding's tokens 1..e-s."""
+    contexts = [full]
+    for encoding, (start, end) in phrases:
+        aligned = full.clone()
+        aligned[start:end] = encoding[1 : 1 + end - start]
+        contexts.append(aligned)
+    return torch.stack(contexts)
+
+
+def pack(contexts: torch.Tensor, mode: str, sets: int) -> torch.Tensor:
+    """One row's packed context (see module doc) from its [W_p, W̄_1..] stack; `sets` key sets for conjunction."""
+    full = contexts[0]
+    if mode == "key-value":
+        return torch.cat([full, contexts.mean(0)])
+    k = contexts.shape[0]
+    if sets > full.shape[-1]:
+        raise ValueError(
+            f"conjunction mode supports at most {full.shape[-1]} key sets per prompt, got {sets}"
+        )
+    padded = torch.cat([contexts, full.expand(sets - k, *full.shape)]) if sets > k else contexts
+    weights = torch.zeros_like(full)
+    weights[0, :k] = 1.0 / k
+    return torch.cat([full, *padded, weights])
+
+
+def plain_pack(context: torch.Tensor, mode: str, sets: int) -> torch.Tensor:
+    """The packed form of an unstructured context (unconditional rows): plain attention on it."""
+    return pack(context[None], mode, sets)
+
+
+def naive_key_value(query, key, values: list[torch.Tensor]) -> torch.Tensor:
+    """Reference: k+1 attention products A V_i, averaged (for tests of the mean-value shortcut)."""
+    attn = torch.softmax(query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5, dim=-1)
+    return torch.stack([attn @ v for v in values]).mean(0)
+
+
+@dataclass
+class StructuredState:
+    """Per call: mode, the text length L of one context, number of key sets, and whether the step is active."""
+
+    mode: str
+    length: int
+    sets: int = 1
+    active: bool = True
+
+
+class StructuredCrossAttnProcessor:
+    """UNet cross-attention (`attn2`) reading packed contexts; `structured=False` layers use W_p only."""
+
+    def __init__(self, state: StructuredState, structured: bool):
+        self.state, self.structured = state, structured
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
+        if encoder_hidden_states is None or attention_mask is not None:
+            raise ValueError("structured cross-attention needs encoder_hidden_states and no attention_mask")
+        residual = hidden_states
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+
+        def heads(x):
+            return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+
+        length, state = self.state.length, self.state
+        full = encoder_hidden_states[:, :length]
+        query, key = heads(attn.to_q(hidden_states)), heads(attn.to_k(full))
+        on = self.structured and state.active
+        if state.mode == "key-value":
+            value = heads(attn.to_v(encoder_hidden_states[:, length : 2 * length] if on else full))
+            out = F.scaled_dot_product_attention(query, key, value)
+        elif not on:
+            out = F.scaled_dot_product_attention(query, key, heads(attn.to_v(full)))
+        else:
+            value = heads(attn.to_v(full))
+            weights = encoder_hidden_states[:, -length, : state.sets]  # (batch, sets)
+            out = torch.zeros_like(query[..., :1]).expand(*query.shape[:-1], value.shape[-1]).clone()
+            for j in range(state.sets):
+                ctx = encoder_hidden_states[:, (j + 1) * length : (j + 2) * length]
+                part = F.scaled_dot_product_attention(query, heads(attn.to_k(ctx)), value)
+                out = out + weights[:, j, None, None, None].to(part.dtype) * part
+        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor

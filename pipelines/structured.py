@@ -1,0 +1,158 @@
+"""Structured cross-attention for UNet pipelines (SD1.x/2.x, SDXL): the `structured` call arguments.
+
+`StructuredMixin.__call__` encodes the prompts and their noun phrases itself, packs the contexts the processors
+need (see `guidance.structured`), passes them to the parent pipeline as `prompt_embeds` /
+`negative_prompt_embeds`, and swaps `StructuredCrossAttnProcessor` onto the cross-attention layers for the call.
+It sits before `SoftPAGMixin` in the class order, so one call may use both (self-attention perturbed,
+cross-attention structured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+from guidance.noun_phrases import Phrase, noun_phrases, token_span
+from guidance.perturbation import SoftPAGError
+from guidance.structured import MODES, StructuredCrossAttnProcessor, StructuredState, aligned_contexts, pack
+
+CROSS_REPLACEABLE = ("AttnProcessor2_0", "AttnProcessor", "StructuredCrossAttnProcessor")
+
+
+class StructuredMixin:
+    """Adds `structured`, `noun_phrases`, `structured_layers`, `structured_start/stop` to a UNet pipeline."""
+
+    def _encode(self, prompts: list[str], cfg: bool, negative=None, clip_skip=None):
+        """(prompt_embeds, negative_prompt_embeds, extra) as the parent pipeline computes them."""
+        out = self.encode_prompt(
+            prompts, device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negative, clip_skip=clip_skip,
+        )  # fmt: skip
+        if len(out) == 4:  # SDXL: pooled embeddings stay the full prompt's
+            return out[0], out[1], {"pooled_prompt_embeds": out[2], "negative_pooled_prompt_embeds": out[3]}
+        return out[0], out[1], {}
+
+    def aligned_stacks(
+        self, prompts: list[str], phrases: list[list[Phrase]], full: torch.Tensor, clip_skip=None
+    ):
+        """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped)."""
+        stacks = []
+        for b, (prompt, found) in enumerate(zip(prompts, phrases, strict=True)):
+            spans = [(p, token_span(self.tokenizer, prompt, p)) for p in found]
+            spans = [(p, s) for p, s in spans if s is not None]
+            if spans:
+                encoded = self._encode([p.text for p, _ in spans], False, clip_skip=clip_skip)[0]
+                stacks.append(aligned_contexts(full[b], [(encoded[i], s) for i, (_, s) in enumerate(spans)]))
+            else:
+                stacks.append(full[b][None])
+        return stacks
+
+    @contextmanager
+    def _structured_processors(
+        self, state: StructuredState, layers: Sequence[int] | None, start: float, stop: float
+    ):
+        unet = self.unet
+        names = [k.removesuffix(".processor") for k in unet.attn_processors if k.endswith("attn2.processor")]
+        if layers is not None:
+            bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < len(names)]
+            if bad:
+                raise SoftPAGError(
+                    f"structured_layers={list(layers)!r}: layers must be in 0..{len(names) - 1}"
+                )
+        originals = {n: unet.get_submodule(n).processor for n in names}
+        for name, processor in originals.items():
+            if type(processor).__name__ not in CROSS_REPLACEABLE:
+                raise SoftPAGError(
+                    f"structured: {name} uses {type(processor).__name__}; structured cross-attention replaces only "
+                    f"{', '.join(CROSS_REPLACEABLE)} (IP-Adapter and xformers are not supported with it)"
+                )
+        calls = {"n": 0}
+
+        def count(module, args, kwargs):
+            fraction = calls["n"] / max(len(self.scheduler.timesteps), 1)
+            calls["n"] += 1
+            state.active = start <= fraction < stop
+
+        handle = unet.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            for i, name in enumerate(names):
+                on = layers is None or i in layers
+                unet.get_submodule(name).set_processor(StructuredCrossAttnProcessor(state, on))
+            yield
+        finally:
+            handle.remove()
+            for name, processor in originals.items():
+                unet.get_submodule(name).set_processor(processor)
+
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *args,
+        structured: str | None = None,
+        noun_phrases: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        structured_layers: Sequence[int] | None = None,
+        structured_start: float = 0.0,
+        structured_stop: float = 1.0,
+        **kwargs,
+    ):
+        """Parent arguments plus structured cross-attention.
+
+        structured: "key-value" (the paper's default), "conjunction", or None (off).
+        noun_phrases: phrases to use instead of the parser; a list for one prompt, or one list per prompt.
+        structured_layers: indices of cross-attention layers (order of `unet.attn_processors`); None = all.
+        structured_start, structured_stop: fraction of the schedule in which it applies (default: every step).
+        """
+        if structured is None:
+            if noun_phrases is not None or structured_layers is not None:
+                raise SoftPAGError(
+                    "noun_phrases / structured_layers need structured='key-value' or 'conjunction'"
+                )
+            return super().__call__(prompt, *args, **kwargs)
+        if structured not in MODES:
+            raise SoftPAGError(f"structured={structured!r} is not supported; allowed: {MODES} or None")
+        if prompt is None or kwargs.get("prompt_embeds") is not None:
+            raise SoftPAGError(
+                "structured needs `prompt` as text (not prompt_embeds): phrases are encoded from it"
+            )
+        if args:
+            raise SoftPAGError("pass the other arguments by name when structured is on")
+        if not 0 <= structured_start < structured_stop <= 1:
+            raise SoftPAGError(f"structured_start={structured_start} / structured_stop={structured_stop}: need "
+                               "0 <= start < stop <= 1")  # fmt: skip
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        phrases = _phrases_for(prompts, noun_phrases)
+        clip_skip = kwargs.get("clip_skip")
+        # One encode call gives the full prompts and the negatives exactly as the parent pipeline would.
+        negative = kwargs.pop("negative_prompt", None)
+        negative = [negative] * len(prompts) if isinstance(negative, str) else negative
+        full, neg, extra = self._encode(prompts, True, negative, clip_skip)
+        stacks = self.aligned_stacks(prompts, phrases, full, clip_skip)
+        sets = max(len(s) for s in stacks) if structured == "conjunction" else 1
+        packed = torch.stack([pack(s, structured, sets) for s in stacks])
+        neg_packed = torch.stack([pack(n[None], structured, sets) for n in neg])
+        state = StructuredState(structured, full.shape[1], sets)
+        with self._structured_processors(state, structured_layers, structured_start, structured_stop):
+            return super().__call__(
+                None, prompt_embeds=packed, negative_prompt_embeds=neg_packed, **extra, **kwargs
+            )
+
+
+def _phrases_for(prompts: list[str], given) -> list[list[Phrase]]:
+    """Parsed phrases per prompt, or the user's (located in the prompt; an error names a phrase not found)."""
+    if given is None:
+        return [noun_phrases(p) for p in prompts]
+    per_prompt = [given] if given and isinstance(given[0], str) else list(given)
+    if len(per_prompt) != len(prompts):
+        raise SoftPAGError(f"noun_phrases has {len(per_prompt)} lists for {len(prompts)} prompts")
+    result = []
+    for prompt, texts in zip(prompts, per_prompt, strict=True):
+        found = []
+        for text in texts:
+            start = prompt.find(text)
+            if start < 0:
+                raise SoftPAGError(f"noun_phrases: {text!r} does not occur in the prompt {prompt!r}")
+            found.append(Phrase(text, start, start + len(text)))
+        result.append(found)
+    return result

