@@ -152,45 +152,54 @@ class SoftPAGFluxAttnProcessor(_SoftPAGProcessor):
         return hidden_states, attn.to_add_out(encoder_out.contiguous())
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(batch, tokens, heads * dim) -> (batch, heads, tokens, dim)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def unet_tokens(attn, hidden_states: torch.Tensor, temb=None) -> tuple[torch.Tensor, torch.Size]:
+    """The prologue of diffusers' UNet attention: spatial norm, (B, C, H, W) -> tokens, group norm; also the
+    input shape, for `unet_output`."""
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = hidden_states.shape
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, shape
+
+
+def unet_output(attn, out: torch.Tensor, residual: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The epilogue: (batch, heads, tokens, dim) -> output projection, tokens -> (B, C, H, W), residual, rescale."""
+    out = out.transpose(1, 2).flatten(2, 3)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if len(shape) == 4:
+        out = out.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class SoftPAGSelfAttnProcessor(_SoftPAGProcessor):
     """UNet self-attention (`attn1` of SD1.x/2.x/SDXL), PAG's original home: every token is an image token."""
 
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
     ):
-        if encoder_hidden_states is not None:
+        if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError(
-                f"SoftPAG self-attention processor on {self.name} was given encoder_hidden_states"
+                f"SoftPAG on UNet self-attention ({self.name}) takes no context and no attention_mask"
             )
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        if attention_mask is not None:
-            raise ValueError(f"SoftPAG on UNet self-attention ({self.name}) does not support attention_mask")
-        batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
+        hidden_states, shape = unet_tokens(attn, hidden_states, temb)
         query, key, value = (
-            proj(hidden_states).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-            for proj in (attn.to_q, attn.to_k, attn.to_v)
+            split_heads(proj(hidden_states), attn.heads) for proj in (attn.to_q, attn.to_k, attn.to_v)
         )
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-
-        out = softpag_attention(
-            query, key, value, self._strength(batch, query.device), self.state.identity, None
-        )
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        u = self._strength(hidden_states.shape[0], query.device)
+        out = softpag_attention(query, key, value, u, self.state.identity, None)
+        return unet_output(attn, out.to(query.dtype), residual, shape)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from guidance.processors import split_heads, unet_output, unet_tokens
+
 MODES = ("key-value", "conjunction")
 
 
@@ -83,39 +85,29 @@ class StructuredCrossAttnProcessor:
         if encoder_hidden_states is None or attention_mask is not None:
             raise ValueError("structured cross-attention needs encoder_hidden_states and no attention_mask")
         residual = hidden_states
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, shape = unet_tokens(attn, hidden_states, temb)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-
-        def heads(x):
-            return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-
         length, state = self.state.length, self.state
         full = encoder_hidden_states[:, :length]
-        query, key = heads(attn.to_q(hidden_states)), heads(attn.to_k(full))
+        query, key = (
+            split_heads(attn.to_q(hidden_states), attn.heads),
+            split_heads(attn.to_k(full), attn.heads),
+        )
         on = self.structured and state.active
         if state.mode == "key-value":
-            value = heads(attn.to_v(encoder_hidden_states[:, length : 2 * length] if on else full))
-            out = F.scaled_dot_product_attention(query, key, value)
+            values = encoder_hidden_states[:, length : 2 * length] if on else full
+            out = F.scaled_dot_product_attention(query, key, split_heads(attn.to_v(values), attn.heads))
         elif not on:
-            out = F.scaled_dot_product_attention(query, key, heads(attn.to_v(full)))
+            out = F.scaled_dot_product_attention(query, key, split_heads(attn.to_v(full), attn.heads))
         else:
-            value = heads(attn.to_v(full))
+            value = split_heads(attn.to_v(full), attn.heads)
             weights = encoder_hidden_states[:, -length, : state.sets]  # (batch, sets)
-            out = torch.zeros_like(query[..., :1]).expand(*query.shape[:-1], value.shape[-1]).clone()
+            out = 0
             for j in range(state.sets):
-                ctx = encoder_hidden_states[:, (j + 1) * length : (j + 2) * length]
-                part = F.scaled_dot_product_attention(query, heads(attn.to_k(ctx)), value)
+                keys = split_heads(
+                    attn.to_k(encoder_hidden_states[:, (j + 1) * length : (j + 2) * length]), attn.heads
+                )
+                part = F.scaled_dot_product_attention(query, keys, value)
                 out = out + weights[:, j, None, None, None].to(part.dtype) * part
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return unet_output(attn, out.to(query.dtype), residual, shape)

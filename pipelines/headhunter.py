@@ -153,7 +153,9 @@ class StructuredDiffusionPipeline(HeadHunterPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> DiffusionPipeline:
         """Load an SD1.x/2.x or SDXL pipeline; other architectures are refused with their name."""
-        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        hub_kwargs = {
+            k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
+        }
         name = model_index(pretrained_model_name_or_path, **hub_kwargs).get("_class_name", "?")
         if not issubclass(pipeline_class(name), StructuredMixin):
             raise ValueError(f"StructuredDiffusionPipeline supports SD1.x/2.x and SDXL, not {name!r}")
