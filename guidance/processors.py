@@ -36,6 +36,18 @@ class PerturbationState:
         return u
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(batch, tokens, heads * dim) -> (batch, heads, tokens, dim)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def project(x: torch.Tensor, projections, norms, heads: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v split into heads, with the module's q/k norms (qk-norm) applied where it has them."""
+    query, key, value = (split_heads(proj(x), heads) for proj in projections)
+    norm_q, norm_k = norms
+    return (query if norm_q is None else norm_q(query)), (key if norm_k is None else norm_k(key)), value
+
+
 class _SoftPAGProcessor:
     """Shared part: the call's state and the module name this processor serves."""
 
@@ -53,26 +65,16 @@ class SoftPAGJointAttnProcessor(_SoftPAGProcessor):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         batch, image_tokens = hidden_states.shape[:2]
-        heads = attn.heads
-        query, key, value = (
-            proj(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
-            for proj in (attn.to_q, attn.to_k, attn.to_v)
+        query, key, value = project(
+            hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k), attn.heads
         )
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
         if encoder_hidden_states is not None:
-            ctx_q, ctx_k, ctx_v = (
-                proj(encoder_hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
-                for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
-            )
-            if attn.norm_added_q is not None:
-                ctx_q = attn.norm_added_q(ctx_q)
-            if attn.norm_added_k is not None:
-                ctx_k = attn.norm_added_k(ctx_k)
+            context = project(
+                encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                (attn.norm_added_q, attn.norm_added_k), attn.heads,
+            )  # fmt: skip
             query, key, value = (
-                torch.cat(pair, dim=2) for pair in ((query, ctx_q), (key, ctx_k), (value, ctx_v))
+                torch.cat(pair, dim=2) for pair in zip((query, key, value), context, strict=True)
             )
 
         out = softpag_attention(
@@ -152,11 +154,6 @@ class SoftPAGFluxAttnProcessor(_SoftPAGProcessor):
         return hidden_states, attn.to_add_out(encoder_out.contiguous())
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(batch, tokens, heads * dim) -> (batch, heads, tokens, dim)."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-
-
 def unet_tokens(attn, hidden_states: torch.Tensor, temb=None) -> tuple[torch.Tensor, torch.Size]:
     """The prologue of diffusers' UNet attention: spatial norm, (B, C, H, W) -> tokens, group norm; also the
     input shape, for `unet_output`."""
@@ -193,13 +190,9 @@ class SoftPAGSelfAttnProcessor(_SoftPAGProcessor):
             )
         residual = hidden_states
         hidden_states, shape = unet_tokens(attn, hidden_states, temb)
-        query, key, value = (
-            split_heads(proj(hidden_states), attn.heads) for proj in (attn.to_q, attn.to_k, attn.to_v)
+        query, key, value = project(
+            hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k), attn.heads
         )
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
         u = self._strength(hidden_states.shape[0], query.device)
         out = softpag_attention(query, key, value, u, self.state.identity, None)
         return unet_output(attn, out.to(query.dtype), residual, shape)
