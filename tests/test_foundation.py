@@ -1,7 +1,6 @@
 """The foundation: tiny offline pipelines load through from_pretrained and generate; no network is reached."""
 
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from pipelines.tiny import TINY_PIPELINES, clip_tokenizer, save_and_reload, t5_t
 
 @pytest.mark.parametrize("name", sorted(TINY_PIPELINES))
 def test_tiny_pipeline_roundtrip_and_generate(name, tmp_path):
-    start = time.perf_counter()
     built = TINY_PIPELINES[name]()
     pipe = save_and_reload(built, tmp_path / name)
     assert type(pipe) is type(built)
@@ -25,7 +23,6 @@ def test_tiny_pipeline_roundtrip_and_generate(name, tmp_path):
         generator=torch.Generator().manual_seed(0),
         output_type="np",
     ).images
-    elapsed = time.perf_counter() - start
     assert image.shape == (1, 32, 32, 3)
     assert np.isfinite(image).all()
     # Same weights after the round trip: same image from the same seed.
@@ -38,7 +35,6 @@ def test_tiny_pipeline_roundtrip_and_generate(name, tmp_path):
         output_type="np",
     ).images
     np.testing.assert_allclose(image, again, atol=1e-5)  # reloaded weights: same image up to float noise
-    assert elapsed < 5.0, f"{name}: build + save + load + 2-step generation took {elapsed:.1f}s"
 
 
 def test_absent_components_are_none(tmp_path):
