@@ -212,6 +212,7 @@ class _Runner:
         self.signature = inspect.signature(pag.denoiser.forward)
         self.cond_pointer: int | None = None
         self.calls = 0
+        self.built_for: tuple[int, int] | None = None
         self.active = False
 
     def register(self) -> list:
@@ -267,13 +268,17 @@ class _Runner:
             raise SoftPAGError(
                 f"pag_heads_per_image has {self.pag.images} selections but the call generates {size} images"
             )
-        for name in self.pag.modules:
-            heads = self.pag.layout.heads_of(name)
-            u = torch.zeros(total, heads)
-            for g, table in enumerate(self.pag.group_strengths):
-                if name in table:
-                    u[n + g * size : n + (g + 1) * size] = table[name]
-            self.state.strengths[name] = u
+        if self.built_for != (n, size):  # the same every step of a call: build once, on the model's device
+            device = inputs[first].device
+            self.strengths = {}
+            for name in self.pag.modules:
+                u = torch.zeros(total, self.pag.layout.heads_of(name), device=device)
+                for g, table in enumerate(self.pag.group_strengths):
+                    if name in table:
+                        u[n + g * size : n + (g + 1) * size] = table[name].to(device)
+                self.strengths[name] = u
+            self.built_for = (n, size)
+        self.state.strengths = self.strengths
         if self.pag.layout.arch == "unet":
             names = UNET_INPUTS
         elif self.pag.split_block is None:

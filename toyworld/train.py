@@ -286,10 +286,11 @@ def encode_text(text_encoders, tokenizer, prompts: list[str]) -> tuple[torch.Ten
 class LossLog:
     """Appends JSON lines {stage, step, loss, ...} to a file and keeps a running mean for the progress bar."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        if not append or not path.exists():
+            path.write_text("")
         self.rows: list[dict] = []
 
     def write(self, **row) -> None:
@@ -358,6 +359,63 @@ def train_vae(vae, args, log: LossLog, seconds: float) -> None:
     state = {"step": 0}
     run_loop(step, args.vae_steps, seconds, "vae", on_step)
     vae.eval()
+
+
+def finetune_decoder(vae, args, log: LossLog, seconds: float) -> int:
+    """Sharpen the decoder with the encoder frozen: the latent space, and so the denoiser, stay valid."""
+    rng = random.Random(args.seed + 4)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    size = ARCHS[args.arch]["resolution"]
+    state = {"step": 0}
+
+    def step(progress: float) -> float:
+        x = images_to_tensor([sample_scene(rng, style_prob=0.25) for _ in range(args.vae_batch)], size)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean  # what the denoiser was trained to produce
+        y = vae.decode(z).sample
+        loss = F.l1_loss(y, x) + F.mse_loss(y, x)
+        for group in opt.param_groups:
+            group["lr"] = args.decoder_lr * cosine_lr(state["step"], progress, 20)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        return loss.item()
+
+    def on_step(i: int, loss: float, bar) -> None:
+        if i % 10 == 0:
+            log.write(stage="decoder", step=i, loss=round(loss, 5), time=round(time.time() - args.t0, 1))
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    vae.train()
+    steps = run_loop(step, args.decoder_steps, seconds, "decoder", on_step)
+    vae.eval().requires_grad_(False)
+    return steps
+
+
+def finetune_saved_decoder(args, log: LossLog) -> None:
+    """--stage decoder: fine-tune the decoder of the pipeline saved in --out, and save it back atomically."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(args.out)
+    steps = finetune_decoder(pipe.vae, args, log, args.minutes * 60 - 20)
+    training = json.loads((args.out / "training.json").read_text())
+    training["decoder_finetune"] = {
+        "command": "python -m toyworld.train " + " ".join(sys.argv[1:]),
+        "steps": steps,
+        "elapsed_s": round(time.time() - args.t0, 1),
+        "loss_curve": [[r["step"], r["loss"]] for r in log.rows if r.get("stage") == "decoder"],
+    }
+    training["elapsed_s_all_stages"] = round(
+        training["elapsed_s"] + training["decoder_finetune"]["elapsed_s"], 1
+    )
+    toyworld = json.loads((args.out / "toyworld.json").read_text())
+    write_pipeline(pipe, args.out, {"toyworld.json": toyworld, "training.json": training})
+    print(f"saved {args.out}: decoder fine-tuned for {steps} steps", flush=True)
 
 
 @torch.no_grad()
@@ -461,11 +519,6 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
     )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for name in ("tokenizer", "tokenizer_2"):
-        write_bpe_files(tokenizer, tmp / name)
     toyworld = {
         "arch": args.arch,
         "height": cfg["resolution"],
@@ -475,7 +528,6 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
         "held_out_pairs_seed": 0,
         "note": "Trained on toyworld.scenes; evaluate with toyworld.evaluator.evaluate(image, caption).",
     }
-    (tmp / "toyworld.json").write_text(json.dumps(toyworld, indent=2) + "\n")
     curve = [[r["step"], r["ema_loss"]] for r in log.rows if r.get("stage") == "denoiser"][::5]
     training = {
         "status": status,
@@ -485,13 +537,33 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
         "batch": args.batch,
         "lr": args.lr,
         "vae_steps": sum(1 for r in log.rows if r.get("stage") == "vae") * 10,
+        "decoder_steps": sum(1 for r in log.rows if r.get("stage") == "decoder") * 10,
         "config": cfg,
         "elapsed_s": round(time.time() - args.t0, 1),
         "loss_curve": curve,
         "vae_loss_curve": [[r["step"], r["loss"]] for r in log.rows if r.get("stage") == "vae"],
         "torch": torch.__version__,
     }
-    (tmp / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    write_pipeline(pipe, out, {"toyworld.json": toyworld, "training.json": training}, tokenizer)
+
+
+def write_pipeline(pipe, out: Path, files: dict[str, dict], tokenizer=None) -> None:
+    """save_pretrained into a temp folder, add JSON `files` (and files of an older `out` that are missing,
+    such as vocab.json/merges.txt), then swap it into place by renaming."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        for name in ("tokenizer", "tokenizer_2"):
+            write_bpe_files(tokenizer, tmp / name)
+    for name, data in files.items():
+        (tmp / name).write_text(json.dumps(data, indent=1) + "\n")
+    if out.exists():
+        for path in out.rglob("*"):
+            target = tmp / path.relative_to(out)
+            if path.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         out.rename(old)
@@ -505,6 +577,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arch", choices=sorted(ARCHS), default="sd3")
+    parser.add_argument(
+        "--stage",
+        choices=("all", "decoder"),
+        default="all",
+        help="all: every stage; decoder: only fine-tune the VAE decoder of the pipeline already in --out",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for all stages")
@@ -514,6 +592,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--decoder-steps", type=int, default=0, help="decoder fine-tuning steps (0: by time)")
+    parser.add_argument("--decoder-lr", type=float, default=3e-4)
+    parser.add_argument(
+        "--decoder-fraction", type=float, default=0.05, help="share of --minutes for the decoder stage"
+    )
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--pool", type=int, default=24000, help="training scenes whose latents are cached")
@@ -526,7 +609,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = ARCHS[args.arch]
-    log = LossLog(args.log or args.out.parent / f"{args.out.name}-loss.jsonl")
+    log = LossLog(args.log or args.out.parent / f"{args.out.name}-loss.jsonl", append=args.stage == "decoder")
+    if args.stage == "decoder":
+        finetune_saved_decoder(args, log)
+        return
     budget = args.minutes * 60
 
     tokenizer = build_tokenizer(cfg["max_text_length"])
@@ -541,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
 
     transformer = build_transformer(cfg)
     text_encoders = [build_text_encoder(cfg, tokenizer) for _ in range(2)]
-    remaining = budget - (time.time() - args.t0) - 30  # leave time for the final save
+    remaining = budget * (1 - args.decoder_fraction) - (time.time() - args.t0) - 30  # 30 s: the final save
 
     def save_fn(modules, status: str, steps: int) -> None:
         save_pipeline(args.out, modules, vae, tokenizer, args, log, status, steps)
@@ -549,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     ema, steps = train_denoiser(
         transformer, text_encoders, tokenizer, scenes, latents, args, log, remaining, save_fn
     )
+    finetune_decoder(vae, args, log, budget - (time.time() - args.t0) - 20)
     save_fn(ema, status="complete", steps=steps)
     print(
         f"saved {args.out} after {(time.time() - args.t0) / 60:.1f} min, {steps} denoiser steps", flush=True
