@@ -21,17 +21,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from guidance.processors import split_heads, unet_output, unet_tokens
+from guidance.processors import project, split_heads, unet_output, unet_tokens
 
 MODES = ("key-value", "conjunction")
 
 
-def aligned_contexts(full: torch.Tensor, phrases: list[tuple[torch.Tensor, tuple[int, int]]]) -> torch.Tensor:
-    """[W_p, W̄_1, .., W̄_k] (k+1, L, D): W_p with each span [s, e) replaced by its phrase encoding's tokens 1..e-s."""
+Segment = tuple[
+    int, int, int
+]  # (start, end) in the full prompt's sequence, and where the phrase's own tokens start
+
+
+def aligned_contexts(full: torch.Tensor, phrases: list[tuple[torch.Tensor, list[Segment]]]) -> torch.Tensor:
+    """[W_p, W̄_1, .., W̄_k] (k+1, L, D): W_p with each segment [s, e) replaced by the phrase encoding's tokens
+    from its own start (1 after CLIP's BOS; a T5 part starts without one)."""
     contexts = [full]
-    for encoding, (start, end) in phrases:
+    for encoding, segments in phrases:
         aligned = full.clone()
-        aligned[start:end] = encoding[1 : 1 + end - start]
+        for start, end, source in segments:
+            aligned[start:end] = encoding[source : source + end - start]
         contexts.append(aligned)
     return torch.stack(contexts)
 
@@ -111,3 +118,48 @@ class StructuredCrossAttnProcessor:
                 part = F.scaled_dot_product_attention(query, keys, value)
                 out = out + weights[:, j, None, None, None].to(part.dtype) * part
         return unet_output(attn, out.to(query.dtype), residual, shape)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# MMDiT (SD3) port — an experiment: no paper or public code does this
+# -------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JointStructuredState:
+    """Per call (SD3): the input-level offset d = embed(mean aligned) - embed(W_p) of the text stream, and per
+    structured block the normalised value context the processor reads."""
+
+    delta: torch.Tensor | None = None
+    value_context: dict[str, torch.Tensor] | None = None
+    active: bool = True
+
+
+class StructuredJointAttnProcessor:
+    """SD3 joint attention whose text tokens give keys (and queries) from the full-prompt stream c_l but values
+    from norm(c_l + d): the offset d between the mean aligned context and the full prompt, taken at the input
+    and carried to block l. At block 0 this is key-value structured attention up to the LayerNorm; deeper, an
+    approximation (the aligned streams themselves are never computed)."""
+
+    def __init__(self, state: JointStructuredState, name: str):
+        self.state, self.name = state, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        image_tokens = hidden_states.shape[1]
+        query, key, value = project(
+            hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k), attn.heads
+        )
+        ctx_q, ctx_k, ctx_v = project(
+            encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+            (attn.norm_added_q, attn.norm_added_k), attn.heads,
+        )  # fmt: skip
+        values = (self.state.value_context or {}).get(self.name) if self.state.active else None
+        if values is not None:
+            ctx_v = split_heads(attn.add_v_proj(values), attn.heads)
+        out = F.scaled_dot_product_attention(
+            torch.cat([query, ctx_q], 2), torch.cat([key, ctx_k], 2), torch.cat([value, ctx_v], 2)
+        )
+        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        hidden, context = out[:, :image_tokens], out[:, image_tokens:]
+        hidden = attn.to_out[1](attn.to_out[0](hidden))
+        return hidden, (context if attn.context_pre_only else attn.to_add_out(context))

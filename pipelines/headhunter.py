@@ -19,7 +19,7 @@ from diffusers import (
 
 from guidance.perturbation import CallRows, SoftPAG
 from pipelines.loading import absent_components, model_index
-from pipelines.structured import StructuredMixin
+from pipelines.structured import StructuredMixin, StructuredSD3Mixin
 
 
 class SoftPAGMixin:
@@ -74,8 +74,9 @@ class SoftPAGMixin:
             return super().__call__(*args, **kwargs)
 
 
-class HeadHunterSD3Pipeline(SoftPAGMixin, StableDiffusion3Pipeline):
-    """StableDiffusion3Pipeline (SD3, SD3.5) with SoftPAG; layers index `transformer.transformer_blocks`."""
+class HeadHunterSD3Pipeline(StructuredSD3Mixin, SoftPAGMixin, StableDiffusion3Pipeline):
+    """StableDiffusion3Pipeline (SD3, SD3.5) with SoftPAG (layers index `transformer.transformer_blocks`) and the
+    experimental MMDiT port of structured attention."""
 
 
 class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
@@ -148,15 +149,16 @@ class HeadHunterPipeline:
 
 class StructuredDiffusionPipeline(HeadHunterPipeline):
     """`StructuredDiffusionPipeline.from_pretrained(...)`: the SD1.x/2.x or SDXL HeadHunter pipeline, whose calls
-    take `structured="key-value"` or `"conjunction"` (and SoftPAG's `pag_*` arguments too)."""
+    take `structured="key-value"` or `"conjunction"` (and SoftPAG's `pag_*` arguments too), or the SD3 one with
+    the experimental MMDiT port (key-value only)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> DiffusionPipeline:
-        """Load an SD1.x/2.x or SDXL pipeline; other architectures are refused with their name."""
+        """Load an SD1.x/2.x, SDXL or SD3 pipeline; other architectures are refused with their name."""
         hub_kwargs = {
             k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
         }
         name = model_index(pretrained_model_name_or_path, **hub_kwargs).get("_class_name", "?")
         if not issubclass(pipeline_class(name), StructuredMixin):
-            raise ValueError(f"StructuredDiffusionPipeline supports SD1.x/2.x and SDXL, not {name!r}")
+            raise ValueError(f"StructuredDiffusionPipeline supports SD1.x/2.x, SDXL and SD3, not {name!r}")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -9,6 +9,7 @@ cross-attention structured).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -16,7 +17,15 @@ import torch
 
 from guidance.noun_phrases import Phrase, noun_phrases, token_span
 from guidance.perturbation import SoftPAGError
-from guidance.structured import MODES, StructuredCrossAttnProcessor, StructuredState, aligned_contexts, pack
+from guidance.structured import (
+    MODES,
+    JointStructuredState,
+    StructuredCrossAttnProcessor,
+    StructuredJointAttnProcessor,
+    StructuredState,
+    aligned_contexts,
+    pack,
+)
 
 CROSS_REPLACEABLE = ("AttnProcessor2_0", "AttnProcessor", "StructuredCrossAttnProcessor")
 
@@ -24,15 +33,27 @@ CROSS_REPLACEABLE = ("AttnProcessor2_0", "AttnProcessor", "StructuredCrossAttnPr
 class StructuredMixin:
     """Adds `structured`, `noun_phrases`, `structured_layers`, `structured_start/stop` to a UNet pipeline."""
 
+    _structured_modes = MODES
+
     def _encode(self, prompts: list[str], cfg: bool, negative=None, clip_skip=None):
         """(prompt_embeds, negative_prompt_embeds, extra) as the parent pipeline computes them."""
+        more = (
+            {"prompt_2": None, "prompt_3": None}
+            if "prompt_3" in inspect.signature(self.encode_prompt).parameters
+            else {}
+        )
         out = self.encode_prompt(
-            prompts, device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-            negative_prompt=negative, clip_skip=clip_skip,
+            prompt=prompts, device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negative, clip_skip=clip_skip, **more,
         )  # fmt: skip
         if len(out) == 4:  # SDXL: pooled embeddings stay the full prompt's
             return out[0], out[1], {"pooled_prompt_embeds": out[2], "negative_pooled_prompt_embeds": out[3]}
         return out[0], out[1], {}
+
+    def phrase_segments(self, prompt: str, phrase: Phrase) -> list:
+        """Where a phrase's tokens sit in the prompt encoding: [(start, end, source start)] (CLIP, BOS first)."""
+        span = token_span(self.tokenizer, prompt, phrase)
+        return [] if span is None else [(span[0], span[1], 1)]
 
     def aligned_stacks(
         self, prompts: list[str], phrases: list[list[Phrase]], full: torch.Tensor, clip_skip=None
@@ -40,34 +61,25 @@ class StructuredMixin:
         """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped)."""
         stacks = []
         for b, (prompt, found) in enumerate(zip(prompts, phrases, strict=True)):
-            spans = [(p, token_span(self.tokenizer, prompt, p)) for p in found]
-            spans = [(p, s) for p, s in spans if s is not None]
-            if spans:
-                encoded = self._encode([p.text for p, _ in spans], False, clip_skip=clip_skip)[0]
-                stacks.append(aligned_contexts(full[b], [(encoded[i], s) for i, (_, s) in enumerate(spans)]))
+            located = [(p, self.phrase_segments(prompt, p)) for p in found]
+            located = [(p, segments) for p, segments in located if segments]
+            if located:
+                encoded = self._encode([p.text for p, _ in located], False, clip_skip=clip_skip)[0]
+                stacks.append(
+                    aligned_contexts(full[b], [(encoded[i], seg) for i, (_, seg) in enumerate(located)])
+                )
             else:
                 stacks.append(full[b][None])
         return stacks
 
-    @contextmanager
-    def _structured_processors(
-        self, state: StructuredState, layers: Sequence[int] | None, start: float, stop: float
-    ):
-        unet = self.unet
-        names = [k.removesuffix(".processor") for k in unet.attn_processors if k.endswith("attn2.processor")]
+    def _check_layers(self, layers: Sequence[int] | None, count: int) -> None:
         if layers is not None:
-            bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < len(names)]
+            bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
             if bad:
-                raise SoftPAGError(
-                    f"structured_layers={list(layers)!r}: layers must be in 0..{len(names) - 1}"
-                )
-        originals = {n: unet.get_submodule(n).processor for n in names}
-        for name, processor in originals.items():
-            if type(processor).__name__ not in CROSS_REPLACEABLE:
-                raise SoftPAGError(
-                    f"structured: {name} uses {type(processor).__name__}; structured cross-attention replaces only "
-                    f"{', '.join(CROSS_REPLACEABLE)} (IP-Adapter and xformers are not supported with it)"
-                )
+                raise SoftPAGError(f"structured_layers={list(layers)!r}: layers must be in 0..{count - 1}")
+
+    def _window_hook(self, module: torch.nn.Module, state, start: float, stop: float):
+        """A pre-hook on the denoiser setting `state.active` inside [start, stop) of the schedule."""
         calls = {"n": 0}
 
         def count(module, args, kwargs):
@@ -75,7 +87,23 @@ class StructuredMixin:
             calls["n"] += 1
             state.active = start <= fraction < stop
 
-        handle = unet.register_forward_pre_hook(count, with_kwargs=True)
+        return module.register_forward_pre_hook(count, with_kwargs=True)
+
+    @contextmanager
+    def _structured_installed(self, mode: str, length: int, sets: int, layers, start: float, stop: float):
+        """UNets: StructuredCrossAttnProcessor on every attn2 (those outside `layers` use W_p only)."""
+        state = StructuredState(mode, length, sets)
+        unet = self.unet
+        names = [k.removesuffix(".processor") for k in unet.attn_processors if k.endswith("attn2.processor")]
+        self._check_layers(layers, len(names))
+        originals = {n: unet.get_submodule(n).processor for n in names}
+        for name, processor in originals.items():
+            if type(processor).__name__ not in CROSS_REPLACEABLE:
+                raise SoftPAGError(
+                    f"structured: {name} uses {type(processor).__name__}; structured cross-attention replaces only "
+                    f"{', '.join(CROSS_REPLACEABLE)} (IP-Adapter and xformers are not supported with it)"
+                )
+        handle = self._window_hook(unet, state, start, stop)
         try:
             for i, name in enumerate(names):
                 on = layers is None or i in layers
@@ -110,8 +138,10 @@ class StructuredMixin:
                     "noun_phrases / structured_layers need structured='key-value' or 'conjunction'"
                 )
             return super().__call__(prompt, *args, **kwargs)
-        if structured not in MODES:
-            raise SoftPAGError(f"structured={structured!r} is not supported; allowed: {MODES} or None")
+        if structured not in self._structured_modes:
+            raise SoftPAGError(
+                f"structured={structured!r} is not supported here; allowed: {self._structured_modes} or None"
+            )
         if prompt is None or kwargs.get("prompt_embeds") is not None:
             raise SoftPAGError(
                 "structured needs `prompt` as text (not prompt_embeds): phrases are encoded from it"
@@ -132,11 +162,87 @@ class StructuredMixin:
         sets = max(len(s) for s in stacks) if structured == "conjunction" else 1
         packed = torch.stack([pack(s, structured, sets) for s in stacks])
         neg_packed = torch.stack([pack(n[None], structured, sets) for n in neg])
-        state = StructuredState(structured, full.shape[1], sets)
-        with self._structured_processors(state, structured_layers, structured_start, structured_stop):
+        with self._structured_installed(
+            structured, full.shape[1], sets, structured_layers, structured_start, structured_stop
+        ):
             return super().__call__(
                 None, prompt_embeds=packed, negative_prompt_embeds=neg_packed, **extra, **kwargs
             )
+
+
+class StructuredSD3Mixin(StructuredMixin):
+    """The MMDiT (SD3) port, key-value mode only: see `guidance.structured.StructuredJointAttnProcessor`.
+    `structured_layers` are transformer block indices (default: all). Does not combine with `pag_*` yet."""
+
+    _structured_modes = ("key-value",)
+
+    def phrase_segments(self, prompt: str, phrase: Phrase) -> list:
+        """CLIP positions (BOS first) and, with T5, its positions after the CLIP tokens (no BOS)."""
+        segments = super().phrase_segments(prompt, phrase)
+        if segments and self.tokenizer_3 is not None:
+            span = token_span(self.tokenizer_3, prompt, phrase, self._structured_t5_length)
+            if span is not None:
+                offset = self.tokenizer_max_length
+                segments.append((offset + span[0], offset + span[1], offset))
+        return segments
+
+    def __call__(self, prompt=None, *args, **kwargs):
+        if kwargs.get("structured") is not None and (
+            kwargs.get("pag_heads") or kwargs.get("pag_heads_per_image")
+        ):
+            raise SoftPAGError("structured on SD3 does not combine with pag_heads yet; use one of them")
+        self._structured_t5_length = kwargs.get("max_sequence_length", 256)
+        return super().__call__(prompt, *args, **kwargs)
+
+    @contextmanager
+    def _structured_installed(self, mode: str, length: int, sets: int, layers, start: float, stop: float):
+        transformer = self.transformer
+        blocks = transformer.transformer_blocks
+        self._check_layers(layers, len(blocks))
+        chosen = range(len(blocks)) if layers is None else sorted(set(layers))
+        names = {i: f"transformer_blocks.{i}.attn" for i in chosen}
+        originals = {n: transformer.get_submodule(n).processor for n in names.values()}
+        for name, processor in originals.items():
+            if type(processor).__name__ not in ("JointAttnProcessor2_0", "StructuredJointAttnProcessor"):
+                raise SoftPAGError(
+                    f"structured: {name} uses {type(processor).__name__}, which it would replace"
+                )
+        state = JointStructuredState(value_context={})
+        signature = inspect.signature(transformer.forward)
+
+        def split(module, args, kwargs):
+            bound = signature.bind(*args, **kwargs)
+            packed = bound.arguments["encoder_hidden_states"]
+            full, mean = packed[:, :length], packed[:, length:]
+            bound.arguments["encoder_hidden_states"] = full
+            state.delta = module.context_embedder(mean) - module.context_embedder(full)
+            return bound.args, bound.kwargs
+
+        def value_context(name):
+            def hook(block, args, kwargs):
+                shifted = kwargs["encoder_hidden_states"] + state.delta
+                if block.context_pre_only:
+                    state.value_context[name] = block.norm1_context(shifted, kwargs["temb"])
+                else:
+                    state.value_context[name] = block.norm1_context(shifted, emb=kwargs["temb"])[0]
+
+            return hook
+
+        handles = [transformer.register_forward_pre_hook(split, with_kwargs=True, prepend=True),
+                   self._window_hook(transformer, state, start, stop)]  # fmt: skip
+        handles += [
+            blocks[i].register_forward_pre_hook(value_context(name), with_kwargs=True)
+            for i, name in names.items()
+        ]
+        try:
+            for name in names.values():
+                transformer.get_submodule(name).set_processor(StructuredJointAttnProcessor(state, name))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for name, processor in originals.items():
+                transformer.get_submodule(name).set_processor(processor)
 
 
 def _phrases_for(prompts: list[str], given) -> list[list[Phrase]]:

@@ -61,7 +61,7 @@ def test_token_spans_multi_token_repeated_edges_and_truncation():
 def test_mean_value_equals_naive_average():
     torch.manual_seed(0)
     full = torch.randn(10, 16)
-    phrases = [(torch.randn(10, 16), (2, 5)), (torch.randn(10, 16), (6, 8))]
+    phrases = [(torch.randn(10, 16), [(2, 5, 1)]), (torch.randn(10, 16), [(6, 8, 1)])]
     contexts = aligned_contexts(full, phrases)
     assert torch.equal(contexts[1][2:5], phrases[0][0][1:4]) and torch.equal(contexts[1][:2], full[:2])
     wq, wk, wv = (torch.randn(16, 16) for _ in range(3))
@@ -80,7 +80,7 @@ def test_processor_unconditional_rows_untouched(mode):
     attn = unet.get_submodule(name)
     torch.manual_seed(0)
     x, neg, full = torch.randn(2, 16, attn.to_q.in_features), torch.randn(77, 32), torch.randn(77, 32)
-    stack = aligned_contexts(full, [(torch.randn(77, 32), (1, 4))])
+    stack = aligned_contexts(full, [(torch.randn(77, 32), [(1, 4, 1)])])
     sets = 2 if mode == "conjunction" else 1
     packed = torch.stack([pack(neg[None], mode, sets), pack(stack, mode, sets)])
     state = StructuredState(mode, 77, sets)
@@ -157,6 +157,24 @@ def test_structured_errors(sd15, kwargs, message):
         gen(sd15, "a red circle", **kwargs)
 
 
-def test_structured_pipeline_refuses_transformers(tiny_folder):
-    with pytest.raises(ValueError, match="supports SD1.x/2.x and SDXL, not 'StableDiffusion3Pipeline'"):
-        StructuredDiffusionPipeline.from_pretrained(tiny_folder("sd3"))
+def test_structured_pipeline_refuses_flux(tiny_folder):
+    with pytest.raises(ValueError, match="supports SD1.x/2.x, SDXL and SD3, not 'FluxPipeline'"):
+        StructuredDiffusionPipeline.from_pretrained(tiny_folder("flux"))
+
+
+def test_sd3_port(tiny_folder):
+    """MMDiT port: a whole-prompt phrase gives d = 0 and the plain image (1e-5); two phrases change it."""
+    pipe = StructuredDiffusionPipeline.from_pretrained(tiny_folder("sd3"))
+    pipe.set_progress_bar_config(disable=True)
+    before = dict(pipe.transformer.attn_processors)
+    plain = gen(pipe, "a red circle")
+    np.testing.assert_allclose(gen(pipe, "a red circle", structured="key-value", noun_phrases=["a red circle"]),
+                               plain, atol=1e-5)  # fmt: skip
+    two = "a red circle and a blue square"
+    assert np.abs(gen(pipe, two, structured="key-value") - gen(pipe, two)).max() > 1e-4
+    assert gen(pipe, two, structured="key-value", structured_layers=[0, 1]).shape == (1, 32, 32, 3)
+    assert pipe.transformer.attn_processors == before and not pipe.transformer._forward_pre_hooks
+    with pytest.raises(SoftPAGError, match="structured='conjunction' is not supported here"):
+        gen(pipe, two, structured="conjunction")
+    with pytest.raises(SoftPAGError, match="does not combine with pag_heads yet"):
+        gen(pipe, two, structured="key-value", pag_heads="L1H0")
