@@ -53,22 +53,26 @@ _CHARS = string.ascii_lowercase + string.digits + string.punctuation
 
 
 def clip_tokenizer(words: Iterable[str] = BASE_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
-    """A byte-pair CLIP tokenizer in which each listed word is one token; other words split into characters."""
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    merges: list[tuple[str, str]] = []
-    for ch in _CHARS:
-        vocab.setdefault(ch, len(vocab))
+    """A byte-pair CLIP tokenizer in which each listed word is one token; other words split into characters.
+
+    The merges are learned with the `tokenizers` library's BPE trainer on the word list, so applying them in rank
+    order rebuilds every listed word (a hand-made chain of merges would not: earlier merges take priority)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1_000_000, min_frequency=0, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=list(_CHARS), end_of_word_suffix="</w>", show_progress=False,
+    )  # fmt: skip
+    bpe.train_from_iterator([w.lower() for w in words], trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for ch in _CHARS:  # a word's last character carries the end-of-word mark
         vocab.setdefault(ch + "</w>", len(vocab))
-    for word in dict.fromkeys(w.lower() for w in words):
-        # Merge left to right: ("r", "e") -> "re", ("re", "d</w>") -> "red</w>".
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        prefix = pieces[0]
-        for piece in pieces[1:]:
-            merged = prefix + piece
-            if merged not in vocab:
-                merges.append((prefix, piece))
-                vocab[merged] = len(vocab)
-            prefix = merged
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 

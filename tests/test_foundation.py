@@ -53,6 +53,11 @@ def test_model_index_names_missing_file(tmp_path):
 def test_tokenizers_keep_known_words_whole():
     assert clip_tokenizer().tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
     assert clip_tokenizer().tokenize("zq") == ["z", "q</w>"]
+    # Every listed word is one token, whatever merges other words made first (e.g. "ri" from "right").
+    from pipelines.tiny import BASE_WORDS
+
+    tok = clip_tokenizer()
+    assert [w for w in BASE_WORDS if len(tok.tokenize(w)) != 1] == []
     assert t5_tokenizer().tokenize("a blue square") == ["\u2581a", "\u2581blue", "\u2581square"]
 
 

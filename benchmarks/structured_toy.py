@@ -1,0 +1,136 @@
+"""Structured attention on toy models: two-object binding accuracy (model-free evaluator) on held-in and held-out
+colour-shape pairings, for the plain pipeline and each structured mode, with step time relative to plain.
+
+    python benchmarks/structured_toy.py --model assets/toy-sd3 [--prompts 100] [--seeds 2]
+    python benchmarks/structured_toy.py --model assets/toy-sd15 --attend-and-excite
+
+Variants: plain; key-value; conjunction (UNets); the MMDiT port (SD3, key-value); diffusers' Attend-and-Excite
+(`--attend-and-excite`, SD1.x only). Writes results/structured_<model>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def scenes(split: str, count: int, seed: int):
+    """Two-object scenes without style words, deterministic from `seed`."""
+    from toyworld.scenes import sample_scene
+
+    return [sample_scene(seed * 100_000 + i, split, n_objects=2, style_prob=0.0) for i in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompts", type=int, default=100, help="prompts per split")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--attend-and-excite", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from pipelines.cli import recommended_settings
+    from pipelines.headhunter import StructuredDiffusionPipeline
+    from toyworld.evaluator import evaluate
+    from toyworld.scenes import canonical_caption
+
+    pipe = StructuredDiffusionPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    rec = recommended_settings(args.model)
+    call = dict(
+        num_inference_steps=rec.get("num_inference_steps", 20), guidance_scale=rec.get("guidance_scale", 5.0)
+    )
+    is_sd3 = type(pipe).__name__ == "HeadHunterSD3Pipeline"
+    variants = {"plain": {}, "key-value": {"structured": "key-value"}}
+    if not is_sd3:
+        variants["conjunction"] = {"structured": "conjunction"}
+    if args.attend_and_excite and not is_sd3:
+        variants["attend-and-excite"] = None
+
+    def attend_and_excite(prompts, generators):
+        from diffusers import StableDiffusionAttendAndExcitePipeline
+
+        ae = StableDiffusionAttendAndExcitePipeline.from_pipe(pipe)
+        ae.set_progress_bar_config(disable=True)
+        # Attention maps are gathered at the resolution of the first cross-attention down block.
+        first = next(i for i, t in enumerate(pipe.unet.config.down_block_types) if "CrossAttn" in t)
+        side = pipe.unet.config.sample_size // 2**first
+        images = []
+        for prompt, generator in zip(prompts, generators, strict=True):
+            tokens = ae.get_indices(prompt)  # {index: token}
+            nouns = [
+                i for i, t in tokens.items() if t.removesuffix("</w>") in ("circle", "square", "triangle")
+            ]
+            images += ae(
+                prompt, token_indices=nouns, generator=generator, attn_res=(side, side), **call
+            ).images
+        return images
+
+    results: dict = {
+        "model": args.model,
+        "call": call,
+        "prompts_per_split": args.prompts,
+        "seeds": args.seeds,
+    }
+    for split in ("train", "heldout"):
+        specs = scenes(split, args.prompts, 1 if split == "train" else 2)
+        items = [(canonical_caption(s), s, seed) for s in specs for seed in range(args.seeds)]
+        for name, extra in variants.items():
+            binding, seconds = [], 0.0
+            for start in range(0, len(items), args.batch):
+                chunk = items[start : start + args.batch]
+                prompts = [p for p, _, _ in chunk]
+                generators = [torch.Generator().manual_seed(seed) for _, _, seed in chunk]
+                t0 = time.perf_counter()
+                if extra is None:
+                    images = attend_and_excite(prompts, generators)
+                else:
+                    images = pipe(prompts, generator=generators, **call, **extra).images
+                seconds += time.perf_counter() - t0
+                binding += [
+                    evaluate(image, scene)["binding"]
+                    for image, (_, scene, _) in zip(images, chunk, strict=True)
+                ]
+            results.setdefault(name, {})[split] = {"binding": float(np.mean(binding)), "n": len(binding),
+                                                   "seconds_per_image": seconds / len(items)}  # fmt: skip
+            print(
+                f"{split:<8}{name:<20}binding {np.mean(binding):.3f}  ({seconds / len(items):.3f} s/image)",
+                flush=True,
+            )
+    for name in variants:
+        base = (
+            results["plain"]["train"]["seconds_per_image"] + results["plain"]["heldout"]["seconds_per_image"]
+        )
+        mine = results[name]["train"]["seconds_per_image"] + results[name]["heldout"]["seconds_per_image"]
+        results[name]["time_vs_plain"] = mine / base
+    results["machine"] = (
+        f"{platform.machine()} {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
+    print(f"\n{Path(args.model).name}: two-object binding, {args.prompts} prompts x {args.seeds} seeds per split; "
+          f"{results['machine']}")  # fmt: skip
+    print(f"{'variant':<20}{'held-in':>9}{'held-out':>10}{'time x plain':>14}")
+    for name in variants:
+        r = results[name]
+        print(
+            f"{name:<20}{r['train']['binding']:>9.3f}{r['heldout']['binding']:>10.3f}{r['time_vs_plain']:>14.2f}"
+        )
+    out = Path(args.out or f"results/structured_{Path(args.model).name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
