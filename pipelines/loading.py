@@ -16,6 +16,8 @@ def model_index(path: str | os.PathLike, **hub_kwargs) -> dict:
         return json.loads(local.read_text())
     if Path(path).exists():
         raise FileNotFoundError(f"pretrained_model_name_or_path={str(path)!r} has no model_index.json")
+    if Path(path).is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") > 1:
+        raise FileNotFoundError(f"pretrained_model_name_or_path={str(path)!r}: no such folder (nor a hub id)")
     from huggingface_hub import hf_hub_download
 
     return json.loads(Path(hf_hub_download(str(path), "model_index.json", **hub_kwargs)).read_text())

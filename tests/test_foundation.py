@@ -48,6 +48,8 @@ def test_absent_components_are_none(tmp_path):
 def test_model_index_names_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrained_model_name_or_path"):
         model_index(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        model_index(tmp_path / "missing")
 
 
 def test_tokenizers_keep_known_words_whole():
