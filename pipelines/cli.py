@@ -16,10 +16,14 @@ SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+SAMPLING_KEYS = ("num_inference_steps", "guidance_scale", "true_cfg_scale", "height", "width", "max_sequence_length")
+
+
 def recommended_settings(model: str | Path) -> dict:
-    """Sampling defaults recorded in a model folder (toy models), or {} for other models."""
+    """Sampling defaults recorded in a model folder (toy models: toyworld.json), or {} for other models."""
     path = Path(model) / SETTINGS_FILE
-    return json.loads(path.read_text()).get("sampling", {}) if path.is_file() else {}
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: data[k] for k in SAMPLING_KEYS if k in data}
 
 
 def list_presets(folder: Path = PRESETS) -> list[tuple[str, dict]]:
