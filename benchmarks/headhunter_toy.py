@@ -41,7 +41,10 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--random-sets", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's recommended steps")
+    parser.add_argument("--steps", type=int, default=None, help="evaluation steps (default: the model's)")
+    parser.add_argument(
+        "--search-steps", type=int, default=10, help="steps while searching (fewer is faster)"
+    )
     parser.add_argument("--pag-scale", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default="results/headhunter_toy.json")
@@ -59,6 +62,7 @@ def main() -> None:
     presets = Path(args.presets) if args.presets else PRESETS
     rec = recommended_settings(model)
     steps = args.steps or rec.get("num_inference_steps", 20)
+    search_steps = args.search_steps
     cfg = rec.get("guidance_scale", 4.0)
     pipe = HeadHunterPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
@@ -70,18 +74,18 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / "headhunter_toy_cache"
 
-    def settings(prompt_list, seed_list, objective, strength=1.0):
-        return SearchSettings(prompts=prompt_list, seeds=seed_list, steps=steps, guidance_scale=cfg,
+    def settings(prompt_list, seed_list, objective, strength=1.0, n_steps=None):
+        return SearchSettings(prompts=prompt_list, seeds=seed_list, steps=n_steps or search_steps, guidance_scale=cfg,
                               pag_scale=args.pag_scale, strength=strength, batch=args.batch, model=model,
                               objective=objective)  # fmt: skip
 
     def evaluator(objective_name, strength=1.0, guard=None):
         objective = get_objective(objective_name, guard, 0.05)
         return HeadSearch(
-            pipe, objective, settings(eval_prompts, eval_seeds, objective.name, strength), cache=cache
+            pipe, objective, settings(eval_prompts, eval_seeds, objective.name, strength, steps), cache=cache
         )
 
-    report: dict = {"model": model, "steps": steps, "cfg": cfg, "pag_scale": args.pag_scale,
+    report: dict = {"model": model, "steps": steps, "search_steps": search_steps, "cfg": cfg, "pag_scale": args.pag_scale,
                     "search_pairs": len(search_prompts) * len(seeds), "eval_pairs": len(eval_prompts) * len(eval_seeds)}  # fmt: skip
 
     # 1. Quality: head map + greedy search on the search pairs; compare on the evaluation pairs.
