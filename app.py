@@ -154,8 +154,8 @@ class Demo:
             image.info["parameters"] = png_parameters(prompt, negative_prompt, record)
             image.info["headhunter"] = json.dumps(record, sort_keys=True, default=str)
             images.append(image)
-        note = f"seed {seed}" + (
-            f" · heads {selection}" if selection else " · no heads selected: both images unguided"
+        note = f"seed {seed} · " + (
+            f"heads {selection}" if selection else "no heads selected: both images unguided"
         )
         return images[0], images[1], note
 

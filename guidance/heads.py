@@ -163,6 +163,9 @@ class HeadSelection:
         return path
 
     def __str__(self) -> str:
+        """The notation again; a single group with the default name is written without it."""
+        if len(self.groups) == 1 and self.groups[0].name == "heads":
+            return ", ".join(h.label for h in self.groups[0].heads)
         return "; ".join(f"{g.name}: " + ", ".join(h.label for h in g.heads) for g in self.groups)
 
     # -- checks -------------------------------------------------------------------------------------------

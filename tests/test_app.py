@@ -11,7 +11,7 @@ def test_generate_returns_two_images_with_parameters(client):
     images = [Image.open(guided), Image.open(plain)]
     assert images[0].size == (32, 32)
     params = [json.loads(i.text["headhunter"]) for i in images]
-    assert params[0]["pag_heads"] == "heads: L2H1, L3H0" and "pag_heads" not in params[1]
+    assert params[0]["pag_heads"] == "L2H1, L3H0" and "pag_heads" not in params[1]
     assert params[0]["seed"] == params[1]["seed"] == 0
     assert images[0].text["parameters"].startswith("a red circle\n")
     assert "seed 0" in note

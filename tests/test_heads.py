@@ -13,7 +13,10 @@ LAYOUT = {"attn": {layer: 4 for layer in range(6)}, "attn2": {0: 4, 1: 4}}
 def test_paper_notation_and_strengths():
     sel = HeadSelection.parse("L1H10, L5H3=0.5 L3H1/attn2")
     assert sel.entries == (HeadEntry(1, 10), HeadEntry(5, 3, 0.5), HeadEntry(3, 1, None, "attn2"))
-    assert str(sel) == "heads: L1H10, L5H3=0.5, L3H1/attn2"
+    assert str(sel) == "L1H10, L5H3=0.5, L3H1/attn2"
+    assert HeadSelection.parse(str(sel)) == sel
+    named = HeadSelection.parse("q: L1H2; s: L3H4")
+    assert str(named) == "q: L1H2; s: L3H4" and HeadSelection.parse(str(named)) == named
 
 
 def test_named_groups_and_tuples():

@@ -26,6 +26,8 @@ from toyworld.scenes import Scene, canonical_caption, sample_scene
 REPORTED = (
     "correct",
     "binding",
+    "color_presence",
+    "shape_presence",
     "presence",
     "position",
     "count",
