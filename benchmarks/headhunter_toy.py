@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="heads added per round (greedy, 1 round)")
     parser.add_argument("--search-prompts", type=int, default=6)
     parser.add_argument("--eval-prompts", type=int, default=12)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per search prompt")
+    parser.add_argument("--eval-seeds", type=int, default=3, help="seeds per evaluation prompt")
     parser.add_argument("--random-sets", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="evaluation steps (default: the model's)")
     parser.add_argument(
@@ -69,7 +70,7 @@ def main() -> None:
     search_prompts = prompts(args.search_prompts, 1)
     eval_prompts = prompts(args.eval_prompts, 2)
     seeds = list(range(args.seeds))
-    eval_seeds = [100 + s for s in seeds]
+    eval_seeds = [100 + s for s in range(args.eval_seeds)]
     out_dir = Path(args.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / "headhunter_toy_cache"
