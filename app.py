@@ -21,7 +21,14 @@ import torch  # noqa: E402
 from guidance.heads import HeadSelection, HeadSelectionError  # noqa: E402
 from guidance.layouts import layout_of  # noqa: E402
 from guidance.perturbation import SoftPAGError  # noqa: E402
-from pipelines.cli import DEFAULT_MODEL, PRESETS, list_presets, png_parameters, recommended_settings  # noqa: E402
+from pipelines.cli import (  # noqa: E402
+    DEFAULT_MODEL,
+    PRESETS,
+    list_presets,
+    model_call_extras,
+    png_parameters,
+    recommended_settings,
+)
 from pipelines.headhunter import HeadHunterPipeline  # noqa: E402
 
 NO_PRESET = "(none: type heads below)"
@@ -51,6 +58,7 @@ class Demo:
         self.denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
         self.heads_per_layer = layout_of(self.denoiser).heads_per_layer
         settings = recommended_settings(model)
+        self.extras = model_call_extras(model)
         self.default_steps = min(settings.get("num_inference_steps", 28), limits.max_steps)
         self.default_cfg = settings.get("guidance_scale", 5.0)
         self.default_size = settings.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
@@ -136,8 +144,10 @@ class Demo:
         self.check(steps, size, seed)
         selection = self.selection(preset, heads, preset_file)
         seed = random.randrange(2**31) if seed == -1 else int(seed)
-        call = dict(num_inference_steps=int(steps), height=int(size), width=int(size), guidance_scale=float(cfg),
-                    negative_prompt=negative_prompt or None)  # fmt: skip
+        call = dict(self.extras, num_inference_steps=int(steps), height=int(size), width=int(size),
+                    guidance_scale=float(cfg))  # fmt: skip
+        if negative_prompt:
+            call["negative_prompt"] = negative_prompt
         pag = dict(pag_heads=selection, pag_scale=pag_scale, pag_strength=pag_strength, pag_identity=pag_identity,
                    pag_start=pag_start, pag_stop=pag_stop)  # fmt: skip
         images = []
@@ -195,7 +205,7 @@ class Demo:
         obj = get_objective(objective)
         settings = SearchSettings(prompts=lines, seeds=list(range(int(seeds))), steps=int(steps),
                                   size=int(self.default_size), guidance_scale=float(self.default_cfg),
-                                  model=self.model, objective=obj.name)  # fmt: skip
+                                  model=self.model, objective=obj.name, extra=self.extras)  # fmt: skip
         out = Path(tempfile.mkdtemp(prefix="headhunter-search-"))
         search = HeadSearch(self.pipe, obj, settings)
         report = [f"unguided {obj.name}: {search.baseline:.4f}"]

@@ -50,7 +50,7 @@ class SearchSettings:
     batch: int = 16
     model: str = ""
     objective: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more call arguments (e.g. a toy model's max_sequence_length)
 
     def key(self) -> str:
         """A short hash of the settings that affect scores (not the batch size)."""
@@ -106,7 +106,7 @@ class HeadSearch:
             HeadSelection((HeadGroup(tuple(HeadEntry(layer, h) for layer, h in c)),)) if c else None
             for c in candidates
         ]
-        call = {} if s.size is None else dict(height=s.size, width=s.size)
+        call = dict(s.extra) if s.size is None else dict(s.extra, height=s.size, width=s.size)
         if any(heads):  # rows without heads get u = 0 everywhere: their images equal unguided ones
             call.update(pag_scale=s.pag_scale, pag_strength=s.strength, pag_identity=s.identity,
                         pag_heads_per_image=heads)  # fmt: skip

@@ -222,11 +222,13 @@ def batches(items: list[Item], size: int) -> Iterator[list[Item]]:
 class BatchRunner:
     """Generate the items of a plan with one pipeline, writing PNGs and manifest lines as they finish."""
 
-    def __init__(self, pipe, model: str, out: str | Path, batch_size: int = 1, resolve_heads=lambda h: h):
+    def __init__(self, pipe, model: str, out: str | Path, batch_size: int = 1, resolve_heads=lambda h: h,
+                 extras: dict | None = None):  # fmt: skip
         from importlib.metadata import PackageNotFoundError, version
 
         self.pipe, self.model, self.out, self.batch_size = pipe, model, Path(out), batch_size
         self.resolve_heads = resolve_heads
+        self.extras = extras or {}  # call arguments the model needs (see pipelines.cli.model_call_extras)
         try:
             self.version = version("headhunter-diffusion")
         except PackageNotFoundError:
@@ -246,9 +248,9 @@ class BatchRunner:
         import torch
 
         settings = group[0].settings
-        call = {k: settings[k] for k in CALL_KEYS if settings.get(k) is not None}
+        call = {**self.extras, **{k: settings[k] for k in CALL_KEYS if settings.get(k) is not None}}
         if call.get("negative_prompt") is not None:
-            call["negative_prompt"] = [settings["negative_prompt"]] * len(group)
+            call["negative_prompt"] = [call["negative_prompt"]] * len(group)
         if settings.get("pag_heads"):
             call.update({k: settings[k] for k in PAG_KEYS})
             call["pag_heads"] = self.resolve_heads(settings["pag_heads"])

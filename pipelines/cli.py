@@ -16,7 +16,14 @@ SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-SAMPLING_KEYS = ("num_inference_steps", "guidance_scale", "true_cfg_scale", "height", "width", "max_sequence_length")
+SAMPLING_KEYS = (
+    "num_inference_steps",
+    "guidance_scale",
+    "true_cfg_scale",
+    "height",
+    "width",
+    "max_sequence_length",
+)
 
 
 def recommended_settings(model: str | Path) -> dict:
@@ -24,6 +31,16 @@ def recommended_settings(model: str | Path) -> dict:
     path = Path(model) / SETTINGS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
     return {k: data[k] for k in SAMPLING_KEYS if k in data}
+
+
+def model_call_extras(model: str | Path) -> dict:
+    """Call arguments a toy model needs beyond steps/CFG/size: its T5 length and, for FLUX, true CFG with an
+    empty negative prompt (the toy FLUX model is not guidance-distilled)."""
+    settings = recommended_settings(model)
+    extras = {k: settings[k] for k in ("max_sequence_length", "true_cfg_scale") if k in settings}
+    if "true_cfg_scale" in extras:
+        extras["negative_prompt"] = ""
+    return extras
 
 
 def list_presets(folder: Path = PRESETS) -> list[tuple[str, dict]]:
@@ -78,12 +95,14 @@ def _generate(args: argparse.Namespace) -> int:
         HeadSelection.parse(heads, "--pag-heads")  # fail before loading a model
     pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     call = dict(
+        model_call_extras(args.model),
         num_inference_steps=steps,
         guidance_scale=cfg,
         height=args.height or size,
         width=args.width or size,
-        negative_prompt=args.negative_prompt,
     )
+    if args.negative_prompt is not None:
+        call["negative_prompt"] = args.negative_prompt
     pag = dict(
         pag_heads=heads, pag_scale=args.pag_scale, pag_strength=args.pag_strength,
         pag_identity=args.pag_identity, pag_start=args.pag_start, pag_stop=args.pag_stop,
@@ -130,7 +149,7 @@ def _search(args: argparse.Namespace) -> int:
         prompts=_read_prompts(args), seeds=args.seeds, steps=args.steps or defaults.get("num_inference_steps", 28),
         size=args.size or defaults.get("height"), guidance_scale=args.guidance_scale or defaults.get("guidance_scale", 5.0),
         pag_scale=args.pag_scale, strength=args.search_strength, identity=args.pag_identity, batch=args.batch,
-        model=str(args.model), objective=objective.name,
+        model=str(args.model), objective=objective.name, extra=model_call_extras(args.model),
     )  # fmt: skip
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(device)
@@ -196,7 +215,9 @@ def _batch(args: argparse.Namespace) -> int:
     if problems:
         print(f"headhunter batch: skipping {len(problems)} invalid line(s):", file=sys.stderr)
         print_problems(problems)
-    runner = BatchRunner(pipe, str(args.model), args.out, args.batch_size, resolve_heads)
+    runner = BatchRunner(
+        pipe, str(args.model), args.out, args.batch_size, resolve_heads, model_call_extras(args.model)
+    )
     counts = runner.run(items, progress=not args.quiet)
     if runner.world > 1:
         barrier()
