@@ -51,7 +51,10 @@ FLUX_ARCHS: dict[str, dict] = {
             "axes_dims_rope": (4, 6, 6),
             "guidance_embeds": False,
         },
-        "sampling": {"num_inference_steps": 20, "true_cfg_scale": 2.5},  # swept after training (toyworld.json)
+        "sampling": {
+            "num_inference_steps": 20,
+            "true_cfg_scale": 2.5,
+        },  # swept after training (toyworld.json)
     },
 }
 
@@ -339,7 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--arch", choices=sorted(FLUX_ARCHS), default="flux")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--reuse", type=Path, default=SD3_FOLDER, help="toy SD3 pipeline to take the VAE etc. from")
+    parser.add_argument(
+        "--reuse", type=Path, default=SD3_FOLDER, help="toy SD3 pipeline to take the VAE etc. from"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=38.0, help="wall-clock budget for all stages")
     parser.add_argument("--steps", type=int, default=0, help="denoiser steps (0: fit the time budget)")
@@ -395,8 +400,6 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Measurement with the model-free evaluator
 # ----------------------------------------------------------------------------------------------------------
@@ -441,8 +444,12 @@ def measure(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/toyworld/quality-flux.json"))
     parser.add_argument("--prompts", type=int, default=100, help="held-in prompts per set")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
-    parser.add_argument("--first-seed", type=int, default=10**6, help="scene seeds first-seed, first-seed+1, ...")
-    parser.add_argument("--true-cfg-scale", type=float, nargs="+", default=None, help="default: toyworld.json")
+    parser.add_argument(
+        "--first-seed", type=int, default=10**6, help="scene seeds first-seed, first-seed+1, ..."
+    )
+    parser.add_argument(
+        "--true-cfg-scale", type=float, nargs="+", default=None, help="default: toyworld.json"
+    )
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--samples", type=Path, default=None, help="PNG grid of the first images of each set")
     parser.add_argument("--threads", type=int, default=1)
@@ -452,7 +459,8 @@ def measure(argv: list[str] | None = None) -> None:
     scales = args.true_cfg_scale or [settings["true_cfg_scale"]]
     result = {
         "model": str(args.model),
-        "command": "python -m toyworld.train_flux measure " + " ".join(argv if argv is not None else sys.argv[2:]),
+        "command": "python -m toyworld.train_flux measure "
+        + " ".join(argv if argv is not None else sys.argv[2:]),
         "prompts": "canonical_caption(sample_scene(first_seed + i, 'train', n_objects=n, style_prob=0))",
         "first_seed": args.first_seed,
         "n_prompts": args.prompts,
@@ -473,7 +481,11 @@ def measure(argv: list[str] | None = None) -> None:
             images = generate_flux(pipe, settings, prompts, seeds, cfg, args.batch)
             scores = [evaluate(im, p) for im, p in zip(images, prompts)]
             summary = {
-                k: round(sum(s[k] for s in scores if s[k] is not None) / max(1, sum(s[k] is not None for s in scores)), 4)
+                k: round(
+                    sum(s[k] for s in scores if s[k] is not None)
+                    / max(1, sum(s[k] is not None for s in scores)),
+                    4,
+                )
                 for k in ("correct", "binding", "presence", "position", "count", "score", "quality")
             }
             summary["n_images"] = len(images)
