@@ -1,0 +1,1 @@
+"""diffusers pipelines with SoftPAG and structured attention, the command line, batch jobs, tiny offline pipelines."""
