@@ -432,6 +432,40 @@ def encode_pool(vae, args) -> tuple[list, torch.Tensor, float, float]:
     return scenes, latents, shift, 1.0 / std
 
 
+def optimizer_step(loss, opt, modules, ema, state: dict, args, progress: float) -> float:
+    """One AdamW step with cosine LR, gradient clipping and an EMA update; returns the loss value."""
+    for group in opt.param_groups:
+        group["lr"] = args.lr * cosine_lr(state["step"], progress, 100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+    opt.step()
+    decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), modules.parameters()):
+            e.lerp_(p, 1 - decay)
+    state["step"] += 1
+    return loss.item()
+
+
+def denoiser_logger(state: dict, log, opt, ema, args, save_fn):
+    """The per-step callback of a denoiser run: smoothed loss, log lines, periodic checkpoints."""
+
+    def on_step(i: int, loss: float, bar) -> None:
+        running = state["running"] = (
+            loss if state["running"] is None else 0.98 * state["running"] + 0.02 * loss
+        )
+        if i % 10 == 0:
+            log.write(stage="denoiser", step=i, loss=round(loss, 5), ema_loss=round(running, 5),
+                      lr=opt.param_groups[0]["lr"], time=round(time.time() - args.t0, 1))  # fmt: skip
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        if time.time() - state["last_save"] > args.save_every * 60:
+            save_fn(ema, status=f"checkpoint at step {i + 1} (training continues)", steps=i + 1)
+            state["last_save"] = time.time()
+
+    return on_step
+
+
 def train_denoiser(
     transformer, text_encoders, tokenizer, scenes, latents, args, log: LossLog, seconds: float, save_fn
 ) -> dict:
@@ -459,38 +493,11 @@ def train_denoiser(
         xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
         pred = transformer(xt, context, pooled, t * 1000).sample
         loss = F.mse_loss(pred, noise - x0)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * cosine_lr(state["step"], progress, 100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), modules.parameters()):
-                e.lerp_(p, 1 - decay)
-        state["step"] += 1
-        return loss.item()
+        return optimizer_step(loss, opt, modules, ema, state, args, progress)
 
-    def on_step(i: int, loss: float, bar) -> None:
-        running = state["running"] = (
-            loss if state["running"] is None else 0.98 * state["running"] + 0.02 * loss
-        )
-        if i % 10 == 0:
-            log.write(
-                stage="denoiser",
-                step=i,
-                loss=round(loss, 5),
-                ema_loss=round(running, 5),
-                lr=opt.param_groups[0]["lr"],
-                time=round(time.time() - args.t0, 1),
-            )
-            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        if time.time() - state["last_save"] > args.save_every * 60:
-            save_fn(ema, status=f"checkpoint at step {i + 1} (training continues)", steps=i + 1)
-            state["last_save"] = time.time()
-
-    total = run_loop(step, args.steps, seconds, "denoiser", on_step)
+    total = run_loop(
+        step, args.steps, seconds, "denoiser", denoiser_logger(state, log, opt, ema, args, save_fn)
+    )
     return ema, total
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from toyworld.scenes import caption, vocabulary
-from toyworld.train import LossLog, cosine_lr, encode_pool, run_loop, write_bpe_files
+from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_bpe_files
 
 FLUX_ARCHS: dict[str, dict] = {
     "flux": {
@@ -222,38 +222,11 @@ def train_denoiser(transformer, text, latents, scenes, args, log: LossLog, secon
             return_dict=False,
         )[0]
         loss = F.mse_loss(pred, pack(noise - x0))
-        for group in opt.param_groups:
-            group["lr"] = args.lr * cosine_lr(state["step"], progress, 100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), modules.parameters()):
-                e.lerp_(p, 1 - decay)
-        state["step"] += 1
-        return loss.item()
+        return optimizer_step(loss, opt, modules, ema, state, args, progress)
 
-    def on_step(i: int, loss: float, bar) -> None:
-        running = state["running"] = (
-            loss if state["running"] is None else 0.98 * state["running"] + 0.02 * loss
-        )
-        if i % 10 == 0:
-            log.write(
-                stage="denoiser",
-                step=i,
-                loss=round(loss, 5),
-                ema_loss=round(running, 5),
-                lr=opt.param_groups[0]["lr"],
-                time=round(time.time() - args.t0, 1),
-            )
-            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        if time.time() - state["last_save"] > args.save_every * 60:
-            save_fn(ema, status=f"checkpoint at step {i + 1} (training continues)", steps=i + 1)
-            state["last_save"] = time.time()
-
-    total = run_loop(step, args.steps, seconds, "denoiser", on_step)
+    total = run_loop(
+        step, args.steps, seconds, "denoiser", denoiser_logger(state, log, opt, ema, args, save_fn)
+    )
     return ema, total
 
 
