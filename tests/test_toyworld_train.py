@@ -69,6 +69,25 @@ def test_repeated_token_processor_equals_repeating_the_token():
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-4)
 
 
+def test_repeated_token_processor_takes_one_count_per_row():
+    torch.manual_seed(0)
+    transformer = build_transformer(ARCHS["sd3"]).eval()
+    with torch.no_grad():
+        for module in transformer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, 0.05)
+        x, pooled = torch.randn(2, 4, 16, 16), torch.randn(2, transformer.config.pooled_projection_dim)
+        text = torch.randn(2, 7, transformer.config.joint_attention_dim)
+        t = torch.tensor([250.0, 800.0])
+        rows = []
+        for i, n in enumerate((1, 40)):
+            context = torch.cat([text[i : i + 1], torch.zeros(1, n, text.shape[-1])], 1)
+            rows.append(transformer(x[i : i + 1], context, pooled[i : i + 1], t[i : i + 1]).sample)
+        transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(torch.tensor([1.0, 40.0])))
+        fast = transformer(x, torch.cat([text, torch.zeros(2, 1, text.shape[-1])], 1), pooled, t).sample
+    torch.testing.assert_close(fast, torch.cat(rows), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="assets/toy-sd3 not trained yet")
 def test_trained_sd3_loads_offline_and_generates_at_its_resolution():
     from diffusers import StableDiffusion3Pipeline

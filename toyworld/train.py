@@ -37,7 +37,9 @@ ARCHS: dict[str, dict] = {
     "sd3": {
         "resolution": 64,
         "max_text_length": 40,
-        "t5_pad_tokens": 256,  # StableDiffusion3Pipeline's default max_sequence_length: zero "T5" tokens
+        # zero "T5" tokens: training mixes 1 (recommended, fast) and 256 (StableDiffusion3Pipeline's default)
+        "t5_pad_tokens": (1, 256),
+        "t5_pad_mix": 0.7,  # share of rows trained with the first count
         "vae": {
             "block_out_channels": (16, 32, 64),  # 64x64 image -> 16x16 latent
             "latent_channels": 4,
@@ -56,6 +58,7 @@ ARCHS: dict[str, dict] = {
             "num_layers": 8,
             "num_attention_heads": 8,
             "attention_head_dim": 16,
+            "qk_norm": "rms_norm",  # as SD3.5: keeps attention logits bounded at the higher learning rate
         },
         "sampling": {"num_inference_steps": 20, "guidance_scale": 4.0},
     },
@@ -225,13 +228,13 @@ def write_bpe_files(tokenizer, folder: Path) -> None:
 class RepeatedTokenJointAttnProcessor:
     """JointAttnProcessor2_0 where the last context token stands for `count` identical copies.
 
-    StableDiffusion3Pipeline without text_encoder_3 appends `max_sequence_length` zero tokens. They stay
+    StableDiffusion3Pipeline appends `max_sequence_length` zero "T5" tokens (here from a null encoder). They stay
     identical through every block, so attending to n copies equals attending to one copy whose logit gets
-    + log(n). Training with one copy is exact and ~3.5x cheaper.
+    + log(n). `count` is an int, or one count per batch row (a tensor), so training can mix lengths.
     """
 
-    def __init__(self, count: int):
-        self.log_count = math.log(count)
+    def __init__(self, count: int | torch.Tensor):
+        self.log_count = torch.log(torch.as_tensor(count, dtype=torch.float32))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         """Joint attention over [image, text] with the repeated token's multiplicity as a logit bias."""
@@ -253,9 +256,10 @@ class RepeatedTokenJointAttnProcessor:
         if attn.norm_added_q is not None:
             cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
         q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
-        bias = torch.zeros(k.shape[2], dtype=q.dtype, device=q.device)
-        bias[-1] = self.log_count
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, 1, 1, -1))
+        log_count = self.log_count.to(q.dtype).reshape(-1).expand(b)
+        bias = torch.zeros(b, 1, 1, k.shape[2], dtype=q.dtype, device=q.device)
+        bias[:, 0, 0, -1] = log_count
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1]).to(q.dtype)
         image, context = out[:, :n_image], out[:, n_image:]
         if not attn.context_pre_only:
@@ -476,7 +480,7 @@ def train_denoiser(
     modules = torch.nn.ModuleList([transformer, *text_encoders])
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(cfg["t5_pad_tokens"]))
+    counts = torch.tensor(cfg["t5_pad_tokens"], dtype=torch.float32)
     pad = torch.zeros(1, 1, transformer.config.joint_attention_dim)
     state = {"step": 0, "running": None, "last_save": time.time()}
 
@@ -491,6 +495,8 @@ def train_denoiser(
         t = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal(0, 1), SD3 section 3.1
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+        pick = (torch.rand(args.batch, generator=gen) >= cfg["t5_pad_mix"]).long()
+        transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(counts[pick]))
         pred = transformer(xt, context, pooled, t * 1000).sample
         loss = F.mse_loss(pred, noise - x0)
         return optimizer_step(loss, opt, modules, ema, state, args, progress)
@@ -531,7 +537,11 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
         "height": cfg["resolution"],
         "width": cfg["resolution"],
         **cfg["sampling"],
-        "max_sequence_length": cfg["t5_pad_tokens"],
+        "max_sequence_length": cfg["t5_pad_tokens"][0],
+        "max_sequence_length_note": (
+            "trained on a mix of 1 and 256 zero T5 tokens: 1 is recommended (about 4x faster); the plain "
+            "StableDiffusion3Pipeline default of 256 also works"
+        ),
         "held_out_pairs_seed": 0,
         "note": "Trained on toyworld.scenes; evaluate with toyworld.evaluator.evaluate(image, caption).",
     }
@@ -544,6 +554,7 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
         "batch": args.batch,
         "lr": args.lr,
         "vae_steps": sum(1 for r in log.rows if r.get("stage") == "vae") * 10,
+        "vae_from": str(args.vae_from) if args.vae_from else None,
         "decoder_steps": sum(1 for r in log.rows if r.get("stage") == "decoder") * 10,
         "config": cfg,
         "elapsed_s": round(time.time() - args.t0, 1),
@@ -594,11 +605,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for all stages")
     parser.add_argument("--steps", type=int, default=0, help="denoiser steps (0: fit the time budget)")
-    parser.add_argument("--vae-steps", type=int, default=0, help="autoencoder steps (0: 14%% of the budget)")
+    parser.add_argument("--vae-steps", type=int, default=0, help="autoencoder steps (0: by --vae-fraction)")
+    parser.add_argument("--vae-fraction", type=float, default=0.09, help="share of --minutes for the VAE")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vae-batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-from", type=Path, default=None, help="skip the VAE stage: load this AutoencoderKL")
     parser.add_argument("--decoder-steps", type=int, default=0, help="decoder fine-tuning steps (0: by time)")
     parser.add_argument("--decoder-lr", type=float, default=3e-4)
     parser.add_argument(
@@ -623,8 +636,13 @@ def main(argv: list[str] | None = None) -> None:
     budget = args.minutes * 60
 
     tokenizer = build_tokenizer(cfg["max_text_length"])
-    vae = build_vae(cfg)
-    train_vae(vae, args, log, 0.14 * budget)
+    if args.vae_from:  # an autoencoder trained by an earlier run of this script (its time counts too)
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from).eval().requires_grad_(False)
+    else:
+        vae = build_vae(cfg)
+        train_vae(vae, args, log, args.vae_fraction * budget)
     scenes, latents, shift, scale = encode_pool(vae, args)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     latents = (latents - shift) * scale

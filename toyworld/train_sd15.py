@@ -1,0 +1,272 @@
+"""Train a small SD1.5-architecture diffusers pipeline (StableDiffusionPipeline) on the toy world, on CPU.
+
+    python -m toyworld.train_sd15 --out assets/toy-sd15 --seed 0 --minutes 55 --threads 2 \
+        --reuse assets/toy-sd3 --log results/toyworld/train-sd15-loss.jsonl
+
+Reuses the trained toy SD3 pipeline (assets/toy-sd3): its AutoencoderKL (frozen, weights unchanged), its CLIP
+BPE tokenizer (model_max_length 40) and its first CLIP text encoder's weights as the starting point of the
+CLIPTextModel (SD1.5 conditions on its last hidden state, final layer norm applied). StableDiffusionPipeline
+decodes `latents / scaling_factor` and ignores shift_factor, so the copied VAE config gets shift_factor=None
+and scaling_factor = 1 / std of the pool's latent means, and the UNet learns `latents * scaling_factor`.
+
+New: a small UNet2DConditionModel with cross-attention (CrossAttnDownBlock2D / CrossAttnUpBlock2D and a
+cross-attention mid block), trained jointly with the text encoder with SD1.5's objective: DDPM epsilon
+prediction under the scaled_linear beta schedule (0.00085 .. 0.012, 1000 steps), uniform integer timesteps,
+10% empty captions so classifier-free guidance (guidance_scale > 1, empty negative prompt) works. Training
+sees exactly what StableDiffusionPipeline.encode_prompt feeds the UNet: `text_encoder(ids)[0]` with the
+tokens padded to tokenizer.model_max_length. The pipeline is saved (with a DDIM scheduler, no safety
+checker) atomically every few minutes and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from toyworld.scenes import caption
+from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_bpe_files
+from toyworld.train_flux import load_clip, load_vae
+
+SD15_ARCHS: dict[str, dict] = {
+    "sd15": {
+        "resolution": 64,  # VAE 64 -> 16x16x4 latents
+        "unet": {
+            "sample_size": 16,
+            "block_out_channels": (64, 128, 128),
+            "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            "layers_per_block": 1,
+            # UNet2DConditionModel's historical naming: for SD1.x `attention_head_dim` is the number of heads
+            # (SD1.5: 8). 4 heads per attention layer (dim 16 at 64 channels, 32 at 128): 8 heads of dim 8/16
+            # cost ~30% more per CPU step (SDPA is slow at tiny head dims).
+            "attention_head_dim": 4,
+            "norm_num_groups": 16,
+        },
+        "sampling": {"num_inference_steps": 20, "guidance_scale": 5.0},  # swept after training
+    },
+}
+
+# SD1.5's noise schedule (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json)
+SD15_BETAS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+}
+SD15_DDIM = {**SD15_BETAS, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+SD3_FOLDER = Path("assets/toy-sd3")
+
+
+def build_unet(cfg: dict, latent_channels: int, cross_attention_dim: int):
+    """A UNet2DConditionModel with cross-attention, sized by the arch config."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        cross_attention_dim=cross_attention_dim,
+        **cfg["unet"],
+    )
+
+
+def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """StableDiffusionPipeline.encode_prompt (clip_skip=None): last hidden states, B x max_length x D."""
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids)[0]
+
+
+def train_denoiser(
+    unet, text_encoder, tokenizer, latents, scenes, args, log: LossLog, seconds: float, save_fn
+):
+    """Epsilon-prediction training of the UNet and the text encoder; returns (EMA modules, steps)."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler(**SD15_BETAS)
+    rng = random.Random(args.seed + 3)
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    modules = torch.nn.ModuleList([unet, text_encoder])
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    state = {"step": 0, "running": None, "last_save": time.time()}
+
+    def step(progress: float) -> float:
+        idx = torch.randint(len(scenes), (args.batch,), generator=gen)
+        texts = ["" if rng.random() < args.caption_dropout else caption(scenes[i], rng) for i in idx.tolist()]
+        embeds = encode_prompts(text_encoder, tokenizer, texts)
+        x0 = latents[idx]
+        timesteps = torch.randint(SD15_BETAS["num_train_timesteps"], (args.batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        pred = unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
+        return optimizer_step(F.mse_loss(pred, noise), opt, modules, ema, state, args, progress)
+
+    total = run_loop(
+        step, args.steps, seconds, "denoiser", denoiser_logger(state, log, opt, ema, args, save_fn)
+    )
+    return ema, total
+
+
+def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status: str, steps: int) -> None:
+    """Write the StableDiffusionPipeline + toyworld.json + training.json into `out` atomically."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    cfg = SD15_ARCHS[args.arch]
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=modules[1],
+        tokenizer=tokenizer,
+        unet=modules[0],
+        scheduler=DDIMScheduler(**SD15_DDIM),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    toyworld = {
+        "arch": args.arch,
+        "height": cfg["resolution"],
+        "width": cfg["resolution"],
+        **cfg["sampling"],
+        "negative_prompt": "",
+        "held_out_pairs_seed": 0,
+        "note": (
+            "StableDiffusionPipeline (no safety checker): classifier-free guidance against the empty prompt "
+            "with guidance_scale=<guidance_scale> (trained with 10% empty captions), DDIM sampling. "
+            "Trained on toyworld.scenes; evaluate with toyworld.evaluator.evaluate(image, caption)."
+        ),
+    }
+    rows = [r for r in log.rows if r.get("stage") == "denoiser"]
+    training = {
+        "status": status,
+        "command": args.command,
+        "seed": args.seed,
+        "threads": args.threads,
+        "denoiser_steps": steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "ema": args.ema,
+        "caption_dropout": args.caption_dropout,
+        "pool": args.pool,
+        "config": cfg,
+        "objective": (
+            "DDPM epsilon prediction (MSE to the noise) with DDPMScheduler(" + json.dumps(SD15_BETAS) + ") "
+            "add_noise, uniform integer timesteps in [0, 1000); sampling scheduler DDIM "
+            + json.dumps(SD15_DDIM)
+        ),
+        "reused": {
+            "vae": (
+                f"{args.reuse}/vae weights copied unchanged (frozen); config shift_factor=None, "
+                f"scaling_factor={vae.config.scaling_factor:.6g} (1 / std of the pool's latent means), as "
+                "StableDiffusionPipeline decodes latents / scaling_factor without a shift"
+            ),
+            "tokenizer": f"{args.reuse}/tokenizer (CLIP BPE, every toy word one token, model_max_length 40)",
+            "text_encoder": (
+                f"initialised from {args.reuse}/text_encoder (CLIPTextModelWithProjection weights without the "
+                "projection), then trained jointly"
+            ),
+            "latent_pool": "toyworld.train.encode_pool (same scenes as the SD3 run for the same seed)",
+        },
+        "elapsed_s": round(time.time() - args.t0, 1),
+        "final_ema_loss": rows[-1]["ema_loss"] if rows else None,
+        "loss_curve": [[r["step"], r["ema_loss"]] for r in rows][::5],
+        "torch": torch.__version__,
+    }
+    swap_in(out, pipe, tokenizer, {"toyworld.json": toyworld, "training.json": training})
+    print(f"saved {out} ({status})", flush=True)
+
+
+def swap_in(out: Path, pipe, tokenizer, files: dict[str, dict]) -> None:
+    """save_pretrained into a hidden temp folder beside `out`, add vocab/merges and JSON files, then rename."""
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    retired = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    write_bpe_files(tokenizer, staging / "tokenizer")
+    for name, data in files.items():
+        (staging / name).write_text(json.dumps(data, indent=1) + "\n")
+    if out.exists():
+        out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", choices=sorted(SD15_ARCHS), default="sd15")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--reuse", type=Path, default=SD3_FOLDER, help="toy SD3 pipeline to take the VAE etc. from"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=55.0, help="wall-clock budget for all stages")
+    parser.add_argument("--steps", type=int, default=0, help="denoiser steps (0: fit the time budget)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--pool", type=int, default=16000, help="training scenes whose latents are cached")
+    parser.add_argument("--save-every", type=float, default=8.0, help="minutes between checkpoints")
+    parser.add_argument("--log", type=Path, default=None, help="loss log (JSON lines); default next to --out")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    args.t0 = time.time()
+    args.command = "python -m toyworld.train_sd15 " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = SD15_ARCHS[args.arch]
+    log = LossLog(args.log or args.out.parent / f"{args.out.name}-loss.jsonl")
+
+    vae = load_vae(args.reuse)
+    tokenizer, text_encoder = load_clip(args.reuse)
+    unet = build_unet(cfg, vae.config.latent_channels, text_encoder.config.hidden_size)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text_encoder.parameters())
+    print(f"unet {n_unet / 1e6:.2f}M parameters, text encoder {n_text / 1e6:.2f}M", flush=True)
+
+    # encode_pool reads ARCHS[args.arch]["resolution"]: hand it a namespace with the SD3 arch name
+    pool_args = argparse.Namespace(seed=args.seed, pool=args.pool, arch="sd3")
+    scenes, latents, _, scale = encode_pool(vae, pool_args)
+    vae.register_to_config(shift_factor=None, scaling_factor=scale)
+    latents = latents * scale
+    log.write(
+        stage="latents",
+        pool=len(scenes),
+        scaling_factor=scale,
+        mean=round(latents.mean().item(), 4),
+        std=round(latents.std().item(), 4),
+        time=round(time.time() - args.t0, 1),
+    )
+    remaining = args.minutes * 60 - (time.time() - args.t0) - 20  # 20 s: the final save
+
+    def save_fn(modules, status: str, steps: int) -> None:
+        save_pipeline(args.out, modules, vae, tokenizer, args, log, status, steps)
+
+    ema, steps = train_denoiser(unet, text_encoder, tokenizer, latents, scenes, args, log, remaining, save_fn)
+    save_fn(ema, status="complete", steps=steps)
+    print(
+        f"saved {args.out} after {(time.time() - args.t0) / 60:.1f} min, {steps} denoiser steps", flush=True
+    )
+
+
+if __name__ == "__main__":
+    main()
