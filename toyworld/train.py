@@ -611,7 +611,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--vae-from", type=Path, default=None, help="skip the VAE stage: load this AutoencoderKL")
+    parser.add_argument(
+        "--vae-from", type=Path, default=None, help="skip the VAE stage: load this AutoencoderKL"
+    )
     parser.add_argument("--decoder-steps", type=int, default=0, help="decoder fine-tuning steps (0: by time)")
     parser.add_argument("--decoder-lr", type=float, default=3e-4)
     parser.add_argument(
