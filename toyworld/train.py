@@ -565,14 +565,16 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
     write_pipeline(pipe, out, {"toyworld.json": toyworld, "training.json": training}, tokenizer)
 
 
-def write_pipeline(pipe, out: Path, files: dict[str, dict], tokenizer=None) -> None:
-    """save_pretrained into a temp folder, add JSON `files` (and files of an older `out` that are missing,
-    such as vocab.json/merges.txt), then swap it into place by renaming."""
+def write_pipeline(
+    pipe, out: Path, files: dict[str, dict], tokenizer=None, bpe_folders=("tokenizer", "tokenizer_2")
+) -> None:
+    """save_pretrained into a temp folder, add JSON `files`, vocab.json/merges.txt of the CLIP `tokenizer` in
+    `bpe_folders` (and files of an older `out` that are missing), then swap it into place by renaming."""
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
-        for name in ("tokenizer", "tokenizer_2"):
+        for name in bpe_folders:
             write_bpe_files(tokenizer, tmp / name)
     for name, data in files.items():
         (tmp / name).write_text(json.dumps(data, indent=1) + "\n")

@@ -24,9 +24,7 @@ import argparse
 import copy
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from toyworld.scenes import caption, vocabulary
-from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_bpe_files
+from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_pipeline
 
 FLUX_ARCHS: dict[str, dict] = {
     "flux": {
@@ -294,17 +292,8 @@ def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, l
         "loss_curve": curve,
         "torch": torch.__version__,
     }
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    write_bpe_files(clip_tokenizer, tmp / "tokenizer")
-    for name, data in {"toyworld.json": toyworld, "training.json": training}.items():
-        (tmp / name).write_text(json.dumps(data, indent=1) + "\n")
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    files = {"toyworld.json": toyworld, "training.json": training}
+    write_pipeline(pipe, out, files, clip_tokenizer, ("tokenizer",))
     print(f"saved {out} ({status})", flush=True)
 
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from toyworld.scenes import caption
-from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_bpe_files
+from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_pipeline
 from toyworld.train_flux import load_clip, load_vae
 
 SD15_ARCHS: dict[str, dict] = {
@@ -187,23 +185,10 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
         "loss_curve": [[r["step"], r["ema_loss"]] for r in rows][::5],
         "torch": torch.__version__,
     }
-    swap_in(out, pipe, tokenizer, {"toyworld.json": toyworld, "training.json": training})
+    write_pipeline(
+        pipe, out, {"toyworld.json": toyworld, "training.json": training}, tokenizer, ("tokenizer",)
+    )
     print(f"saved {out} ({status})", flush=True)
-
-
-def swap_in(out: Path, pipe, tokenizer, files: dict[str, dict]) -> None:
-    """save_pretrained into a hidden temp folder beside `out`, add vocab/merges and JSON files, then rename."""
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True)
-    write_bpe_files(tokenizer, staging / "tokenizer")
-    for name, data in files.items():
-        (staging / name).write_text(json.dumps(data, indent=1) + "\n")
-    if out.exists():
-        out.rename(retired)
-    staging.rename(out)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
