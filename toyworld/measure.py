@@ -57,7 +57,7 @@ def prompt_scenes(split: str, n_objects: int, count: int, seed: int = 10**6) -> 
     return [sample_scene(rng, split=split, n_objects=n_objects) for _ in range(count)]
 
 
-def load_pipeline(model: str, fast: bool):
+def load_pipeline(model: str, fast: bool, zero_t5_tokens: int | None = None):
     """Load a StableDiffusion3Pipeline and its toyworld.json; `fast` collapses the zero T5 tokens exactly."""
     from diffusers import StableDiffusion3Pipeline
     from diffusers.utils import logging
@@ -69,7 +69,8 @@ def load_pipeline(model: str, fast: bool):
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((Path(model) / "toyworld.json").read_text())
     if fast:
-        pipe.transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(settings["max_sequence_length"]))
+        count = zero_t5_tokens or settings["max_sequence_length"]
+        pipe.transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(count))
     return pipe, settings
 
 
@@ -176,22 +177,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--samples", type=Path, default=None, help="PNG grid of single and two-object samples"
     )
+    parser.add_argument(
+        "--zero-t5-tokens",
+        type=int,
+        default=None,
+        help="max_sequence_length to measure (default: toyworld.json)",
+    )
+    parser.add_argument(
+        "--scene-seed", type=int, default=10**6, help="prompt sets' seed (another value: disjoint prompts)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     fast = not args.exact_pipeline
-    pipe, settings = load_pipeline(args.model, fast)
+    pipe, settings = load_pipeline(args.model, fast, args.zero_t5_tokens)
+    if args.zero_t5_tokens:
+        settings["max_sequence_length"] = args.zero_t5_tokens
     steps = args.steps or settings["num_inference_steps"]
     scales = args.guidance_scale or [settings["guidance_scale"]]
     counts = {"train": args.prompts, "heldout": args.heldout_prompts}
-    result = {"model": args.model, "steps": steps, "seeds_per_prompt": args.seeds, "runs": []}
+    result = {
+        "model": args.model,
+        "command": "python -m toyworld.measure " + " ".join(sys.argv[1:] if argv is None else argv),
+        "steps": steps,
+        "seeds_per_prompt": args.seeds,
+        "scene_seed": args.scene_seed,
+        "runs": [],
+    }
     start = time.time()
     for cfg in scales:
         run = {"guidance_scale": cfg, "sets": {}}
         for name, split, n_objects in PROMPT_SETS:
             if name not in args.sets:
                 continue
-            scenes = prompt_scenes(split, n_objects, counts[split])
+            scenes = prompt_scenes(split, n_objects, counts[split], args.scene_seed)
             summary, pairs = measure_set(
                 pipe,
                 scenes,
