@@ -42,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from pipelines.cli import recommended_settings
+    from pipelines.cli import model_call_extras, recommended_settings
     from pipelines.headhunter import StructuredDiffusionPipeline
     from toyworld.evaluator import evaluate
     from toyworld.scenes import canonical_caption
@@ -51,7 +51,9 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     rec = recommended_settings(args.model)
     call = dict(
-        num_inference_steps=rec.get("num_inference_steps", 20), guidance_scale=rec.get("guidance_scale", 5.0)
+        num_inference_steps=rec.get("num_inference_steps", 20),
+        guidance_scale=rec.get("guidance_scale", 5.0),
+        **model_call_extras(args.model),
     )
     is_sd3 = type(pipe).__name__ == "HeadHunterSD3Pipeline"
     variants = {"plain": {}, "key-value": {"structured": "key-value"}}
