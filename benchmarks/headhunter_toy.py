@@ -65,6 +65,9 @@ def main() -> None:
     from pipelines.headhunter import HeadHunterPipeline
 
     model = args.model or str(DEFAULT_MODEL)
+    root = Path(__file__).resolve().parent.parent
+    shown = Path(model).resolve()
+    shown = str(shown.relative_to(root)) if shown.is_relative_to(root) else model  # presets name it portably
     presets = Path(args.presets) if args.presets else PRESETS
     rec = recommended_settings(model)
     steps = args.steps or rec.get("num_inference_steps", 20)
@@ -82,7 +85,7 @@ def main() -> None:
 
     def settings(prompt_list, seed_list, objective, strength=1.0, n_steps=None):
         return SearchSettings(prompts=prompt_list, seeds=seed_list, steps=n_steps or search_steps, guidance_scale=cfg,
-                              pag_scale=args.pag_scale, strength=strength, batch=args.batch, model=model,
+                              pag_scale=args.pag_scale, strength=strength, batch=args.batch, model=shown,
                               objective=objective, extra=model_call_extras(model))  # fmt: skip
 
     def evaluator(objective_name, strength=1.0, guard=None):
