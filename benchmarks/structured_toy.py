@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--attend-and-excite", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=None, help="run only these (plain is always run)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -61,6 +62,14 @@ def main() -> None:
         variants["conjunction"] = {"structured": "conjunction"}
     if args.attend_and_excite and not is_sd3:
         variants["attend-and-excite"] = None
+
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(variants))
+        if unknown:
+            parser.error(
+                f"--variants: {unknown} not available for this model; choose from {sorted(variants)}"
+            )
+        variants = {k: v for k, v in variants.items() if k == "plain" or k in args.variants}
 
     def attend_and_excite(prompts, generators):
         from diffusers import StableDiffusionAttendAndExcitePipeline
