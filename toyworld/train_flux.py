@@ -297,18 +297,15 @@ def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, l
     print(f"saved {out} ({status})", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--arch", choices=sorted(FLUX_ARCHS), default="flux")
+def add_reuse_arguments(parser: argparse.ArgumentParser, archs: dict, minutes: float, threads: int) -> None:
+    """The command-line options shared by the trainers that reuse the toy SD3 pipeline (FLUX, SD1.5)."""
+    parser.add_argument("--arch", choices=sorted(archs), default=next(iter(archs)))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--reuse", type=Path, default=SD3_FOLDER, help="toy SD3 pipeline to take the VAE etc. from"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=38.0, help="wall-clock budget for all stages")
+    parser.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget for all stages")
     parser.add_argument("--steps", type=int, default=0, help="denoiser steps (0: fit the time budget)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=6e-4)
@@ -317,7 +314,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=16000, help="training scenes whose latents are cached")
     parser.add_argument("--save-every", type=float, default=8.0, help="minutes between checkpoints")
     parser.add_argument("--log", type=Path, default=None, help="loss log (JSON lines); default next to --out")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_reuse_arguments(parser, FLUX_ARCHS, minutes=38.0, threads=1)
     args = parser.parse_args(argv)
     args.t0 = time.time()
     args.out.parent.mkdir(parents=True, exist_ok=True)

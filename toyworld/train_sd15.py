@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from toyworld.scenes import caption
 from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_pipeline
-from toyworld.train_flux import load_clip, load_vae
+from toyworld.train_flux import add_reuse_arguments, load_clip, load_vae
 
 SD15_ARCHS: dict[str, dict] = {
     "sd15": {
@@ -62,8 +62,6 @@ SD15_BETAS = {
     "beta_schedule": "scaled_linear",
 }
 SD15_DDIM = {**SD15_BETAS, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
-
-SD3_FOLDER = Path("assets/toy-sd3")
 
 
 def build_unet(cfg: dict, latent_channels: int, cross_attention_dim: int):
@@ -196,22 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", choices=sorted(SD15_ARCHS), default="sd15")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--reuse", type=Path, default=SD3_FOLDER, help="toy SD3 pipeline to take the VAE etc. from"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=55.0, help="wall-clock budget for all stages")
-    parser.add_argument("--steps", type=int, default=0, help="denoiser steps (0: fit the time budget)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--caption-dropout", type=float, default=0.1)
-    parser.add_argument("--pool", type=int, default=16000, help="training scenes whose latents are cached")
-    parser.add_argument("--save-every", type=float, default=8.0, help="minutes between checkpoints")
-    parser.add_argument("--log", type=Path, default=None, help="loss log (JSON lines); default next to --out")
-    parser.add_argument("--threads", type=int, default=2)
+    add_reuse_arguments(parser, SD15_ARCHS, minutes=55.0, threads=2)
     args = parser.parse_args(argv)
     args.t0 = time.time()
     args.command = "python -m toyworld.train_sd15 " + " ".join(sys.argv[1:] if argv is None else argv)
