@@ -267,15 +267,20 @@ class RepeatedTokenJointAttnProcessor:
         return attn.to_out[1](attn.to_out[0](image)), context
 
 
-def encode_text(text_encoders, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP part of StableDiffusion3Pipeline.encode_prompt: penultimate hidden states and pooled projections."""
-    ids = tokenizer(
+def clip_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids as diffusers' pipelines make them for CLIP: padded to model_max_length, truncated."""
+    return tokenizer(
         prompts,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
+
+
+def encode_text(text_encoders, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP part of StableDiffusion3Pipeline.encode_prompt: penultimate hidden states and pooled projections."""
+    ids = clip_ids(tokenizer, prompts)
     outputs = [encoder(ids, output_hidden_states=True) for encoder in text_encoders]
     embeds = torch.cat([o.hidden_states[-2] for o in outputs], -1)
     pooled = torch.cat([o[0] for o in outputs], -1)

@@ -259,19 +259,9 @@ def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, l
         ),
     }
     rows = [r for r in log.rows if r.get("stage") == "denoiser"]
-    curve = [[r["step"], r["ema_loss"]] for r in rows][::5]
     training = {
-        "status": status,
+        **run_record(args, status, steps, cfg, rows),
         "command": "python -m toyworld.train_flux " + " ".join(sys.argv[1:]),
-        "seed": args.seed,
-        "threads": args.threads,
-        "denoiser_steps": steps,
-        "batch": args.batch,
-        "lr": args.lr,
-        "ema": args.ema,
-        "caption_dropout": args.caption_dropout,
-        "pool": args.pool,
-        "config": cfg,
         "scheduler": FLUX_SCHEDULER,
         "timesteps": (
             "logit-normal(0, 1) t mapped through the scheduler's exponential time shift with "
@@ -281,20 +271,38 @@ def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, l
         "reused": {
             "vae": f"{args.reuse}/vae copied unchanged (frozen; its shift_factor/scaling_factor normalise latents)",
             "tokenizer": f"{args.reuse}/tokenizer (CLIP BPE, every toy word one token)",
-            "text_encoder": (
-                f"initialised from {args.reuse}/text_encoder (CLIPTextModelWithProjection weights without the "
-                "projection), then trained jointly"
-            ),
-            "latent_pool": "toyworld.train.encode_pool (same scenes as the SD3 run for the same seed)",
+            **reused_text_and_pool(args.reuse),
         },
-        "elapsed_s": round(time.time() - args.t0, 1),
-        "final_ema_loss": rows[-1]["ema_loss"] if rows else None,
-        "loss_curve": curve,
-        "torch": torch.__version__,
     }
     files = {"toyworld.json": toyworld, "training.json": training}
     write_pipeline(pipe, out, files, clip_tokenizer, ("tokenizer",))
     print(f"saved {out} ({status})", flush=True)
+
+
+def run_record(args, status: str, steps: int, cfg: dict, rows: list[dict]) -> dict:
+    """The training.json fields every trainer that reuses the toy SD3 pipeline records (`rows`: denoiser log)."""
+    keys = ("seed", "threads", "batch", "lr", "ema", "caption_dropout", "pool")
+    return {
+        "status": status,
+        **{k: getattr(args, k) for k in keys},
+        "denoiser_steps": steps,
+        "config": cfg,
+        "elapsed_s": round(time.time() - args.t0, 1),
+        "final_ema_loss": rows[-1]["ema_loss"] if rows else None,
+        "loss_curve": [[r["step"], r["ema_loss"]] for r in rows][::5],
+        "torch": torch.__version__,
+    }
+
+
+def reused_text_and_pool(folder: Path) -> dict:
+    """The `reused` entries shared by the FLUX and SD1.5 trainers."""
+    return {
+        "text_encoder": (
+            f"initialised from {folder}/text_encoder (CLIPTextModelWithProjection weights without the "
+            "projection), then trained jointly"
+        ),
+        "latent_pool": "toyworld.train.encode_pool (same scenes as the SD3 run for the same seed)",
+    }
 
 
 def add_reuse_arguments(parser: argparse.ArgumentParser, archs: dict, minutes: float, threads: int) -> None:

@@ -32,8 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from toyworld.scenes import caption
-from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_pipeline
-from toyworld.train_flux import add_reuse_arguments, load_clip, load_vae
+from toyworld.train import (
+    LossLog,
+    clip_ids,
+    denoiser_logger,
+    encode_pool,
+    optimizer_step,
+    run_loop,
+    write_pipeline,
+)
+from toyworld.train_flux import add_reuse_arguments, load_clip, load_vae, reused_text_and_pool, run_record
 
 SD15_ARCHS: dict[str, dict] = {
     "sd15": {
@@ -78,14 +86,7 @@ def build_unet(cfg: dict, latent_channels: int, cross_attention_dim: int):
 
 def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
     """StableDiffusionPipeline.encode_prompt (clip_skip=None): last hidden states, B x max_length x D."""
-    ids = tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(clip_ids(tokenizer, prompts))[0]
 
 
 def train_denoiser(
@@ -149,17 +150,8 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
     }
     rows = [r for r in log.rows if r.get("stage") == "denoiser"]
     training = {
-        "status": status,
+        **run_record(args, status, steps, cfg, rows),
         "command": args.command,
-        "seed": args.seed,
-        "threads": args.threads,
-        "denoiser_steps": steps,
-        "batch": args.batch,
-        "lr": args.lr,
-        "ema": args.ema,
-        "caption_dropout": args.caption_dropout,
-        "pool": args.pool,
-        "config": cfg,
         "objective": (
             "DDPM epsilon prediction (MSE to the noise) with DDPMScheduler(" + json.dumps(SD15_BETAS) + ") "
             "add_noise, uniform integer timesteps in [0, 1000); sampling scheduler DDIM "
@@ -172,16 +164,8 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
                 "StableDiffusionPipeline decodes latents / scaling_factor without a shift"
             ),
             "tokenizer": f"{args.reuse}/tokenizer (CLIP BPE, every toy word one token, model_max_length 40)",
-            "text_encoder": (
-                f"initialised from {args.reuse}/text_encoder (CLIPTextModelWithProjection weights without the "
-                "projection), then trained jointly"
-            ),
-            "latent_pool": "toyworld.train.encode_pool (same scenes as the SD3 run for the same seed)",
+            **reused_text_and_pool(args.reuse),
         },
-        "elapsed_s": round(time.time() - args.t0, 1),
-        "final_ema_loss": rows[-1]["ema_loss"] if rows else None,
-        "loss_curve": [[r["step"], r["ema_loss"]] for r in rows][::5],
-        "torch": torch.__version__,
     }
     write_pipeline(
         pipe, out, {"toyworld.json": toyworld, "training.json": training}, tokenizer, ("tokenizer",)
