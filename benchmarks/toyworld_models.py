@@ -201,13 +201,16 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     models = args.models or sorted(p for p in Path("assets").glob("toy-*") if (p / "toyworld.json").is_file())
-    results = json.loads(args.out.read_text())["models"] if args.out.is_file() else {}  # other models kept
+    results = {}
     for folder in models:
-        result = measure_model(folder, args)
-        if not result["grid"] and folder.name in results:  # --cfg with no values: timing only
-            result["grid"] = results[folder.name]["grid"]
-        results[folder.name] = result
+        results[folder.name] = measure_model(folder, args)
+        results[folder.name]["command"] = "python benchmarks/toyworld_models.py " + " ".join(sys.argv[1:])
         print(table(folder.name, results[folder.name]), flush=True)
+    earlier = json.loads(args.out.read_text())["models"] if args.out.is_file() else {}  # read at write time
+    for name, result in results.items():
+        if not result["grid"] and name in earlier:  # --cfg with no values: timing only
+            result["grid"] = earlier[name]["grid"]
+    results = {**earlier, **results}
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, torch "
         f"{torch.__version__}, {args.threads} threads",
