@@ -441,6 +441,20 @@ def encode_pool(vae, args) -> tuple[list, torch.Tensor, float, float]:
     return scenes, latents, shift, 1.0 / std
 
 
+def denoiser_setup(modules, args) -> tuple:
+    """EMA copy, AdamW and the loop state shared by every denoiser trainer."""
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    return ema, opt, {"step": 0, "running": None, "last_save": time.time()}
+
+
+def training_batch(scenes, latents, args, rng: random.Random, gen: torch.Generator) -> tuple:
+    """A random batch of pool latents and their captions ("" with probability caption_dropout)."""
+    idx = torch.randint(len(scenes), (args.batch,), generator=gen)
+    prompts = ["" if rng.random() < args.caption_dropout else caption(scenes[i], rng) for i in idx.tolist()]
+    return latents[idx], prompts
+
+
 def optimizer_step(loss, opt, modules, ema, state: dict, args, progress: float) -> float:
     """One AdamW step with cosine LR, gradient clipping and an EMA update; returns the loss value."""
     for group in opt.param_groups:
@@ -483,18 +497,12 @@ def train_denoiser(
     rng = random.Random(args.seed + 3)
     gen = torch.Generator().manual_seed(args.seed + 3)
     modules = torch.nn.ModuleList([transformer, *text_encoders])
-    ema = copy.deepcopy(modules).requires_grad_(False)
-    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema, opt, state = denoiser_setup(modules, args)
     counts = torch.tensor(cfg["t5_pad_tokens"], dtype=torch.float32)
     pad = torch.zeros(1, 1, transformer.config.joint_attention_dim)
-    state = {"step": 0, "running": None, "last_save": time.time()}
 
     def step(progress: float) -> float:
-        idx = torch.randint(len(scenes), (args.batch,), generator=gen)
-        x0 = latents[idx]
-        prompts = [
-            "" if rng.random() < args.caption_dropout else caption(scenes[i], rng) for i in idx.tolist()
-        ]
+        x0, prompts = training_batch(scenes, latents, args, rng, gen)
         embeds, pooled = encode_text(text_encoders, tokenizer, prompts)
         context = torch.cat([embeds, pad.expand(len(prompts), -1, -1)], 1)
         t = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal(0, 1), SD3 section 3.1

@@ -21,7 +21,6 @@ mu = calculate_shift(image_seq_len) = 0.4675 for 64x64 images, i.e. a shift of e
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -32,8 +31,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from toyworld.scenes import caption, vocabulary
-from toyworld.train import LossLog, denoiser_logger, encode_pool, optimizer_step, run_loop, write_pipeline
+from toyworld.scenes import vocabulary
+from toyworld.train import (
+    LossLog,
+    denoiser_logger,
+    denoiser_setup,
+    encode_pool,
+    optimizer_step,
+    run_loop,
+    training_batch,
+    write_pipeline,
+)
 
 FLUX_ARCHS: dict[str, dict] = {
     "flux": {
@@ -192,20 +200,14 @@ def train_denoiser(transformer, text, latents, scenes, args, log: LossLog, secon
     rng = random.Random(args.seed + 3)
     gen = torch.Generator().manual_seed(args.seed + 3)
     modules = torch.nn.ModuleList([transformer, text.clip, text.t5])
-    ema = copy.deepcopy(modules).requires_grad_(False)
-    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema, opt, state = denoiser_setup(modules, args)
     h, w = latents.shape[-2:]
     img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
     txt_ids = torch.zeros(text.max_sequence_length, 3)
     mu = time_shift_mu(img_ids.shape[0])
-    state = {"step": 0, "running": None, "last_save": time.time()}
 
     def step(progress: float) -> float:
-        idx = torch.randint(len(scenes), (args.batch,), generator=gen)
-        x0 = latents[idx]
-        prompts = [
-            "" if rng.random() < args.caption_dropout else caption(scenes[i], rng) for i in idx.tolist()
-        ]
+        x0, prompts = training_batch(scenes, latents, args, rng, gen)
         embeds, pooled = text(prompts)
         t = shift_t(torch.sigmoid(torch.randn(args.batch, generator=gen)), mu)  # logit-normal, shifted
         noise = torch.randn(x0.shape, generator=gen)

@@ -21,7 +21,6 @@ checker) atomically every few minutes and at the end.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
@@ -31,14 +30,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from toyworld.scenes import caption
 from toyworld.train import (
     LossLog,
     clip_ids,
     denoiser_logger,
+    denoiser_setup,
     encode_pool,
     optimizer_step,
     run_loop,
+    training_batch,
     write_pipeline,
 )
 from toyworld.train_flux import add_reuse_arguments, load_clip, load_vae, reused_text_and_pool, run_record
@@ -99,15 +99,11 @@ def train_denoiser(
     rng = random.Random(args.seed + 3)
     gen = torch.Generator().manual_seed(args.seed + 3)
     modules = torch.nn.ModuleList([unet, text_encoder])
-    ema = copy.deepcopy(modules).requires_grad_(False)
-    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    state = {"step": 0, "running": None, "last_save": time.time()}
+    ema, opt, state = denoiser_setup(modules, args)
 
     def step(progress: float) -> float:
-        idx = torch.randint(len(scenes), (args.batch,), generator=gen)
-        texts = ["" if rng.random() < args.caption_dropout else caption(scenes[i], rng) for i in idx.tolist()]
+        x0, texts = training_batch(scenes, latents, args, rng, gen)
         embeds = encode_prompts(text_encoder, tokenizer, texts)
-        x0 = latents[idx]
         timesteps = torch.randint(SD15_BETAS["num_train_timesteps"], (args.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
