@@ -35,18 +35,19 @@ class StructuredMixin:
 
     _structured_modes = MODES
 
-    def _encode(self, prompts: list[str], cfg: bool, negative=None, clip_skip=None):
-        """(prompt_embeds, negative_prompt_embeds, extra) as the parent pipeline computes them."""
-        more = (
-            {"prompt_2": None, "prompt_3": None}
-            if "prompt_3" in inspect.signature(self.encode_prompt).parameters
-            else {}
-        )
+    def _encode(self, prompts: list[str], cfg: bool, negative=None, options: dict | None = None):
+        """(prompt_embeds, negative_prompt_embeds, extra) as the parent pipeline computes them.
+
+        `options`: the call's encoder arguments (`clip_skip`, SD3's `max_sequence_length`), passed on where the
+        pipeline's encode_prompt takes them, so phrases are encoded exactly as the prompt is."""
+        accepted = inspect.signature(self.encode_prompt).parameters
+        more = {"prompt_2": None, "prompt_3": None} if "prompt_3" in accepted else {}
+        more.update({k: v for k, v in (options or {}).items() if k in accepted})
         out = self.encode_prompt(
             prompt=prompts, device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-            negative_prompt=negative, clip_skip=clip_skip, **more,
+            negative_prompt=negative, **more,
         )  # fmt: skip
-        if len(out) == 4:  # SDXL: pooled embeddings stay the full prompt's
+        if len(out) == 4:  # SDXL and SD3: pooled embeddings stay the full prompt's
             return out[0], out[1], {"pooled_prompt_embeds": out[2], "negative_pooled_prompt_embeds": out[3]}
         return out[0], out[1], {}
 
@@ -56,7 +57,7 @@ class StructuredMixin:
         return [] if span is None else [(span[0], span[1], 1)]
 
     def aligned_stacks(
-        self, prompts: list[str], phrases: list[list[Phrase]], full: torch.Tensor, clip_skip=None
+        self, prompts: list[str], phrases: list[list[Phrase]], full: torch.Tensor, options: dict | None = None
     ):
         """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped)."""
         stacks = []
@@ -64,7 +65,7 @@ class StructuredMixin:
             located = [(p, self.phrase_segments(prompt, p)) for p in found]
             located = [(p, segments) for p, segments in located if segments]
             if located:
-                encoded = self._encode([p.text for p, _ in located], False, clip_skip=clip_skip)[0]
+                encoded = self._encode([p.text for p, _ in located], False, options=options)[0]
                 stacks.append(
                     aligned_contexts(full[b], [(encoded[i], seg) for i, (_, seg) in enumerate(located)])
                 )
@@ -153,12 +154,12 @@ class StructuredMixin:
                                "0 <= start < stop <= 1")  # fmt: skip
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         phrases = _phrases_for(prompts, noun_phrases)
-        clip_skip = kwargs.get("clip_skip")
+        options = {k: kwargs[k] for k in ("clip_skip", "max_sequence_length") if k in kwargs}
         # One encode call gives the full prompts and the negatives exactly as the parent pipeline would.
         negative = kwargs.pop("negative_prompt", None)
         negative = [negative] * len(prompts) if isinstance(negative, str) else negative
-        full, neg, extra = self._encode(prompts, True, negative, clip_skip)
-        stacks = self.aligned_stacks(prompts, phrases, full, clip_skip)
+        full, neg, extra = self._encode(prompts, True, negative, options)
+        stacks = self.aligned_stacks(prompts, phrases, full, options)
         sets = max(len(s) for s in stacks) if structured == "conjunction" else 1
         packed = torch.stack([pack(s, structured, sets) for s in stacks])
         neg_packed = torch.stack([pack(n[None], structured, sets) for n in neg])

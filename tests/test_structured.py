@@ -170,6 +170,11 @@ def test_sd3_port(tiny_folder):
     plain = gen(pipe, "a red circle")
     np.testing.assert_allclose(gen(pipe, "a red circle", structured="key-value", noun_phrases=["a red circle"]),
                                plain, atol=1e-5)  # fmt: skip
+    # the call's max_sequence_length reaches the phrase and prompt encoding (it was once dropped: 256 T5 tokens)
+    short = gen(pipe, "a red circle", max_sequence_length=4)
+    assert np.abs(short - plain).max() > 1e-4
+    np.testing.assert_allclose(gen(pipe, "a red circle", structured="key-value", noun_phrases=["a red circle"],
+                                   max_sequence_length=4), short, atol=1e-5)  # fmt: skip
     two = "a red circle and a blue square"
     assert np.abs(gen(pipe, two, structured="key-value") - gen(pipe, two)).max() > 1e-4
     assert gen(pipe, two, structured="key-value", structured_layers=[0, 1]).shape == (1, 32, 32, 3)
