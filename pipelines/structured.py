@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from guidance.noun_phrases import Phrase, noun_phrases, token_span
+from guidance.noun_phrases import Phrase, noun_phrases_batch, token_spans
 from guidance.perturbation import SoftPAGError
 from guidance.structured import (
     MODES,
@@ -51,24 +51,32 @@ class StructuredMixin:
             return out[0], out[1], {"pooled_prompt_embeds": out[2], "negative_pooled_prompt_embeds": out[3]}
         return out[0], out[1], {}
 
-    def phrase_segments(self, prompt: str, phrase: Phrase) -> list:
-        """Where a phrase's tokens sit in the prompt encoding: [(start, end, source start)] (CLIP, BOS first)."""
-        span = token_span(self.tokenizer, prompt, phrase)
-        return [] if span is None else [(span[0], span[1], 1)]
+    def phrase_segments(self, prompt: str, phrases: list[Phrase]) -> list[list]:
+        """Where each phrase's tokens sit in the prompt encoding: [(start, end, source start)] (CLIP, BOS first);
+        an empty list for a phrase wholly in the truncated part."""
+        return [
+            [] if span is None else [(span[0], span[1], 1)]
+            for span in token_spans(self.tokenizer, prompt, phrases)
+        ]
 
     def aligned_stacks(
         self, prompts: list[str], phrases: list[list[Phrase]], full: torch.Tensor, options: dict | None = None
     ):
-        """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped)."""
-        stacks = []
-        for b, (prompt, found) in enumerate(zip(prompts, phrases, strict=True)):
-            located = [(p, self.phrase_segments(prompt, p)) for p in found]
-            located = [(p, segments) for p, segments in located if segments]
-            if located:
-                encoded = self._encode([p.text for p, _ in located], False, options=options)[0]
+        """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped). The
+        phrases of every prompt are encoded in one call."""
+        located = []
+        for prompt, found in zip(prompts, phrases, strict=True):
+            segments = self.phrase_segments(prompt, found)
+            located.append([(p, seg) for p, seg in zip(found, segments, strict=True) if seg])
+        texts = [p.text for row in located for p, _ in row]
+        encoded = self._encode(texts, False, options=options)[0] if texts else None
+        stacks, i = [], 0
+        for b, row in enumerate(located):
+            if row:
                 stacks.append(
-                    aligned_contexts(full[b], [(encoded[i], seg) for i, (_, seg) in enumerate(located)])
+                    aligned_contexts(full[b], [(encoded[i + j], seg) for j, (_, seg) in enumerate(row)])
                 )
+                i += len(row)
             else:
                 stacks.append(full[b][None])
         return stacks
@@ -177,15 +185,16 @@ class StructuredSD3Mixin(StructuredMixin):
 
     _structured_modes = ("key-value",)
 
-    def phrase_segments(self, prompt: str, phrase: Phrase) -> list:
+    def phrase_segments(self, prompt: str, phrases: list[Phrase]) -> list[list]:
         """CLIP positions (BOS first) and, with T5, its positions after the CLIP tokens (no BOS)."""
-        segments = super().phrase_segments(prompt, phrase)
-        if segments and self.tokenizer_3 is not None:
-            span = token_span(self.tokenizer_3, prompt, phrase, self._structured_t5_length)
-            if span is not None:
-                offset = self.tokenizer_max_length
-                segments.append((offset + span[0], offset + span[1], offset))
-        return segments
+        per_phrase = super().phrase_segments(prompt, phrases)
+        if self.tokenizer_3 is not None:
+            offset = self.tokenizer_max_length
+            spans = token_spans(self.tokenizer_3, prompt, phrases, self._structured_t5_length)
+            for segments, span in zip(per_phrase, spans, strict=True):
+                if segments and span is not None:
+                    segments.append((offset + span[0], offset + span[1], offset))
+        return per_phrase
 
     def __call__(self, prompt=None, *args, **kwargs):
         if kwargs.get("structured") is not None and (
@@ -249,7 +258,7 @@ class StructuredSD3Mixin(StructuredMixin):
 def _phrases_for(prompts: list[str], given) -> list[list[Phrase]]:
     """Parsed phrases per prompt, or the user's (located in the prompt; an error names a phrase not found)."""
     if given is None:
-        return [noun_phrases(p) for p in prompts]
+        return noun_phrases_batch(prompts)
     per_prompt = [given] if given and isinstance(given[0], str) else list(given)
     if len(per_prompt) != len(prompts):
         raise SoftPAGError(f"noun_phrases has {len(per_prompt)} lists for {len(prompts)} prompts")
