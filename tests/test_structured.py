@@ -5,7 +5,14 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from guidance.noun_phrases import Phrase, heuristic_phrases, noun_phrases, token_span
+from guidance.noun_phrases import (
+    Phrase,
+    heuristic_phrases,
+    noun_phrases,
+    noun_phrases_batch,
+    token_span,
+    token_spans,
+)
 from guidance.perturbation import SoftPAGError
 from guidance.structured import (
     StructuredCrossAttnProcessor,
@@ -38,6 +45,13 @@ def test_parser_keeps_nested_phrases(prompt, expected):
     assert texts(prompt, parser="spacy") == expected
 
 
+def test_batch_parse_equals_one_by_one():
+    """noun_phrases_batch (one spaCy batch) gives each prompt's phrases exactly as noun_phrases does."""
+    prompts = ["a red car with a blue hat", "a red circle", "two green squares and a cat on the left", "sky"]
+    for parser in ("auto", "heuristic"):
+        assert noun_phrases_batch(prompts, parser) == [noun_phrases(p, parser) for p in prompts]
+
+
 def test_heuristic_fallback():
     found = [p.text for p in heuristic_phrases("a red car with a blue hat, and the moon")]
     assert found == ["a red car", "a blue hat", "a red car with a blue hat", "the moon"]
@@ -56,6 +70,12 @@ def test_token_spans_multi_token_repeated_edges_and_truncation():
     # Truncation: a phrase past the limit is dropped, one cut by it is clipped.
     assert token_span(tok, prompt, Phrase("a red circle", 16, 28), max_length=6) is None
     assert token_span(tok, prompt, Phrase("a red zebra", 0, 11), max_length=4) == (1, 3)
+    # token_spans tokenizes once and answers each phrase as token_span does
+    phrases = [Phrase("a red zebra", 0, 11), Phrase("a red circle", 16, 28), Phrase("circle", 22, 28)]
+    for limit in (None, 6):
+        assert token_spans(tok, prompt, phrases, limit) == [
+            token_span(tok, prompt, p, limit) for p in phrases
+        ]
 
 
 def test_mean_value_equals_naive_average():
