@@ -58,17 +58,24 @@ def prompt_scenes(split: str, n_objects: int, count: int, seed: int = 10**6) -> 
 
 
 def load_pipeline(model: str, fast: bool, zero_t5_tokens: int | None = None):
-    """Load a StableDiffusion3Pipeline and its toyworld.json; `fast` collapses the zero T5 tokens exactly."""
-    from diffusers import StableDiffusion3Pipeline
+    """Load a toy StableDiffusion3Pipeline or StableDiffusionPipeline and its toyworld.json; for SD3 `fast`
+    collapses the zero T5 tokens exactly. (The toy FLUX model has its own: python -m toyworld.train_flux measure.)"""
+    from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
     from diffusers.utils import logging
 
     from toyworld.train import RepeatedTokenJointAttnProcessor
 
     logging.set_verbosity_error()
-    pipe = StableDiffusion3Pipeline.from_pretrained(model)
+    pipe = DiffusionPipeline.from_pretrained(model)
+    if not isinstance(pipe, (StableDiffusion3Pipeline, StableDiffusionPipeline)):
+        raise ValueError(
+            f"--model {model}: {type(pipe).__name__} is not measured here (StableDiffusion3Pipeline or "
+            "StableDiffusionPipeline; toy FLUX: python -m toyworld.train_flux measure)"
+        )
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((Path(model) / "toyworld.json").read_text())
-    if fast:
+    settings.setdefault("max_sequence_length", None)  # None: the pipeline has no T5 length (SD1.5)
+    if fast and settings["max_sequence_length"] is not None:
         count = zero_t5_tokens or settings["max_sequence_length"]
         pipe.transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(count))
     return pipe, settings
@@ -82,18 +89,20 @@ def generate(
     cfg: float,
     batch: int,
     fast: bool,
-    max_sequence_length: int,
+    max_sequence_length: int | None,
     desc: str = "generate",
 ) -> list:
-    """One image per (prompt, seed), in batches."""
+    """One image per (prompt, seed), in batches (SD3: with `max_sequence_length` zero T5 tokens, one when
+    `fast`; None for pipelines without T5)."""
     images = []
+    extra = {} if max_sequence_length is None else {"max_sequence_length": 1 if fast else max_sequence_length}
     for i in tqdm(range(0, len(prompts), batch), desc=desc, mininterval=10, file=sys.stdout):
         out = pipe(
             prompt=prompts[i : i + batch],
             num_inference_steps=steps,
             guidance_scale=cfg,
             generator=[torch.Generator().manual_seed(s) for s in seeds[i : i + batch]],
-            max_sequence_length=1 if fast else max_sequence_length,
+            **extra,
         )
         images.extend(out.images)
     return images
@@ -117,7 +126,7 @@ def measure_set(
     cfg: float,
     batch: int,
     fast: bool,
-    max_sequence_length: int,
+    max_sequence_length: int | None,
     desc: str,
 ) -> tuple[dict, list]:
     """Generate and score every scene's canonical caption with `n_seeds` seeds."""
