@@ -96,14 +96,15 @@ class StructuredCrossAttnProcessor:
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         length, state = self.state.length, self.state
-        full = encoder_hidden_states[:, :length]
+        # contiguous: to_k / to_v on a strided slice of the packed context cost more than the copy
+        full = encoder_hidden_states[:, :length].contiguous()
         query, key = (
             split_heads(attn.to_q(hidden_states), attn.heads),
             split_heads(attn.to_k(full), attn.heads),
         )
         on = self.structured and state.active
         if state.mode == "key-value":
-            values = encoder_hidden_states[:, length : 2 * length] if on else full
+            values = encoder_hidden_states[:, length : 2 * length].contiguous() if on else full
             out = F.scaled_dot_product_attention(query, key, split_heads(attn.to_v(values), attn.heads))
         elif not on:
             out = F.scaled_dot_product_attention(query, key, split_heads(attn.to_v(full), attn.heads))
