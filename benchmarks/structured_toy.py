@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--prompts", type=int, default=100, help="prompts per split")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--attend-and-excite", action="store_true")
     parser.add_argument("--variants", nargs="+", default=None, help="run only these (plain is always run)")
@@ -110,10 +113,15 @@ def main() -> None:
         "call": call,
         "prompts_per_split": args.prompts,
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
     }
     for split in ("train", "heldout"):
         specs = scenes(split, args.prompts, 1 if split == "train" else 2)
-        items = [(canonical_caption(s), s, seed) for s in specs for seed in range(args.seeds)]
+        items = [
+            (canonical_caption(s), s, seed)
+            for s in specs
+            for seed in range(args.first_seed, args.first_seed + args.seeds)
+        ]
         for name, extra in variants.items():
             binding, leaks, seconds = [], [], 0.0
             for start in range(0, len(items), args.batch):
