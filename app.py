@@ -330,9 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-size", type=int, default=Limits.max_size)
     parser.add_argument("--queue-size", type=int, default=Limits.queue_size)
     args = parser.parse_args(argv)
-    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(
-        args.device
-    )
+    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device)
     limits = Limits(args.max_steps, args.max_size, args.queue_size)
     app = build_app(Demo(pipe, args.model, limits))
     app.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency)

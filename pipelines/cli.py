@@ -93,7 +93,7 @@ def _generate(args: argparse.Namespace) -> int:
     heads = resolve_heads(args.pag_heads)
     if heads:
         HeadSelection.parse(heads, "--pag-heads")  # fail before loading a model
-    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=dtype).to(device)
     call = dict(
         model_call_extras(args.model),
         num_inference_steps=steps,
@@ -152,7 +152,7 @@ def _search(args: argparse.Namespace) -> int:
         model=str(args.model), objective=objective.name, extra=model_call_extras(args.model),
     )  # fmt: skip
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(device)
+    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
     search = HeadSearch(pipe, objective, settings, cache=out / "cache")
     report = [f"# Head search: {objective.name}", "", f"model `{args.model}`, {len(settings.prompts)} prompts x "
@@ -203,7 +203,7 @@ def _batch(args: argparse.Namespace) -> int:
                  width=args.width, pag_heads=args.pag_heads, pag_scale=args.pag_scale, pag_strength=args.pag_strength)  # fmt: skip
     defaults.update({k: v for k, v in flags.items() if v is not None})
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = HeadHunterPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(device)
+    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
     denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
     try:
