@@ -36,7 +36,7 @@ def worker(args) -> None:
     """One process: load, warm up, time `--calls` calls of one variant; print the fastest as JSON."""
     import torch
 
-    from pipelines.cli import model_call_extras, recommended_settings
+    from pipelines.cli import recommended_call
     from pipelines.headhunter import StructuredDiffusionPipeline
     from toyworld.measure import prompt_scenes
     from toyworld.scenes import canonical_caption
@@ -44,13 +44,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     pipe = StructuredDiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    rec = recommended_settings(args.model)
-    call = dict(
-        num_inference_steps=rec.get("num_inference_steps", 20),
-        guidance_scale=rec.get("guidance_scale", 5.0),
-        **model_call_extras(args.model),
-        **VARIANTS[args.worker],
-    )
+    call = {**recommended_call(args.model), **VARIANTS[args.worker]}
     prompts = [canonical_caption(s) for s in prompt_scenes("train", 2, args.prompts)]
     times = []
     for _ in range(1 + args.calls):

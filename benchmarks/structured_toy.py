@@ -61,19 +61,14 @@ def main() -> None:
 
     import torch
 
-    from pipelines.cli import model_call_extras, recommended_settings
+    from pipelines.cli import recommended_call
     from pipelines.headhunter import StructuredDiffusionPipeline
     from toyworld.evaluator import detect, evaluate
     from toyworld.scenes import canonical_caption
 
     pipe = StructuredDiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    rec = recommended_settings(args.model)
-    call = dict(
-        num_inference_steps=rec.get("num_inference_steps", 20),
-        guidance_scale=rec.get("guidance_scale", 5.0),
-        **model_call_extras(args.model),
-    )
+    call = recommended_call(args.model)
     is_sd3 = type(pipe).__name__ == "HeadHunterSD3Pipeline"
     variants = {"plain": {}, "key-value": {"structured": "key-value"}}
     if not is_sd3:

@@ -43,6 +43,17 @@ def model_call_extras(model: str | Path) -> dict:
     return extras
 
 
+def recommended_call(model: str | Path, steps: int = 20, guidance_scale: float = 5.0) -> dict:
+    """The call arguments a model folder recommends: steps, CFG (these defaults where it records none) and
+    `model_call_extras`."""
+    settings = recommended_settings(model)
+    return dict(
+        num_inference_steps=settings.get("num_inference_steps", steps),
+        guidance_scale=settings.get("guidance_scale", guidance_scale),
+        **model_call_extras(model),
+    )
+
+
 def list_presets(folder: Path = PRESETS) -> list[tuple[str, dict]]:
     """(file stem, preset JSON) for every preset file in `folder`, sorted by name."""
     return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
