@@ -39,7 +39,8 @@ class AttentionSite:
 
 @dataclass(frozen=True)
 class ModelLayout:
-    """An architecture's attention sites, its blocks in layer order and its SoftPAG processor."""
+    """An architecture's attention sites, its blocks in layer order and its SoftPAG processor (class, built with
+    the module name)."""
 
     arch: str
     sites: dict[tuple[int, str], AttentionSite]

@@ -1,32 +1,34 @@
-"""One SoftPAG call: validate the settings, install processors and batch hooks, combine the guided prediction.
+"""One SoftPAG call: the strength tables of a validated config, and the hooks that run the perturbed branch.
 
-Flow of a denoiser call while `SoftPAG.applied(...)` is active:
-1. A forward pre-hook on the denoiser sees the pipeline's batch (`[uncond, cond]` or `[cond]`). On a main call
-   (not SD3's skip-layer call nor FLUX's separate true-CFG uncond call) inside the start/stop window it appends one copy of the cond rows per head group and sets each
-   perturbed module's strengths (rows, heads) in the call's `PerturbationState` (0 on unperturbed rows).
-2. Shared prefix (transformers): the blocks before the first perturbed layer compute the same thing for cond
-   and perturbed rows, so only the time embedding inputs grow at the start; blocks before the split see the first
-   rows of it, and a pre-hook on the first perturbed block copies the cond rows of the image and text streams.
+Flow of a denoiser call while `SoftPAG.applied(...)` is active (pieces in `guidance.batch_rows`):
+1. The denoiser's pre-hook sees the pipeline's batch (`[uncond, cond]` or `[cond]`). On the step's main call (the
+   first denoiser call since the last `scheduler.step`, not SD3's skip-layer call nor FLUX's true-CFG uncond
+   call, which come after it) inside the step window, it appends one copy of the cond rows per head group
+   (`expand_rows`) and publishes each perturbed module's strengths (rows, heads) in the call's
+   `PerturbationState` (0 on the pipeline's rows).
+2. Shared prefix (transformers): blocks before the first perturbed layer compute the same thing for cond and
+   perturbed rows, so only the time-embedding inputs grow; those blocks get the first rows of `temb`, and the
+   first perturbed block's pre-hook copies the cond rows of the image and text streams.
 3. The processors apply `softpag_attention` on their module's rows.
-4. A forward hook folds the perturbed rows back: cond += sum_g w_g (cond - perturbed_g) / d, where d is the CFG
-   scale the pipeline applies next (1 without CFG), so that the pipeline's own CFG step yields
-   uncond + w_cfg (cond - uncond) + sum_g w_g (cond - perturbed_g).
+4. The forward hook returns the pipeline's rows untouched and keeps delta = sum_g w_g (cond - perturbed_g)
+   (`split_guidance`); `scheduler.step` receives the parent's prediction plus delta (`fold_guidance`).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
 
 import torch
 
+from guidance.batch_rows import Rescale, RowLayout, expand_rows, fold_guidance, split_guidance, strength_table
+from guidance.config import SoftPAGConfig, SoftPAGError
 from guidance.heads import HeadSelection
 from guidance.layouts import REPLACEABLE, ModelLayout, layout_of
-from guidance.processors import PerturbationState
-from guidance.softpag import IDENTITIES
+from guidance.processors import PerturbationState, perturbing
+from guidance.swap import StepWindow, shared_hooks, swapped_processors
 
 # Inputs that carry one row per batch item, by architecture: those that feed the time embedding, and the streams.
 TEMB_INPUTS = {
@@ -43,60 +45,22 @@ UNET_INPUTS = (
     "class_labels",
 )
 
-
-class SoftPAGError(ValueError):
-    """Bad SoftPAG settings, or processors that another feature replaced."""
-
-
-def _check_number(name: str, value, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SoftPAGError(f"{name}={value!r} must be a finite number in [{low:g}, {high:g}]")
-    if not low <= value <= high:
-        raise SoftPAGError(f"{name}={value!r} is out of range; allowed: [{low:g}, {high:g}]")
-    return float(value)
-
-
-@dataclass
-class CallRows:
-    """Where the cond rows sit in the pipeline's batch and what CFG scale the pipeline applies afterwards."""
-
-    cond: slice
-    cfg_divisor: float
+CondRows = Callable[[int], slice]  # batch size B -> the cond rows among them
 
 
 class SoftPAG:
-    """Validated SoftPAG settings for one pipeline call on one denoiser."""
+    """A SoftPAG config resolved against one denoiser: per head group {module: strengths}, scales, split block."""
 
-    def __init__(
-        self,
-        denoiser: torch.nn.Module,
-        heads=None,
-        scale: float | Sequence[float] = 3.0,
-        strength: float = 1.0,
-        identity: str = "joint",
-        start: float = 0.0,
-        stop: float = 1.0,
-        shared_prefix: bool = True,
-        heads_per_image: Sequence | None = None,
-    ):
-        self.denoiser = denoiser
+    def __init__(self, denoiser: torch.nn.Module, config: SoftPAGConfig):
+        self.denoiser, self.config = denoiser, config
         self.layout: ModelLayout = layout_of(denoiser)
-        if (heads is None) == (heads_per_image is None):
-            raise SoftPAGError("give exactly one of pag_heads and pag_heads_per_image")
-        if identity not in IDENTITIES:
-            raise SoftPAGError(f"pag_identity={identity!r} is not supported; allowed: {IDENTITIES}")
-        self.identity = identity
-        self.default_u = _check_number("pag_strength", strength, 0.0, 1.0)
-        self.start = _check_number("pag_start", start, 0.0, 1.0)
-        self.stop = _check_number("pag_stop", stop, 0.0, 1.0)
-        if self.start >= self.stop:
-            raise SoftPAGError(f"pag_start={start!r} must be below pag_stop={stop!r}")
-        if heads_per_image is not None:
-            self._per_image(heads_per_image, scale)
+        if config.heads_per_image is not None:
+            self._per_image(config.heads_per_image)
         else:
-            self._groups(HeadSelection.parse(heads, "pag_heads"), scale)
+            self._groups(HeadSelection.parse(config.heads, "pag_heads"))
         self.modules = sorted({name for table in self.group_strengths for name in table})
-        self.split_block = min(self.layers) if shared_prefix and self.layout.blocks else None
+        shared = config.shared_prefix and self.layout.blocks
+        self.split_block = min(self.layers) if shared else None
 
     def _strengths(self, selection: HeadSelection, parameter: str) -> dict[str, torch.Tensor]:
         """{module name: strengths (heads,)} of all entries of a selection, checked against the model."""
@@ -104,31 +68,34 @@ class SoftPAG:
         table: dict[str, torch.Tensor] = {}
         for head in selection.entries:
             site = self.layout.sites[head.layer, head.attention]
-            u = self.default_u if head.strength is None else head.strength
+            u = self.config.strength if head.strength is None else head.strength
             table.setdefault(site.name, torch.zeros(site.heads))[head.head] = u
         return table
 
-    def _groups(self, selection: HeadSelection, scale) -> None:
+    def _groups(self, selection: HeadSelection) -> None:
         """`pag_heads`: one perturbed copy of the cond rows per head group, each with its own scale."""
         groups = selection.groups
-        if isinstance(scale, Sequence) and not isinstance(scale, str):
-            if len(scale) != len(groups):
-                raise SoftPAGError(f"pag_scale has {len(scale)} values for {len(groups)} head groups")
-            self.scales = [_check_number(f"pag_scale[{i}]", s, -100, 100) for i, s in enumerate(scale)]
+        if isinstance(self.config.scale, tuple):
+            if len(self.config.scale) != len(groups):
+                raise SoftPAGError(
+                    f"pag_scale has {len(self.config.scale)} values for {len(groups)} head groups"
+                )
+            self.scales = list(self.config.scale)
         else:
-            base = _check_number("pag_scale", scale, -100, 100)
-            self.scales = [base if g.scale is None else g.scale for g in groups]
+            self.scales = [self.config.scale if g.scale is None else g.scale for g in groups]
         self.group_strengths = [self._strengths(HeadSelection((g,)), "pag_heads") for g in groups]
         self.layers = [h.layer for h in selection.entries]
         self.images: int | None = None
 
-    def _per_image(self, selections: Sequence, scale) -> None:
+    def _per_image(self, selections: Sequence) -> None:
         """`pag_heads_per_image`: one perturbed row per image, each with its own heads (head search batches)."""
         if isinstance(selections, str) or not len(selections):
             raise SoftPAGError(
                 "pag_heads_per_image must be a non-empty list with one head selection per image"
             )
-        self.scales = [_check_number("pag_scale", scale, -100, 100)]
+        if isinstance(self.config.scale, tuple):
+            raise SoftPAGError("pag_heads_per_image takes one pag_scale for all images, not a list")
+        self.scales = [self.config.scale]
         # None: that image gets no heads (u = 0), i.e. it comes out as without SoftPAG.
         parsed = [
             None if s is None else HeadSelection.parse(s, f"pag_heads_per_image[{i}]")
@@ -147,179 +114,178 @@ class SoftPAG:
         self.layers = [h.layer for s in parsed if s is not None for h in s.entries]
         self.images = len(tables)
 
-    # -- installation -------------------------------------------------------------------------------------
-
     @contextmanager
-    def applied(self, pipe, rows: Callable[[int], CallRows]) -> Iterator[PerturbationState]:
-        """Install processors and hooks for one pipeline call; restore everything afterwards, also on errors."""
-        state = PerturbationState(self.identity)
-        runner = _Runner(self, pipe, state, rows)
+    def applied(
+        self, pipe, cond_rows: CondRows, rescale: Rescale | None = None
+    ) -> Iterator[PerturbationState]:
+        """Install processors and hooks for one pipeline call; restore everything afterwards, also on errors.
+
+        cond_rows: where the cond rows sit in a denoiser batch of B rows. rescale: asked at each step how the
+        parent rescales its guided prediction (None: it does not)."""
+        call = _SoftPAGCall(self, pipe.scheduler, cond_rows, rescale)
+        processors = {name: self.layout.processor(name) for name in self.modules}
+        denoiser, blocks = self.denoiser, self.layout.blocks
         with ExitStack() as stack:
-            stack.enter_context(install_processors(self.denoiser, self.layout, self.modules, state))
-            for handle in runner.register():
-                stack.callback(handle.remove)
-            yield state
-
-
-@contextmanager
-def install_processors(
-    denoiser: torch.nn.Module, layout: ModelLayout, names: Sequence[str], state
-) -> Iterator[None]:
-    """Put SoftPAG processors on `names` for the duration; put the previous ones back whatever happens."""
-    allowed = REPLACEABLE[layout.arch]
-    originals = {}
-    for name in names:
-        processor = denoiser.get_submodule(name).processor
-        kind = type(processor).__name__
-        if kind not in allowed:
-            hint = " (call pipe.disable_xformers_memory_efficient_attention())" if "XFormers" in kind else ""
-            raise SoftPAGError(
-                f"pag_heads: {name} uses {kind}, which SoftPAG would silently drop; SoftPAG replaces only "
-                f"{', '.join(allowed)}{hint}. IP-Adapter, xformers and fused projections are not supported "
-                "on perturbed layers."
+            stack.enter_context(
+                swapped_processors(
+                    denoiser, processors, REPLACEABLE[self.layout.arch], "pag_heads", SoftPAGError
+                )
             )
-        originals[name] = processor
-    installed = {name: layout.processor(state, name) for name in names}
-    try:
-        for name, processor in installed.items():
-            denoiser.get_submodule(name).set_processor(processor)
-        yield
-        replaced = [n for n, p in installed.items() if denoiser.get_submodule(n).processor is not p]
-        if replaced:
-            raise SoftPAGError(
-                f"the attention processors of {replaced} were replaced during the call (e.g. by "
-                "enable_xformers_memory_efficient_attention or an IP-Adapter loader); SoftPAG was not applied"
-            )
-    finally:
-        for name, processor in originals.items():
-            denoiser.get_submodule(name).set_processor(processor)
+            stack.enter_context(shared_hooks(denoiser, "softpag", lambda: _register_denoiser_hooks(denoiser)))
+            if blocks:
+                stack.enter_context(
+                    shared_hooks(denoiser, "softpag-blocks", lambda: _register_block_hooks(denoiser, blocks))
+                )
+            stack.enter_context(_wrapped_step(pipe.scheduler, call))
+            token = _CALL.set(call)
+            stack.callback(_CALL.reset, token)
+            yield stack.enter_context(perturbing(call.state))
 
 
-def _take_rows(value, index: torch.Tensor, rows: int):
-    """Select batch rows `index` of every tensor (or dict of tensors) whose first dimension is `rows`."""
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
-        return value.index_select(0, index.to(value.device))
-    if isinstance(value, dict):
-        return {k: _take_rows(v, index, rows) for k, v in value.items()}
-    return value
+# -- the hooks of one call ---------------------------------------------------------------------------------
+
+_CALL: ContextVar[_SoftPAGCall | None] = ContextVar("softpag_call", default=None)
 
 
-class _Runner:
-    """The hooks of one call; `active` tells whether the current denoiser call carries perturbed rows."""
+class _SoftPAGCall:
+    """The running call's state between hooks: is this denoiser call perturbed, its row layout, its delta."""
 
-    def __init__(self, pag: SoftPAG, pipe, state: PerturbationState, rows: Callable[[int], CallRows]):
-        self.pag, self.pipe, self.state, self.rows = pag, pipe, state, rows
+    def __init__(
+        self, pag: SoftPAG, scheduler, cond_rows: CondRows, rescale: Callable[[], Rescale | None] | None
+    ):
+        self.pag, self.cond_rows, self.rescale = pag, cond_rows, rescale
+        self.state = PerturbationState(pag.config.identity)
         self.signature = inspect.signature(pag.denoiser.forward)
-        self.cond_pointer: int | None = None
-        self.calls = 0
+        self.window = StepWindow(scheduler, pag.config.start, pag.config.stop)
+        self.first_of_step = True
+        self.layout: RowLayout | None = None  # set while the current denoiser call is perturbed
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # (delta, pure output) for the next step
+        )
         self.built_for: tuple[int, int] | None = None
-        self.active = False
-
-    def register(self) -> list:
-        """Register the hooks; returns their handles."""
-        denoiser = self.pag.denoiser
-        handles = [
-            denoiser.register_forward_pre_hook(self.before, with_kwargs=True),
-            denoiser.register_forward_hook(self.after, with_kwargs=True),
-        ]
-        if self.pag.split_block is not None:
-            for i, name in enumerate(self.pag.layout.blocks[: self.pag.split_block + 1]):
-                hook = self.split if i == self.pag.split_block else self.prefix
-                handles.append(denoiser.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
-        return handles
 
     def _is_main_call(self, inputs: dict) -> bool:
-        """False for a step's extra denoiser calls: SD3 skip-layer guidance, FLUX's separate true-CFG uncond call."""
-        if inputs.get("skip_layers"):
-            return False
-        if self.pag.layout.arch == "flux":
-            # FLUX passes the same prompt_embeds tensor to every cond call; the uncond call passes another one.
-            pointer = inputs["encoder_hidden_states"].data_ptr()
-            self.cond_pointer = self.cond_pointer or pointer
-            return pointer == self.cond_pointer
-        return True
+        """The step's first denoiser call; SD3's skip-layer call and FLUX's true-CFG uncond call come later."""
+        main = self.first_of_step and not inputs.get("skip_layers")
+        if main:
+            self.first_of_step = False
+        return main
 
-    def _in_window(self, inputs: dict) -> bool:
-        """True when this call carries the perturbed rows: a main call inside [start, stop) of the schedule."""
-        if not self._is_main_call(inputs):
-            return False
-        # Model evaluations so far over those the scheduler plans (Heun-type schedulers plan two per step).
-        fraction = self.calls / max(len(self.pipe.scheduler.timesteps), 1)
-        self.calls += 1
-        return self.pag.start <= fraction < self.pag.stop
-
-    def before(self, module, args, kwargs):
+    def before(self, args, kwargs):
+        """Denoiser pre-hook: decide whether this call is perturbed; if so, expand its inputs (B -> B + G*C)."""
         bound = self.signature.bind(*args, **kwargs)
         inputs = bound.arguments
-        self.active = self._in_window(inputs)
-        self.state.strengths = {}
-        if not self.active:
+        self.layout, self.state.strengths = None, {}
+        if not (self._is_main_call(inputs) and self.window.advance()):
             return None
-        first = "sample" if self.pag.layout.arch == "unet" else "hidden_states"
-        n = inputs[first].shape[0]
-        rows = self.rows(n)
-        cond = torch.arange(n)[rows.cond]
-        groups = len(self.pag.group_strengths)
-        self.n, self.cond_index, self.divisor = n, cond, rows.cfg_divisor
-        self.index = torch.cat([torch.arange(n), cond.repeat(groups)])
-        total = self.index.numel()
-        size = len(cond)
-        if self.pag.images is not None and self.pag.images != size:
+        arch = self.pag.layout.arch
+        first = inputs["sample" if arch == "unet" else "hidden_states"]
+        rows = first.shape[0]
+        layout = RowLayout.of(rows, self.cond_rows(rows), len(self.pag.group_strengths))
+        if self.pag.images is not None and self.pag.images != layout.size:
             raise SoftPAGError(
-                f"pag_heads_per_image has {self.pag.images} selections but the call generates {size} images"
+                f"pag_heads_per_image has {self.pag.images} selections but the call generates {layout.size} images"
             )
-        if self.built_for != (n, size):  # the same every step of a call: build once, on the model's device
-            device = inputs[first].device
-            self.strengths = {}
-            for name in self.pag.modules:
-                u = torch.zeros(total, self.pag.layout.heads_of(name), device=device)
-                for g, table in enumerate(self.pag.group_strengths):
-                    if name in table:
-                        u[n + g * size : n + (g + 1) * size] = table[name].to(device)
-                self.strengths[name] = u
-            self.built_for = (n, size)
-        self.state.strengths = self.strengths
-        if self.pag.layout.arch == "unet":
+        if self.built_for != (rows, layout.size):  # the same every step of a call: build once, on the device
+            heads = {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
+            self.strengths = strength_table(layout, self.pag.group_strengths, heads, first.device)
+            self.built_for = (rows, layout.size)
+        self.layout, self.state.strengths = layout, self.strengths
+        if arch == "unet":
             names = UNET_INPUTS
         elif self.pag.split_block is None:
-            names = TEMB_INPUTS[self.pag.layout.arch] + STREAM_INPUTS
+            names = TEMB_INPUTS[arch] + STREAM_INPUTS
         else:
-            names = TEMB_INPUTS[self.pag.layout.arch]
+            names = TEMB_INPUTS[arch]
         for name in names:
             if name in inputs:
-                inputs[name] = _take_rows(inputs[name], self.index, n)
-        if "encoder_hidden_states" in inputs and self.pag.layout.arch == "flux":
+                inputs[name] = expand_rows(inputs[name], layout)
+        if arch == "flux" and "encoder_hidden_states" in inputs:
             self.state.text_tokens = inputs["encoder_hidden_states"].shape[1]
         return bound.args, bound.kwargs
 
-    def prefix(self, module, args, kwargs):
-        """Blocks before the split run the original rows: give them the matching rows of the time embedding."""
-        if self.active:
-            kwargs["temb"] = kwargs["temb"][: self.n]
-        return args, kwargs
-
-    def split(self, module, args, kwargs):
-        """The first perturbed block: copy the cond rows of both streams for every head group."""
-        if self.active:
+    def block(self, index: int, kwargs: dict) -> dict:
+        """Block pre-hook (shared prefix): blocks before the split see the B rows; the split block expands."""
+        split = self.pag.split_block
+        if self.layout is None or split is None or index > split:
+            return kwargs
+        if index < split:
+            kwargs["temb"] = kwargs["temb"][: self.layout.rows]
+        else:
             for name in STREAM_INPUTS:
-                kwargs[name] = _take_rows(kwargs[name], self.index, self.n)
-        return args, kwargs
+                kwargs[name] = expand_rows(kwargs[name], self.layout)
+        return kwargs
 
-    def after(self, module, args, kwargs, output):
-        if not self.active:
+    def after(self, output):
+        """Denoiser hook: return the pipeline's B rows untouched; keep delta for this step's prediction."""
+        if self.layout is None:
             return output
-        self.active = False
-        self.state.strengths = {}
+        layout, self.layout, self.state.strengths = self.layout, None, {}
         sample = output[0] if isinstance(output, tuple) else output.sample
-        base = sample[: self.n].clone()
-        cond = base[self.cond_index]
-        delta = torch.zeros_like(cond)
-        size = len(self.cond_index)
-        for g, scale in enumerate(self.pag.scales):
-            perturbed = sample[self.n + g * size : self.n + (g + 1) * size]
-            delta += scale * (cond - perturbed)
-        base[self.cond_index] = cond + delta / self.divisor
+        pure, delta = split_guidance(sample, layout, self.pag.scales)
+        self.pending = (delta, pure)
         if isinstance(output, tuple):
-            return (base, *output[1:])
-        output.sample = base
+            return (pure, *output[1:])
+        output.sample = pure
         return output
+
+    def step(self, model_output: torch.Tensor) -> torch.Tensor:
+        """At `scheduler.step`: add the PAG term of this step's main call; the next call starts a new step."""
+        self.first_of_step = True
+        if self.pending is None:
+            return model_output
+        (delta, pure), self.pending = self.pending, None
+        return fold_guidance(model_output, delta, pure, self.rescale() if self.rescale else None)
+
+
+def _register_denoiser_hooks(denoiser: torch.nn.Module) -> list:
+    """The denoiser's pre-hook and hook, dispatching to the SoftPAG call running in this thread (if any)."""
+
+    def before(module, args, kwargs):
+        call = _CALL.get()
+        return None if call is None else call.before(args, kwargs)
+
+    def after(module, args, kwargs, output):
+        call = _CALL.get()
+        return output if call is None else call.after(output)
+
+    return [
+        denoiser.register_forward_pre_hook(before, with_kwargs=True),
+        denoiser.register_forward_hook(after, with_kwargs=True),
+    ]
+
+
+def _register_block_hooks(denoiser: torch.nn.Module, blocks: Sequence[str]) -> list:
+    """Pre-hooks on every block for the shared prefix, dispatching to the running SoftPAG call (if any)."""
+
+    def hook_for(index: int):
+        def hook(module, args, kwargs):
+            call = _CALL.get()
+            return None if call is None else (args, call.block(index, kwargs))
+
+        return hook
+
+    return [
+        denoiser.get_submodule(name).register_forward_pre_hook(hook_for(i), with_kwargs=True)
+        for i, name in enumerate(blocks)
+    ]
+
+
+@contextmanager
+def _wrapped_step(scheduler, call: _SoftPAGCall) -> Iterator[None]:
+    """`scheduler.step` for the call, adding the PAG term to the prediction it receives."""
+    if "step" in vars(scheduler):
+        raise SoftPAGError(
+            "pag_heads: this scheduler is in use by another running call; give each concurrent pipeline its own "
+            "scheduler (e.g. HeadHunterPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler)))"
+        )
+    original = scheduler.step
+
+    def step(model_output, *args, **kwargs):
+        return original(call.step(model_output), *args, **kwargs)
+
+    scheduler.step = step
+    try:
+        yield
+    finally:
+        del scheduler.step

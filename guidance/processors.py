@@ -4,10 +4,15 @@ Each processor reproduces the diffusers processor it replaces (projections, qk-n
 projections) and hands q, k, v to `guidance.softpag.softpag_attention`; it knows the model, not the formula.
 What to perturb travels in a `PerturbationState` owned by one call: per attention module, a strength tensor
 (batch rows, heads) for the batch now running. A module with no strength entry behaves exactly as plain attention.
+The processors find the running call's state through a context variable (`perturbing(state)`), so calls that run
+at once on shared modules (pipelines made with `from_pipe`, in several threads) each see their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +41,24 @@ class PerturbationState:
         return u
 
 
+_ACTIVE: ContextVar[PerturbationState | None] = ContextVar("softpag_state", default=None)
+
+
+@contextmanager
+def perturbing(state: PerturbationState) -> Iterator[PerturbationState]:
+    """Make `state` the running call's perturbation for SoftPAG processors in this thread / task."""
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_state() -> PerturbationState | None:
+    """The running call's perturbation, or None outside a SoftPAG call."""
+    return _ACTIVE.get()
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(batch, tokens, heads * dim) -> (batch, heads, tokens, dim)."""
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -49,15 +72,23 @@ def project(x: torch.Tensor, projections, norms, heads: int) -> tuple[torch.Tens
 
 
 class _SoftPAGProcessor:
-    """Shared part: the call's state and the module name this processor serves."""
+    """Shared part: the module name this processor serves; the running call's state comes from `perturbing`."""
 
-    def __init__(self, state: PerturbationState, name: str):
-        self.state = state
+    def __init__(self, name: str):
         self.name = name
+        self.share_key = (type(self).__name__, name)
+
+    @property
+    def state(self) -> PerturbationState:
+        """The running call's state (an empty one outside a call: plain attention)."""
+        return _ACTIVE.get() or _PLAIN
 
     def _strength(self, batch: int, device: torch.device) -> torch.Tensor | None:
         u = self.state.strength(self.name, batch)
         return None if u is None else u.to(device)
+
+
+_PLAIN = PerturbationState()
 
 
 class SoftPAGJointAttnProcessor(_SoftPAGProcessor):

@@ -12,10 +12,14 @@ concatenated along the token axis, so any batch reordering (CFG, SoftPAG's copie
 - conjunction: [W_p ; W̄_1 ; .. ; W̄_m ; weights]      ((m + 2)L tokens; the weights block's first row holds the
   weight of each key set: 1/(k+1) for the sets of that row, 0 for padding)
 Unconditional rows carry the negative prompt in every slot (weights on the first set only): plain attention.
+The processors read the running call's state through a context variable (`structuring(state)`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +27,24 @@ import torch.nn.functional as F
 
 from guidance.processors import project, split_heads, unet_output, unet_tokens
 
-MODES = ("key-value", "conjunction")
+_ACTIVE: ContextVar = ContextVar("structured_state", default=None)
+
+
+@contextmanager
+def structuring(state) -> Iterator:
+    """Make `state` (StructuredState or JointStructuredState) the running call's, for the structured processors."""
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _state():
+    state = _ACTIVE.get()
+    if state is None:
+        raise RuntimeError("a structured attention processor ran outside a structured call")
+    return state
 
 
 Segment = tuple[
@@ -83,8 +104,9 @@ class StructuredState:
 class StructuredCrossAttnProcessor:
     """UNet cross-attention (`attn2`) reading packed contexts; `structured=False` layers use W_p only."""
 
-    def __init__(self, state: StructuredState, structured: bool):
-        self.state, self.structured = state, structured
+    def __init__(self, structured: bool):
+        self.structured = structured
+        self.share_key = ("structured-cross", structured)
 
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
@@ -95,7 +117,8 @@ class StructuredCrossAttnProcessor:
         hidden_states, shape = unet_tokens(attn, hidden_states, temb)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        length, state = self.state.length, self.state
+        state = _state()
+        length = state.length
         # contiguous: to_k / to_v on a strided slice of the packed context cost more than the copy
         full = encoder_hidden_states[:, :length].contiguous()
         query, key = (
@@ -134,6 +157,8 @@ class JointStructuredState:
     delta: torch.Tensor | None = None
     value_context: dict[str, torch.Tensor] | None = None
     active: bool = True
+    length: int = 0  # L, the tokens of the full prompt at the front of the packed context
+    chosen: frozenset[str] = frozenset()  # the structured attention modules of this call
 
 
 class StructuredJointAttnProcessor:
@@ -142,8 +167,9 @@ class StructuredJointAttnProcessor:
     and carried to block l. At block 0 this is key-value structured attention up to the LayerNorm; deeper, an
     approximation (the aligned streams themselves are never computed)."""
 
-    def __init__(self, state: JointStructuredState, name: str):
-        self.state, self.name = state, name
+    def __init__(self, name: str):
+        self.name = name
+        self.share_key = ("structured-joint", name)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         image_tokens = hidden_states.shape[1]
@@ -154,7 +180,8 @@ class StructuredJointAttnProcessor:
             encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
             (attn.norm_added_q, attn.norm_added_k), attn.heads,
         )  # fmt: skip
-        values = (self.state.value_context or {}).get(self.name) if self.state.active else None
+        state = _state()
+        values = (state.value_context or {}).get(self.name) if state.active else None
         if values is not None:
             ctx_v = split_heads(attn.add_v_proj(values), attn.heads)
         out = F.scaled_dot_product_attention(

@@ -17,37 +17,42 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from guidance.perturbation import CallRows, SoftPAG
+from guidance.batch_rows import Rescale
+from guidance.config import SoftPAGConfig
+from guidance.perturbation import CondRows, SoftPAG
+from guidance.swap import denoiser_of
 from pipelines.loading import absent_components, model_index
 from pipelines.structured import StructuredMixin, StructuredSD3Mixin
+
+_DEFAULTS = SoftPAGConfig.call_defaults()
 
 
 class SoftPAGMixin:
     """Adds SoftPAG head-perturbation guidance to a diffusers text-to-image pipeline."""
 
-    _denoiser_name = "transformer"
-
-    def _call_rows(self, call_kwargs: dict):
+    def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """Batched CFG pipelines (SD3, SD, SDXL): the batch is [uncond, cond] with CFG on, [cond] otherwise."""
 
-        def rows(n: int) -> CallRows:
-            if self.do_classifier_free_guidance:
-                return CallRows(cond=slice(n // 2, n), cfg_divisor=float(self.guidance_scale))
-            return CallRows(cond=slice(0, n), cfg_divisor=1.0)
+        def rows(n: int) -> slice:
+            return slice(n // 2, n) if self.do_classifier_free_guidance else slice(0, n)
 
         return rows
+
+    def _rescale(self) -> Rescale | None:
+        """How the parent rescales its guided prediction (`guidance_rescale`); None where it does not."""
+        return None
 
     def __call__(
         self,
         *args,
-        pag_heads=None,
-        pag_scale: float | Sequence[float] = 3.0,
-        pag_strength: float = 1.0,
-        pag_identity: str = "joint",
-        pag_start: float = 0.0,
-        pag_stop: float = 1.0,
-        pag_shared_prefix: bool = True,
-        pag_heads_per_image: Sequence | None = None,
+        pag_heads=_DEFAULTS["pag_heads"],
+        pag_scale: float | Sequence[float] = _DEFAULTS["pag_scale"],
+        pag_strength: float = _DEFAULTS["pag_strength"],
+        pag_identity: str = _DEFAULTS["pag_identity"],
+        pag_start: float = _DEFAULTS["pag_start"],
+        pag_stop: float = _DEFAULTS["pag_stop"],
+        pag_shared_prefix: bool = _DEFAULTS["pag_shared_prefix"],
+        pag_heads_per_image: Sequence | None = _DEFAULTS["pag_heads_per_image"],
         **kwargs,
     ):
         """Generate with the parent pipeline's arguments plus SoftPAG guidance.
@@ -66,12 +71,27 @@ class SoftPAGMixin:
         """
         if pag_heads is None and pag_heads_per_image is None:
             return super().__call__(*args, **kwargs)
-        pag = SoftPAG(
-            getattr(self, self._denoiser_name), pag_heads, pag_scale, pag_strength, pag_identity,
-            pag_start, pag_stop, pag_shared_prefix, pag_heads_per_image,
+        config = SoftPAGConfig(
+            pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_shared_prefix,
+            pag_heads_per_image,
         )  # fmt: skip
-        with pag.applied(self, self._call_rows(kwargs)):
+        pag = SoftPAG(denoiser_of(self), config)
+        with pag.applied(self, self._cond_rows(kwargs), self._rescale):
             return super().__call__(*args, **kwargs)
+
+
+class _RescaleMixin:
+    """SD / SDXL: `guidance_rescale` applies to the whole guided prediction, as in diffusers' PAG pipelines."""
+
+    def _rescale(self) -> Rescale | None:
+        if not self.do_classifier_free_guidance:
+            return None
+
+        def parts(pure):
+            uncond, cond = pure.chunk(2)
+            return uncond + self.guidance_scale * (cond - uncond), cond
+
+        return Rescale(float(self.guidance_rescale), parts)
 
 
 class HeadHunterSD3Pipeline(StructuredSD3Mixin, SoftPAGMixin, StableDiffusion3Pipeline):
@@ -82,27 +102,17 @@ class HeadHunterSD3Pipeline(StructuredSD3Mixin, SoftPAGMixin, StableDiffusion3Pi
 class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
     """FluxPipeline with SoftPAG; layers 0..D-1 are double-stream blocks, D.. the single-stream blocks."""
 
-    def _call_rows(self, call_kwargs: dict):
-        """FLUX runs cond and (true-CFG) uncond as separate calls; the cond call comes first in each step."""
-        has_negative = (
-            call_kwargs.get("negative_prompt") is not None
-            or call_kwargs.get("negative_prompt_embeds") is not None
-        )
-        true_cfg = float(call_kwargs.get("true_cfg_scale", 1.0))
-        divisor = true_cfg if true_cfg > 1 and has_negative else 1.0
-        return lambda n: CallRows(cond=slice(0, n), cfg_divisor=divisor)
+    def _cond_rows(self, call_kwargs: dict) -> CondRows:
+        """FLUX runs cond and (true-CFG) uncond as separate calls, cond first: every row of the main call is cond."""
+        return lambda n: slice(0, n)
 
 
-class HeadHunterSDPipeline(StructuredMixin, SoftPAGMixin, StableDiffusionPipeline):
+class HeadHunterSDPipeline(StructuredMixin, _RescaleMixin, SoftPAGMixin, StableDiffusionPipeline):
     """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on self-attention and structured cross-attention."""
 
-    _denoiser_name = "unet"
 
-
-class HeadHunterSDXLPipeline(StructuredMixin, SoftPAGMixin, StableDiffusionXLPipeline):
+class HeadHunterSDXLPipeline(StructuredMixin, _RescaleMixin, SoftPAGMixin, StableDiffusionXLPipeline):
     """StableDiffusionXLPipeline with SoftPAG on self-attention and structured cross-attention."""
-
-    _denoiser_name = "unet"
 
 
 # model_index.json `_class_name` -> our subclass.

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, JointAttnProcessor2_0
 
+from guidance.config import SoftPAGError
 from guidance.heads import HeadSelectionError
 from guidance.layouts import layout_of
-from guidance.perturbation import SoftPAGError
-from guidance.processors import PerturbationState
+from guidance.processors import PerturbationState, perturbing
 from pipelines.headhunter import HeadHunterPipeline, pipeline_class
 from pipelines.loading import absent_components, model_index
 
@@ -112,9 +112,9 @@ def test_rows_with_different_heads_equal_rows_one_by_one(name, loaded):
     state = PerturbationState(text_tokens=7)
     originals = {s.name: denoiser.get_submodule(s.name).processor for s in sites}
     for s in sites:
-        denoiser.get_submodule(s.name).set_processor(layout.processor(state, s.name))
+        denoiser.get_submodule(s.name).set_processor(layout.processor(s.name))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), perturbing(state):
             state.strengths = {s.name: u for s, u in zip(sites, strengths, strict=True)}
             together = denoiser(**inputs, return_dict=False)[0]
             for row in range(3):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from guidance.processors import PerturbationState
+from guidance.processors import PerturbationState, perturbing
 from guidance.softpag import image_identity_mask, softpag_attention
 from pipelines.tiny import TINY_PIPELINES
 
@@ -56,6 +56,12 @@ def test_unknown_identity_names_parameter():
 # -- processors against diffusers' processors ------------------------------------------------------------
 
 
+def _run(processor_class, state, name, *args, **kwargs):
+    """One processor call with `state` as the running call's perturbation."""
+    with perturbing(state):
+        return processor_class(name)(*args, **kwargs)
+
+
 def _state(name, rows, heads, u):
     strengths = torch.zeros(rows, heads)
     strengths[1:] = u
@@ -77,7 +83,9 @@ def test_sd3_processor_matches_diffusers_and_gives_values(name):
         ctx = None if module_name.endswith("attn2") else torch.randn(2, 5, transformer.inner_dim)
         ref = JointAttnProcessor2_0()(attn, x, ctx)
         # Row 0 untouched (u=0), row 1 fully perturbed: row 0 must equal diffusers' output exactly.
-        ours = SoftPAGJointAttnProcessor(_state(module_name, 2, attn.heads, 1.0), module_name)(attn, x, ctx)
+        ours = _run(
+            SoftPAGJointAttnProcessor, _state(module_name, 2, attn.heads, 1.0), module_name, attn, x, ctx
+        )
         ref, ours = (r if isinstance(r, tuple) else (r,) for r in (ref, ours))
         for a, b in zip(ref, ours, strict=True):
             assert torch.equal(a[0], b[0]), f"{name} {module_name}: unperturbed row differs"
@@ -101,8 +109,9 @@ def test_sd35_qk_norm_is_applied():
         attn.norm_q.weight.mul_(3.0)  # make dropping the norm visible
     x, ctx = torch.randn(2, 16, transformer.inner_dim), torch.randn(2, 5, transformer.inner_dim)
     name = "transformer_blocks.1.attn"
-    ours = SoftPAGJointAttnProcessor(PerturbationState(strengths={name: torch.zeros(2, attn.heads)}), name)
-    for a, b in zip(JointAttnProcessor2_0()(attn, x, ctx), ours(attn, x, ctx), strict=True):
+    state = PerturbationState(strengths={name: torch.zeros(2, attn.heads)})
+    ours = _run(SoftPAGJointAttnProcessor, state, name, attn, x, ctx)
+    for a, b in zip(JointAttnProcessor2_0()(attn, x, ctx), ours, strict=True):
         assert torch.equal(a, b)
 
 
@@ -128,13 +137,13 @@ def test_flux_processors_match_diffusers():
     ):
         ref = FluxAttnProcessor()(attn, *args, image_rotary_emb=rope)
         state = PerturbationState(strengths={name: torch.zeros(2, attn.heads)}, text_tokens=5)
-        ours = SoftPAGFluxAttnProcessor(state, name)(attn, *args, image_rotary_emb=rope)
+        ours = _run(SoftPAGFluxAttnProcessor, state, name, attn, *args, image_rotary_emb=rope)
         ref, ours = (r if isinstance(r, tuple) else (r,) for r in (ref, ours))
         for a, b in zip(ref, ours, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
         # u = 1 in image mode: image tokens keep attending to text, text tokens are untouched.
         state.identity, state.strengths[name] = "image", torch.ones(2, attn.heads)
-        perturbed = SoftPAGFluxAttnProcessor(state, name)(attn, *args, image_rotary_emb=rope)
+        perturbed = _run(SoftPAGFluxAttnProcessor, state, name, attn, *args, image_rotary_emb=rope)
         perturbed = perturbed if isinstance(perturbed, tuple) else (perturbed,)
         text_out = perturbed[1] if len(perturbed) == 2 else perturbed[0][:, :5]
         text_ref = ref[1] if len(ref) == 2 else ref[0][:, :5]
@@ -149,6 +158,6 @@ def test_unet_self_attention_processor():
     attn = unet.get_submodule(name)
     x = torch.randn(2, 16, attn.to_q.in_features)
     ref = AttnProcessor2_0()(attn, x)
-    ours = SoftPAGSelfAttnProcessor(_state(name, 2, attn.heads, 1.0), name)(attn, x)
+    ours = _run(SoftPAGSelfAttnProcessor, _state(name, 2, attn.heads, 1.0), name, attn, x)
     assert torch.equal(ref[0], ours[0])
     torch.testing.assert_close(ours[1], attn.to_out[0](attn.to_v(x[1])), atol=1e-5, rtol=1e-5)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from guidance.config import SoftPAGError
 from guidance.noun_phrases import (
     Phrase,
     heuristic_phrases,
@@ -13,13 +14,13 @@ from guidance.noun_phrases import (
     token_span,
     token_spans,
 )
-from guidance.perturbation import SoftPAGError
 from guidance.structured import (
     StructuredCrossAttnProcessor,
     StructuredState,
     aligned_contexts,
     naive_key_value,
     pack,
+    structuring,
 )
 from pipelines.headhunter import HeadHunterPipeline, StructuredDiffusionPipeline
 from pipelines.tiny import TINY_PIPELINES, clip_tokenizer
@@ -104,11 +105,12 @@ def test_processor_unconditional_rows_untouched(mode):
     sets = 2 if mode == "conjunction" else 1
     packed = torch.stack([pack(neg[None], mode, sets), pack(stack, mode, sets)])
     state = StructuredState(mode, 77, sets)
-    out = StructuredCrossAttnProcessor(state, True)(attn, x, packed)
+    with structuring(state):
+        out = StructuredCrossAttnProcessor(True)(attn, x, packed)
+        off = StructuredCrossAttnProcessor(False)(attn, x, packed)
     plain = AttnProcessor2_0()(attn, x, torch.stack([neg, full]))
     torch.testing.assert_close(out[0], plain[0], atol=1e-6, rtol=1e-6)
     assert (out[1] - plain[1]).abs().max() > 1e-4
-    off = StructuredCrossAttnProcessor(state, False)(attn, x, packed)
     torch.testing.assert_close(off, plain, atol=1e-6, rtol=1e-6)
 
 

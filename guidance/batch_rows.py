@@ -1,0 +1,117 @@
+"""The perturbed batch of one denoiser call: which rows are which, how the inputs grow, how the guidance folds back.
+
+Shapes (B = rows the pipeline passes, C = its cond rows, G = head groups or 1 for per-image selections):
+    pipeline inputs  (B, ...)        --expand_rows-->    (B + G*C, ...) = [pipeline rows ; cond copies per group]
+    denoiser output  (B + G*C, ...)  --split_guidance--> pure output (B, ...) for the pipeline,
+                                                         delta (C, ...) = sum_g w_g (cond - perturbed_g)
+    scheduler.step(model_output (C, ...))  <--fold_guidance-- model_output + delta
+The pipeline's own predictions stay pure: CFG, SD3's skip-layer guidance and `guidance_rescale` see the plain
+cond rows, and the PAG term reaches the final prediction at `scheduler.step` (with the rescale applied to the
+whole guided prediction, as diffusers' PAG pipelines apply it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where the cond rows sit among the pipeline's B rows, and how many perturbed copies follow them."""
+
+    rows: int  # B
+    cond: torch.Tensor  # (C,) indices of the cond rows
+    groups: int  # G
+
+    @classmethod
+    def of(cls, rows: int, cond: slice, groups: int) -> RowLayout:
+        """The layout of a batch of `rows` whose cond rows are `cond`, with `groups` perturbed copies."""
+        return cls(rows, torch.arange(rows)[cond], groups)
+
+    @property
+    def size(self) -> int:
+        """C, the number of cond rows (= images of the call)."""
+        return len(self.cond)
+
+    @property
+    def total(self) -> int:
+        """B + G*C, the rows of the expanded batch."""
+        return self.rows + self.groups * self.size
+
+    @property
+    def index(self) -> torch.Tensor:
+        """(B + G*C,) the source row of each expanded row."""
+        return torch.cat([torch.arange(self.rows), self.cond.repeat(self.groups)])
+
+    def perturbed(self, group: int) -> slice:
+        """The expanded rows of one group's perturbed copies."""
+        start = self.rows + group * self.size
+        return slice(start, start + self.size)
+
+
+def expand_rows(value, layout: RowLayout):
+    """Every tensor (or dict of tensors) whose first dimension is B, as (B + G*C, ...); anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == layout.rows:
+        return value.index_select(0, layout.index.to(value.device))
+    if isinstance(value, dict):
+        return {k: expand_rows(v, layout) for k, v in value.items()}
+    return value
+
+
+def strength_table(
+    layout: RowLayout,
+    group_strengths: Sequence[Mapping[str, torch.Tensor]],
+    heads: Mapping[str, int],
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """{module: u (B + G*C, heads)}: 0 on the pipeline's rows, each group's strengths on its copies.
+
+    A group's entry is (heads,) for the same heads on every image or (C, heads) for one selection per image."""
+    table = {}
+    for name, count in heads.items():
+        u = torch.zeros(layout.total, count, device=device)
+        for g, strengths in enumerate(group_strengths):
+            if name in strengths:
+                u[layout.perturbed(g)] = strengths[name].to(device)
+        table[name] = u
+    return table
+
+
+def split_guidance(
+    output: torch.Tensor, layout: RowLayout, scales: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pure output (B, ...), delta (C, ...) = sum_g w_g (cond - perturbed_g)) from the expanded output."""
+    pure = output[: layout.rows]
+    cond = pure[layout.cond.to(output.device)]
+    delta = torch.zeros_like(cond)
+    for g, scale in enumerate(scales):
+        delta += scale * (cond - output[layout.perturbed(g)])
+    return pure, delta
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """diffusers' `guidance_rescale` (Lin et al. 2024, 3.4) as the parent applies it: r and the pure branches."""
+
+    factor: float
+    # pure output (B, ...) -> (the parent's CFG combination (C, ...), the cond prediction (C, ...))
+    parts: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def fold_guidance(
+    model_output: torch.Tensor, delta: torch.Tensor, pure: torch.Tensor, rescale: Rescale | None
+) -> torch.Tensor:
+    """The prediction that reaches `scheduler.step`: the parent's plus the PAG term.
+
+    With `guidance_rescale` r > 0 the parent gave R(cfg); diffusers' PAG pipelines give R(cfg + delta), so the
+    difference R(cfg + delta) - R(cfg) is added instead of delta."""
+    if rescale is None or rescale.factor <= 0:
+        return model_output + delta.to(model_output.dtype)
+    cfg, cond = rescale.parts(pure)
+    with_pag = rescale_noise_cfg(cfg + delta, cond, guidance_rescale=rescale.factor)
+    without = rescale_noise_cfg(cfg, cond, guidance_rescale=rescale.factor)
+    return model_output + (with_pag - without).to(model_output.dtype)

@@ -1,0 +1,224 @@
+"""One configuration object per technique: its defaults, its validation and its error messages.
+
+Every front end derives from these: the pipelines' `pag_*` / `structured*` keyword defaults, the CLI flags, the
+batch job keys, the demo's inputs and the head search's settings (`tests/test_config.py` fails if one drifts).
+A `Setting` describes one call argument (default, type, range, help in plain words); `check` raises an error that
+names the parameter, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from guidance.softpag import IDENTITIES
+
+__all__ = [
+    "GuidanceError", "SOFTPAG_SETTINGS", "STRUCTURED_SETTINGS", "Setting", "SoftPAGConfig", "SoftPAGError",
+    "StructuredConfig", "StructuredError",
+]  # fmt: skip
+
+STRUCTURED_MODES = ("key-value", "conjunction")
+
+
+class GuidanceError(ValueError):
+    """Bad settings for a guidance technique, or processors that another feature replaced.
+
+    The message names the parameter, the value and what is allowed."""
+
+
+class SoftPAGError(GuidanceError):
+    """Bad SoftPAG settings, or processors that another feature replaced."""
+
+
+class StructuredError(SoftPAGError):
+    """Bad structured cross-attention settings (a SoftPAGError too, so one `except` covers both pipelines)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One call argument: its name, default, kind ("number", "integer", "choice", "bool", "text"), range, help."""
+
+    name: str
+    default: Any
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag, e.g. `--pag-scale`."""
+        return "--" + self.name.replace("_", "-")
+
+    def allowed(self) -> str:
+        """What is allowed, in words."""
+        if self.kind == "number":
+            return f"a finite number in [{self.low:g}, {self.high:g}]"
+        if self.kind == "integer":
+            return f"an integer in [{self.low:g}, {self.high:g}]"
+        if self.kind == "choice":
+            return " or ".join(repr(c) for c in self.choices)
+        if self.kind == "bool":
+            return "True or False"
+        return "a string"
+
+    def check(self, value: Any, error: type[Exception] = GuidanceError, label: str | None = None) -> Any:
+        """The value if allowed (numbers as float / int), else `error` naming the parameter and the range."""
+        label = label or self.name
+        if self.kind in ("number", "integer"):
+            integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if self.kind == "integer" and not integral:
+                raise error(f"{label}={value!r} must be {self.allowed()}")
+            if not real or not math.isfinite(value):
+                raise error(f"{label}={value!r} must be {self.allowed()}")
+            if not self.low <= value <= self.high:
+                raise error(f"{label}={value!r} is out of range; allowed: {self.allowed()}")
+            return int(value) if self.kind == "integer" else float(value)
+        if self.kind == "choice" and value not in self.choices:
+            raise error(f"{label}={value!r} is not supported; allowed: {self.allowed()}")
+        if self.kind == "bool" and not isinstance(value, bool):
+            raise error(f"{label}={value!r} must be {self.allowed()}")
+        return value
+
+
+def _settings(*items: Setting) -> dict[str, Setting]:
+    return {s.name: s for s in items}
+
+
+# -- SoftPAG ------------------------------------------------------------------------------------------------
+
+SOFTPAG_SETTINGS = _settings(
+    Setting("pag_heads", None, "text",
+            help="Which attention heads to perturb, e.g. 'L2H1,L4H0' (layer 2 head 1, layer 4 head 0) or a "
+                 "preset name. Empty: no head guidance."),
+    Setting("pag_scale", 3.0, "number", -100, 100,
+            help="How strongly to steer away from the perturbed prediction (w). 0 = off; 1-3 is typical."),
+    Setting("pag_strength", 1.0, "number", 0, 1,
+            help="How far each chosen head's attention is pulled toward 'look only at yourself' (u): "
+                 "0 = untouched, 1 = fully."),
+    Setting("pag_identity", "joint", "choice", choices=IDENTITIES,
+            help="'joint': the head ignores image and text tokens alike (the paper's); 'image': only "
+                 "image-to-image attention is replaced, text is still seen (diffusers' PAG)."),
+    Setting("pag_start", 0.0, "number", 0, 1,
+            help="Fraction of the sampling steps after which head guidance starts (0 = from the first step)."),
+    Setting("pag_stop", 1.0, "number", 0, 1,
+            help="Fraction of the sampling steps at which head guidance stops (1 = until the last step)."),
+    Setting("pag_shared_prefix", True, "bool",
+            help="Compute the blocks before the first perturbed layer once for the normal and the perturbed "
+                 "branch (same result, faster)."),
+)  # fmt: skip
+
+
+def _default(name: str) -> Any:
+    return SOFTPAG_SETTINGS[name].default
+
+
+@dataclass(frozen=True)
+class SoftPAGConfig:
+    """Validated SoftPAG call settings (the pipelines' `pag_*` arguments); heads are parsed by `guidance.heads`.
+
+    `scale` may be one number or one per head group; `heads_per_image` replaces `heads` with one selection per
+    generated image (a head search's batch)."""
+
+    heads: Any = _default("pag_heads")
+    scale: float | Sequence[float] = _default("pag_scale")
+    strength: float = _default("pag_strength")
+    identity: str = _default("pag_identity")
+    start: float = _default("pag_start")
+    stop: float = _default("pag_stop")
+    shared_prefix: bool = _default("pag_shared_prefix")
+    heads_per_image: Sequence | None = None
+
+    def __post_init__(self):
+        """Check every value; raise SoftPAGError naming the first bad one."""
+        if (self.heads is None) == (self.heads_per_image is None):
+            raise SoftPAGError("give exactly one of pag_heads and pag_heads_per_image")
+        for attribute in ("strength", "identity", "start", "stop", "shared_prefix"):
+            setting = SOFTPAG_SETTINGS[f"pag_{attribute}"]
+            object.__setattr__(self, attribute, setting.check(getattr(self, attribute), SoftPAGError))
+        if self.start >= self.stop:
+            raise SoftPAGError(f"pag_start={self.start!r} must be below pag_stop={self.stop!r}")
+        scale = SOFTPAG_SETTINGS["pag_scale"]
+        if isinstance(self.scale, Sequence) and not isinstance(self.scale, str):
+            values = tuple(scale.check(s, SoftPAGError, f"pag_scale[{i}]") for i, s in enumerate(self.scale))
+            if not values:
+                raise SoftPAGError("pag_scale=[] must hold one number per head group")
+            object.__setattr__(self, "scale", values)
+        else:
+            object.__setattr__(self, "scale", scale.check(self.scale, SoftPAGError))
+
+    @classmethod
+    def from_call(cls, **pag_kwargs: Any) -> SoftPAGConfig:
+        """From the pipeline's keyword names (`pag_heads=..., pag_scale=...`)."""
+        return cls(**{k.removeprefix("pag_"): v for k, v in pag_kwargs.items()})
+
+    @classmethod
+    def call_defaults(cls) -> dict[str, Any]:
+        """{pipeline keyword: default} for every SoftPAG argument."""
+        return {f"pag_{f.name}": f.default for f in fields(cls)}
+
+
+# -- Structured cross-attention ------------------------------------------------------------------------------
+
+STRUCTURED_SETTINGS = _settings(
+    Setting("structured", None, "choice", choices=(None, *STRUCTURED_MODES),
+            help="Encode each noun phrase separately and mix it into cross-attention: 'key-value' (the "
+                 "paper's default) or 'conjunction'. None = off."),
+    Setting("structured_start", 0.0, "number", 0, 1, help="Fraction of the steps after which it starts."),
+    Setting("structured_stop", 1.0, "number", 0, 1, help="Fraction of the steps at which it stops."),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StructuredConfig:
+    """Validated structured cross-attention settings (the pipelines' `structured*` and `noun_phrases` arguments)."""
+
+    mode: str | None = STRUCTURED_SETTINGS["structured"].default
+    noun_phrases: Sequence | None = None
+    layers: Sequence[int] | None = None
+    start: float = STRUCTURED_SETTINGS["structured_start"].default
+    stop: float = STRUCTURED_SETTINGS["structured_stop"].default
+    modes: tuple[str, ...] = STRUCTURED_MODES
+
+    def __post_init__(self):
+        """Check every value; raise StructuredError naming the first bad one."""
+        if self.mode is None:
+            if self.noun_phrases is not None or self.layers is not None:
+                raise StructuredError(
+                    "noun_phrases / structured_layers need structured='key-value' or 'conjunction'"
+                )
+            return
+        if self.mode not in self.modes:
+            raise StructuredError(
+                f"structured={self.mode!r} is not supported here; allowed: {self.modes} or None"
+            )
+        for attribute in ("start", "stop"):
+            setting = STRUCTURED_SETTINGS[f"structured_{attribute}"]
+            object.__setattr__(self, attribute, setting.check(getattr(self, attribute), StructuredError))
+        if self.start >= self.stop:
+            raise StructuredError(
+                f"structured_start={self.start} / structured_stop={self.stop}: need 0 <= start < stop <= 1"
+            )
+        if self.noun_phrases is not None and isinstance(self.noun_phrases, str):
+            raise StructuredError(
+                f"noun_phrases={self.noun_phrases!r} must be a list of phrases (or one list per prompt), "
+                "not a string"
+            )
+
+    def check_layers(self, count: int) -> None:
+        """Raise StructuredError unless every entry of `layers` is a layer index in 0..count-1."""
+        if self.layers is None:
+            return
+        if isinstance(self.layers, str) or not isinstance(self.layers, Sequence):
+            raise StructuredError(f"structured_layers={self.layers!r} must be a list of layer indices")
+        bad = [i for i in self.layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
+        if bad:
+            raise StructuredError(
+                f"structured_layers={list(self.layers)!r}: layers must be in 0..{count - 1}"
+            )
