@@ -1,4 +1,4 @@
-"""Camera maths for UpFusion-style novel-view synthesis: orbit poses, relative poses, rays, Plücker coordinates.
+"""Camera maths for UpFusion-style novel views: orbit, relative and query poses, rays, Plücker coordinates.
 
 Conventions (shared by the UpFusion model and the toy multi-view world):
 
@@ -38,10 +38,10 @@ def orbit_camera(azimuth: float, elevation: float, distance: float) -> torch.Ten
     """A (4, 4) camera-to-world pose on a sphere of radius ``distance`` looking at the origin (degrees).
 
     The camera centre is ``distance * (cos(el) sin(az), sin(el), cos(el) cos(az))``: azimuth rotates about
-    the world +y axis (azimuth 90 puts the camera on +x), azimuth 0 / elevation 0 puts it on +z looking toward
-    -z, positive elevation is above the xz plane. The camera x axis stays horizontal (``(cos az, 0, -sin az)``)
-    and its y axis points "down" in the image, so world up appears at the top of the image; this also holds
-    at elevation +-90 (no degenerate look-at).
+    the world +y axis (azimuth 90 puts the camera on +x), azimuth 0 / elevation 0 puts it on +z looking
+    toward -z, positive elevation is above the xz plane. The camera x axis stays horizontal
+    (``(cos az, 0, -sin az)``) and its y axis points "down" in the image, so world up appears at the top of
+    the image; this also holds at elevation +-90 (no degenerate look-at).
     """
     az, el = math.radians(float(azimuth)), math.radians(float(elevation))
     dtype = torch.float64
@@ -69,7 +69,7 @@ def _rigid_inverse(pose: torch.Tensor) -> torch.Tensor:
 
 
 def relative_cameras(c2w: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Poses (N,4,4) expressed in the reference camera's frame: ``inverse(reference) @ c2w`` (UpFusion view 0 = I)."""
+    """Poses (N,4,4) in the reference camera's frame: ``inverse(reference) @ c2w`` (UpFusion: view 0 -> I)."""
     c2w = torch.as_tensor(c2w)
     reference = torch.as_tensor(reference, dtype=c2w.dtype, device=c2w.device)
     return _rigid_inverse(reference) @ c2w
@@ -105,17 +105,20 @@ def check_pose(matrix: object, parameter: str) -> torch.Tensor:
     """Validate a camera-to-world pose (4,4) (or a batch (...,4,4)) and return it as a float32 tensor.
 
     Raises ``ValueError`` naming ``parameter`` when the shape is not (..., 4, 4), a value is not finite, the
-    rotation part is not orthonormal with determinant +1 (tolerance 1e-4), or the last row is not (0, 0, 0, 1).
+    rotation part is not orthonormal with determinant +1 (tolerance 1e-4), or the last row is not
+    (0, 0, 0, 1).
     """
     try:
         pose = torch.as_tensor(matrix)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(
-            f"{parameter} must be a 4x4 camera-to-world matrix (tensor or nested list); got {type(matrix).__name__}"
+            f"{parameter} must be a 4x4 camera-to-world matrix (tensor or nested list); "
+            f"got {type(matrix).__name__}"
         ) from error
     if pose.ndim < 2 or tuple(pose.shape[-2:]) != (4, 4):
         raise ValueError(
-            f"{parameter} must have shape (4, 4) or (..., 4, 4) (a camera-to-world matrix); got {tuple(pose.shape)}"
+            f"{parameter} must have shape (4, 4) or (..., 4, 4) (a camera-to-world matrix); "
+            f"got {tuple(pose.shape)}"
         )
     if not (pose.is_floating_point() or pose.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{parameter} must hold real numbers; got dtype {pose.dtype}")
@@ -168,7 +171,7 @@ def ray_grid(c2w: torch.Tensor, focal: float, size: int) -> tuple[torch.Tensor, 
 
 
 def plucker_rays(c2w: torch.Tensor, focal: float, size: int) -> torch.Tensor:
-    """Plücker ray embedding (..., 6, size, size): channels (d, o x d) with d the unit direction (UpSRT/UpFusion)."""
+    """Plücker rays (..., 6, size, size): channels (d, o x d), d the unit direction (UpSRT, UpFusion)."""
     origins, directions = ray_grid(c2w, focal, size)
     moments = torch.linalg.cross(
         origins, directions, dim=-1

@@ -1,4 +1,4 @@
-"""Camera maths for UpFusion: orbit poses, relative poses, query cameras, pose checks, rays and Plücker rays."""
+"""Camera maths for UpFusion: orbit, relative and query poses, pose checks, rays and Plücker rays."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_check_pose_accepts_and_refuses():
 
 
 def test_plucker_rays_identity_camera_by_hand():
-    # size 2, focal 2: pixel centres at x, y in {0.5, 1.5}, minus 1, over 2 -> +-0.25; d = (x, y, 1) / sqrt(1.125).
+    # size 2, focal 2: pixel centres x, y in {0.5, 1.5}, minus 1, over 2: +-0.25; d = (x, y, 1) / sqrt(1.125)
     rays = plucker_rays(torch.eye(4), focal=2.0, size=2)
     assert rays.shape == (6, 2, 2)
     n = math.sqrt(0.25**2 * 2 + 1)

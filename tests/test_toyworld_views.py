@@ -136,7 +136,7 @@ def test_render_pil_strip():
 
 
 def test_sphere_silhouette_matches_projection():
-    # A sphere of radius r at distance D subtends asin(r / D): its width on the centre row is 2 f tan(asin(r / D)).
+    # A sphere of radius r at distance D subtends asin(r / D): its centre-row width is 2 f tan(asin(r / D)).
     sphere = Object3D((Part("sphere", (0.0, 0.0, 0.0), 1.0, ("blue",)),))
     size, focal = 64, 64.0
     image = render(sphere, orbit_camera(0.0, 0.0, DISTANCE), size=size, focal=focal, antialias=1)[0]

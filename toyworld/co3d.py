@@ -60,7 +60,7 @@ def _square_box(
 def load_view(
     image_path: Path | str, mask_path: Path | str, size: int, crop: str = "center", margin: float = 0.1
 ) -> torch.Tensor:
-    """One masked frame: composite on white with its mask, crop to a square, resize; (3, size, size) in [0, 1]."""
+    """One frame composited on white with its mask, cropped square and resized: (3, size, size) in [0, 1]."""
     with Image.open(image_path) as image_file:
         rgb = image_file.convert("RGB")
     with Image.open(mask_path) as mask_file:
@@ -115,7 +115,8 @@ class Co3dViews(Dataset):
                 self.sequences.append((f"{category.name}/{sequence.name}", sequence, self._frames(sequence)))
         if not self.sequences:
             raise ValueError(
-                f"no sequences under {self.root}: expected folders root/<category>/<sequence>/images with frames"
+                f"no sequences under {self.root}: "
+                "expected folders root/<category>/<sequence>/images with frames"
             )
 
     def _frames(self, sequence: Path) -> list[tuple[Path, Path]]:

@@ -1,8 +1,9 @@
 """The toy multi-view world for UpFusion: procedural 3D objects and an analytic torch ray caster.
 
-An object is 1-4 primitives near the origin (world y up; a single primitive is always a cube): cubes (axis-aligned boxes turned about y, one
-colour per face so that front and back differ), spheres, capped cylinders and capped cones (both with a
-vertical axis, cone apex up), each in a saturated palette colour. ``sample_object(seed)`` is deterministic.
+An object is 1-4 primitives near the origin (world y up; a single primitive is always a cube): cubes
+(axis-aligned boxes turned about y, one colour per face so that front and back differ), spheres, capped
+cylinders and capped cones (both with a vertical axis, cone apex up), each in a saturated palette colour.
+``sample_object(seed)`` is deterministic.
 
 Rendering casts one ray per pixel (``guidance.cameras.ray_grid``: OpenCV c2w poses, principal point at the
 image centre), intersects every primitive analytically, keeps the nearest hit and shades it with Lambert
@@ -98,9 +99,9 @@ def default_focal(size: int) -> float:
 class Part:
     """One primitive: a cube (half-extent ``size``, turned ``yaw`` degrees about y), sphere, cylinder or cone.
 
-    ``size`` is the half-extent (cube) or radius (others); ``height`` the half-height (cylinder, cone; the cone
-    apex is at ``center.y + height``, its base at ``center.y - height``). ``colors`` holds six palette names
-    for a cube (faces ``CUBE_FACES`` in the cube's own frame: +x, -x, +y, -y, +z, -z) and one otherwise.
+    ``size`` is the half-extent (cube) or radius (others); ``height`` the half-height (cylinder, cone; the
+    cone apex is at ``center.y + height``, its base at ``center.y - height``). ``colors`` holds six palette
+    names for a cube (faces ``CUBE_FACES`` in the cube's own frame: +x, -x, +y, -y, +z, -z), one otherwise.
     """
 
     shape: str
@@ -158,7 +159,7 @@ class Object3D:
 
 
 def split_of(seed: int) -> str:
-    """``"heldout"`` for seeds ``>= HELDOUT_SEED_START`` (1_000_000), ``"train"`` for smaller non-negative seeds."""
+    """``"heldout"`` for seeds ``>= HELDOUT_SEED_START`` (1_000_000), ``"train"`` for smaller seeds (>= 0)."""
     if int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed}")
     return "heldout" if int(seed) >= HELDOUT_SEED_START else "train"
@@ -381,7 +382,7 @@ def _cast(obj: Object3D, origins: torch.Tensor, directions: torch.Tensor) -> tor
 def render(
     obj: Object3D, c2w: torch.Tensor, size: int = 32, focal: float | None = None, antialias: int = 2
 ) -> torch.Tensor:
-    """Ray-cast ``obj`` from pose(s) ``c2w`` (4,4) or (N,4,4): images (N,3,size,size) in [0,1], white background.
+    """Ray-cast ``obj`` from pose(s) ``c2w`` (4,4) or (N,4,4): images (N,3,size,size) in [0,1] on white.
 
     ``focal`` defaults to ``default_focal(size)`` (~40 degree field of view); ``antialias`` k casts k x k rays
     per pixel and averages them (1 = one ray through each pixel centre).
