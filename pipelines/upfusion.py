@@ -220,9 +220,9 @@ def diffusion_hint(upsrt: UpSRT, features: torch.Tensor, query_c2w: torch.Tensor
 CONFIGS: dict[str, dict] = {
     # the shipped toy model (32 px pixel space, CPU-trainable)
     "toy": {
-        "upsrt": {"image_size": 32, "patch_size": 4, "dim": 128, "heads": 4, "encoder_layers": 4,
+        "upsrt": {"image_size": 32, "patch_size": 4, "dim": 96, "heads": 4, "encoder_layers": 3,
                   "decoder_layers": 2, "feature_dim": 32},
-        "unet": {"block_out_channels": (32, 64, 96), "attention_head_dim": 8, "layers_per_block": 1},
+        "unet": {"block_out_channels": (32, 64), "attention_head_dim": 8, "layers_per_block": 1},
     },
     # tests: seconds on CPU
     "tiny": {

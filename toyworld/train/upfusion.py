@@ -391,13 +391,11 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
         state = json.loads((checkpoint / "state.json").read_text())
         state.pop("param_groups", None)
         args.config = state.get("config", args.config)
-    size_hint = 32
+    overrides = {}
     if args.data == "toy":
-        from toyworld.views import DISTANCE, default_focal
+        from toyworld.views import DISTANCE
 
-        overrides = {"focal": default_focal(size_hint), "distance": DISTANCE}
-    else:
-        overrides = {}
+        overrides["distance"] = DISTANCE
     pipe = build_upfusion(args.config, seed=args.seed, **overrides)
     size = pipe.upsrt.config.image_size
     if (checkpoint / "upsrt.safetensors").exists() and (args.resume or args.stage == "diffusion"):
