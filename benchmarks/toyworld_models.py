@@ -92,7 +92,7 @@ def shortcut(pipe, settings: dict, on: bool) -> None:
         return
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-    from toyworld.train import RepeatedTokenJointAttnProcessor
+    from toyworld.inference import RepeatedTokenJointAttnProcessor
 
     count = settings["max_sequence_length"]
     pipe.transformer.set_attn_processor(

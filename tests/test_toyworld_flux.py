@@ -42,7 +42,7 @@ def test_settings_and_training_record(settings):
         assert key in settings
     assert settings["arch"] == "flux"
     training = json.loads((FOLDER / "training.json").read_text())
-    assert training["command"].startswith("python -m toyworld.train_flux")
+    assert training["command"].startswith(("python -m toyworld.train_flux", "python -m toyworld.train.flux"))
     assert training["denoiser_steps"] > 0
     assert "vae" in training["reused"]
 

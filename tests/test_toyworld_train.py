@@ -1,27 +1,24 @@
-"""Toy-world training pieces: the offline tokenizer, the null T5, the exact repeated-token attention shortcut."""
+"""Toy-world training: the offline tokenizer, the null T5, the exact repeated-token attention shortcut, and
+short runs of the three trainers against the loss logs of the trainers before they became toyworld.train."""
 
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from toyworld.inference import RepeatedTokenJointAttnProcessor
 from toyworld.scenes import caption, sample_scene, vocabulary
-from toyworld.train import (
-    ARCHS,
-    RepeatedTokenJointAttnProcessor,
-    build_null_t5,
-    build_tokenizer,
-    build_transformer,
-    learn_bpe,
-)
+from toyworld.train.sd3 import SD3_ARCHS, build_null_t5, build_transformer
+from toyworld.train.tokenizer import build_clip_tokenizer, learn_bpe
 
 MODEL = Path(__file__).resolve().parents[1] / "assets" / "toy-sd3"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(ARCHS["sd3"]["max_text_length"])
+    return build_clip_tokenizer(SD3_ARCHS["sd3"]["max_text_length"])
 
 
 def test_every_toyworld_word_is_one_token(tokenizer):
@@ -33,7 +30,7 @@ def test_every_toyworld_word_is_one_token(tokenizer):
 
 def test_captions_fit_the_text_length(tokenizer):
     longest = max(len(tokenizer(caption(sample_scene(s, style_prob=0.5), s)).input_ids) for s in range(500))
-    assert longest <= ARCHS["sd3"]["max_text_length"]
+    assert longest <= SD3_ARCHS["sd3"]["max_text_length"]
 
 
 def test_unknown_words_fall_back_to_characters(tokenizer):
@@ -55,7 +52,7 @@ def test_null_t5_outputs_exact_zeros():
 
 def test_repeated_token_processor_equals_repeating_the_token():
     torch.manual_seed(0)
-    transformer = build_transformer(ARCHS["sd3"]).eval()
+    transformer = build_transformer(SD3_ARCHS["sd3"]).eval()
     with torch.no_grad():
         for module in transformer.modules():  # SD3 zero-initialises some outputs; make every path matter
             if isinstance(module, torch.nn.Linear):
@@ -71,7 +68,7 @@ def test_repeated_token_processor_equals_repeating_the_token():
 
 def test_repeated_token_processor_takes_one_count_per_row():
     torch.manual_seed(0)
-    transformer = build_transformer(ARCHS["sd3"]).eval()
+    transformer = build_transformer(SD3_ARCHS["sd3"]).eval()
     with torch.no_grad():
         for module in transformer.modules():
             if isinstance(module, torch.nn.Linear):
@@ -100,3 +97,56 @@ def test_trained_sd3_loads_offline_and_generates_at_its_resolution():
     assert pipe.transformer.config.num_layers >= 6 and pipe.transformer.config.num_attention_heads >= 4
     size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
     assert size <= 30 * 2**20
+
+
+# Loss-log rows (stage, step, field, value) of 11-step runs with seed 7 of the trainers at commit 52d8f17
+# (toyworld/train.py, train_flux.py, train_sd15.py); at the split, their saved weights matched these
+# trainers' bit for bit.
+RECORDED = {
+    "sd3": [
+        ("vae", 0, "loss", 1.37422),
+        ("latents", None, "shift", -0.049562226980924606),
+        ("latents", None, "scale", 3.5855429061202315),
+        ("denoiser", 0, "loss", 2.44503),
+        ("denoiser", 10, "loss", 2.05308),
+        ("denoiser", 10, "ema_loss", 2.3987),
+        ("decoder", 0, "loss", 1.69235),
+    ],
+    "flux": [
+        ("denoiser", 0, "loss", 2.05354),
+        ("denoiser", 10, "loss", 2.03596),
+        ("denoiser", 10, "ema_loss", 2.07883),
+    ],
+    "sd15": [
+        ("latents", None, "scaling_factor", 0.9486792453683709),
+        ("denoiser", 0, "loss", 1.01192),
+        ("denoiser", 10, "loss", 1.06183),
+        ("denoiser", 10, "ema_loss", 1.02384),
+    ],
+}
+OPTIONS = {
+    "sd3": ["--vae-steps", "2", "--decoder-steps", "2", "--vae-batch", "4"],
+    "flux": ["--reuse", str(MODEL)],
+    "sd15": ["--reuse", str(MODEL)],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(RECORDED))
+def test_short_run_reproduces_the_recorded_losses(arch, tmp_path):
+    if arch != "sd3" and not (MODEL / "model_index.json").exists():
+        pytest.skip("assets/toy-sd3 not trained yet")
+    trainer = importlib.import_module(f"toyworld.train.{arch}")
+    log = tmp_path / "loss.jsonl"
+    argv = ["--out", str(tmp_path / "m"), "--log", str(log), "--steps", "11", "--pool", "64", "--batch", "4",
+            "--threads", "1", "--seed", "7", *OPTIONS[arch]]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        trainer.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    for stage, step, field, value in RECORDED[arch]:
+        (row,) = [r for r in rows if r["stage"] == stage and r.get("step") == step]
+        assert row[field] == pytest.approx(value, rel=1e-5, abs=2e-5), (stage, step, field)
+    training = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert training["command"] == f"python -m toyworld.train.{arch} " + " ".join(argv)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (SD3 / "model_index.json").exists(), reason=
 def test_two_step_run_saves_a_loadable_sd15_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from toyworld.train_sd15 import main
+    from toyworld.train.sd15 import main
 
     threads = torch.get_num_threads()
     try:
@@ -31,7 +31,7 @@ def test_two_step_run_saves_a_loadable_sd15_pipeline(tmp_path):
     training = json.loads((folder / "training.json").read_text())
     assert settings["arch"] == "sd15" and settings["height"] == settings["width"] == 64
     assert training["status"] == "complete" and training["denoiser_steps"] == 2
-    assert training["command"].startswith("python -m toyworld.train_sd15")
+    assert training["command"].startswith("python -m toyworld.train.sd15")
     assert (folder / "tokenizer" / "vocab.json").exists() and (folder / "tokenizer" / "merges.txt").exists()
     assert not list(tmp_path.glob(".m.*")), "temp folders left behind"
 

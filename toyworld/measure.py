@@ -63,7 +63,7 @@ def load_pipeline(model: str, fast: bool, zero_t5_tokens: int | None = None):
     from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
     from diffusers.utils import logging
 
-    from toyworld.train import RepeatedTokenJointAttnProcessor
+    from toyworld.inference import RepeatedTokenJointAttnProcessor
 
     logging.set_verbosity_error()
     pipe = DiffusionPipeline.from_pretrained(model)

@@ -1,6 +1,6 @@
 """Train a small FLUX.1-architecture diffusers pipeline on the toy world, on CPU (one thread by default).
 
-    python -m toyworld.train_flux --out assets/toy-flux --seed 0 --minutes 38 --threads 1 \
+    python -m toyworld.train.flux --out assets/toy-flux --seed 0 --minutes 38 --threads 1 \
         --log results/toyworld/train-flux-loss.jsonl
 
 Reuses the trained toy SD3 pipeline (assets/toy-sd3): its AutoencoderKL (frozen, copied unchanged, with its
@@ -8,8 +8,8 @@ shift/scaling factors), its CLIP BPE tokenizer, and its first CLIP text encoder'
 of FLUX's CLIPTextModel (FLUX uses the pooled output only, no projection). New: an offline T5 tokenizer (every
 toy-world word one "▁word" piece), a small T5EncoderModel and a FluxTransformer2DModel (double- and
 single-stream blocks, RoPE, guidance_embeds=False), trained jointly from the latent pool with the
-rectified-flow loss of toyworld.train: x_t = (1 - t) x_0 + t eps, target eps - x_0, 10% empty captions so the
-pipeline's true CFG (true_cfg_scale > 1 with negative_prompt="") works.
+rectified-flow loss of toyworld.train.sd3: x_t = (1 - t) x_0 + t eps, target eps - x_0, 10% empty captions so
+the pipeline's true CFG (true_cfg_scale > 1 with negative_prompt="") works.
 
 Training sees exactly what FluxPipeline feeds the transformer: latents packed into 2x2 patches
 (FluxPipeline._pack_latents), img_ids from FluxPipeline._prepare_latent_image_ids, txt_ids zeros, T5 tokens
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -31,17 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from toyworld.scenes import vocabulary
-from toyworld.train import (
-    LossLog,
-    denoiser_logger,
-    denoiser_setup,
-    encode_pool,
-    optimizer_step,
-    run_loop,
-    training_batch,
-    write_pipeline,
-)
+from toyworld.train.loop import encode_pool, print_saved, start_run, train_denoiser
+from toyworld.train.reuse import add_reuse_arguments, load_clip, load_vae, reused_text_and_pool
+from toyworld.train.tokenizer import build_t5_tokenizer, clip_ids
+from toyworld.train.writer import run_record, write_pipeline
 
 FLUX_ARCHS: dict[str, dict] = {
     "flux": {
@@ -75,23 +67,6 @@ FLUX_SCHEDULER = {
     "max_image_seq_len": 4096,
 }
 
-SD3_FOLDER = Path("assets/toy-sd3")
-
-
-def build_t5_tokenizer():
-    """An offline T5 (Unigram) tokenizer in which every toy-world word is one '▁word' piece."""
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [("\u2581" + w, -1.0) for w in vocabulary()]
-    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.'-!?"]
-    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
-    for word in vocabulary():
-        ids = tokenizer(word, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            raise RuntimeError(f"T5 tokenizer splits {word!r} into {ids}")
-    return tokenizer
-
 
 def build_t5(cfg: dict, tokenizer):
     """A small T5EncoderModel (hidden = the transformer's joint_attention_dim)."""
@@ -107,20 +82,6 @@ def build_t5(cfg: dict, tokenizer):
     return T5EncoderModel(config)
 
 
-def load_clip(folder: Path):
-    """The toy SD3 pipeline's CLIP tokenizer and its first text encoder as a CLIPTextModel (pooled output)."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-    from transformers.utils import logging
-
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the unused text_projection weights
-    encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-    logging.set_verbosity(verbosity)
-    encoder.config.architectures = ["CLIPTextModel"]
-    return tokenizer, encoder
-
-
 def build_transformer(cfg: dict, latent_channels: int, joint_dim: int, pooled_dim: int):
     """A FluxTransformer2DModel sized by the arch config."""
     from diffusers import FluxTransformer2DModel
@@ -131,13 +92,6 @@ def build_transformer(cfg: dict, latent_channels: int, joint_dim: int, pooled_di
         pooled_projection_dim=pooled_dim,
         **cfg["transformer"],
     )
-
-
-def load_vae(folder: Path):
-    """The trained toy SD3 autoencoder (frozen)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(folder, subfolder="vae").eval().requires_grad_(False)
 
 
 def time_shift_mu(image_seq_len: int) -> float:
@@ -166,13 +120,6 @@ class TextEncoders(torch.nn.Module):
 
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 hidden states B x L x D, CLIP pooled output B x H)."""
-        clip_ids = self.clip_tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.clip_tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
         t5_ids = self.t5_tokenizer(
             prompts,
             padding="max_length",
@@ -180,7 +127,7 @@ class TextEncoders(torch.nn.Module):
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        pooled = self.clip(clip_ids, output_hidden_states=False).pooler_output
+        pooled = self.clip(clip_ids(self.clip_tokenizer, prompts), output_hidden_states=False).pooler_output
         embeds = self.t5(t5_ids, output_hidden_states=False)[0]
         return embeds, pooled
 
@@ -193,23 +140,18 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return FluxPipeline._pack_latents(latents, b, c, h, w)
 
 
-def train_denoiser(transformer, text, latents, scenes, args, log: LossLog, seconds: float, save_fn):
-    """Rectified-flow training of the FLUX transformer and both text encoders; returns (EMA modules, steps)."""
+def rectified_flow_loss(transformer, text: TextEncoders, latent_size: tuple[int, int], mu: float, batch: int):
+    """The loss on (x0, prompts, gen) for what FluxPipeline feeds the transformer: logit-normal t shifted by
+    `mu`, x_t = (1 - t) x_0 + t eps, MSE to eps - x_0 on packed latents."""
     from diffusers import FluxPipeline
 
-    rng = random.Random(args.seed + 3)
-    gen = torch.Generator().manual_seed(args.seed + 3)
-    modules = torch.nn.ModuleList([transformer, text.clip, text.t5])
-    ema, opt, state = denoiser_setup(modules, args)
-    h, w = latents.shape[-2:]
+    h, w = latent_size
     img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
     txt_ids = torch.zeros(text.max_sequence_length, 3)
-    mu = time_shift_mu(img_ids.shape[0])
 
-    def step(progress: float) -> float:
-        x0, prompts = training_batch(scenes, latents, args, rng, gen)
+    def loss_fn(x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
         embeds, pooled = text(prompts)
-        t = shift_t(torch.sigmoid(torch.randn(args.batch, generator=gen)), mu)  # logit-normal, shifted
+        t = shift_t(torch.sigmoid(torch.randn(batch, generator=gen)), mu)  # logit-normal, shifted
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
         pred = transformer(
@@ -221,13 +163,9 @@ def train_denoiser(transformer, text, latents, scenes, args, log: LossLog, secon
             img_ids=img_ids,
             return_dict=False,
         )[0]
-        loss = F.mse_loss(pred, pack(noise - x0))
-        return optimizer_step(loss, opt, modules, ema, state, args, progress)
+        return F.mse_loss(pred, pack(noise - x0))
 
-    total = run_loop(
-        step, args.steps, seconds, "denoiser", denoiser_logger(state, log, opt, ema, args, save_fn)
-    )
-    return ema, total
+    return loss_fn
 
 
 def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, log, status: str, steps: int):
@@ -263,7 +201,7 @@ def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, l
     rows = [r for r in log.rows if r.get("stage") == "denoiser"]
     training = {
         **run_record(args, status, steps, cfg, rows),
-        "command": "python -m toyworld.train_flux " + " ".join(sys.argv[1:]),
+        "command": args.command,
         "scheduler": FLUX_SCHEDULER,
         "timesteps": (
             "logit-normal(0, 1) t mapped through the scheduler's exponential time shift with "
@@ -277,69 +215,24 @@ def save_pipeline(out: Path, modules, vae, clip_tokenizer, t5_tokenizer, args, l
         },
     }
     files = {"toyworld.json": toyworld, "training.json": training}
-    write_pipeline(pipe, out, files, clip_tokenizer, ("tokenizer",))
+    write_pipeline(pipe, out, files, ("tokenizer",))
     print(f"saved {out} ({status})", flush=True)
 
 
-def run_record(args, status: str, steps: int, cfg: dict, rows: list[dict]) -> dict:
-    """The training.json fields every trainer that reuses the toy SD3 pipeline records (`rows`: denoiser log)."""
-    keys = ("seed", "threads", "batch", "lr", "ema", "caption_dropout", "pool")
-    return {
-        "status": status,
-        **{k: getattr(args, k) for k in keys},
-        "denoiser_steps": steps,
-        "config": cfg,
-        "elapsed_s": round(time.time() - args.t0, 1),
-        "final_ema_loss": rows[-1]["ema_loss"] if rows else None,
-        "loss_curve": [[r["step"], r["ema_loss"]] for r in rows][::5],
-        "torch": torch.__version__,
-    }
-
-
-def reused_text_and_pool(folder: Path) -> dict:
-    """The `reused` entries shared by the FLUX and SD1.5 trainers."""
-    return {
-        "text_encoder": (
-            f"initialised from {folder}/text_encoder (CLIPTextModelWithProjection weights without the "
-            "projection), then trained jointly"
-        ),
-        "latent_pool": "toyworld.train.encode_pool (same scenes as the SD3 run for the same seed)",
-    }
-
-
-def add_reuse_arguments(parser: argparse.ArgumentParser, archs: dict, minutes: float, threads: int) -> None:
-    """The command-line options shared by the trainers that reuse the toy SD3 pipeline (FLUX, SD1.5)."""
-    parser.add_argument("--arch", choices=sorted(archs), default=next(iter(archs)))
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--reuse", type=Path, default=SD3_FOLDER, help="toy SD3 pipeline to take the VAE etc. from"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget for all stages")
-    parser.add_argument("--steps", type=int, default=0, help="denoiser steps (0: fit the time budget)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--caption-dropout", type=float, default=0.1)
-    parser.add_argument("--pool", type=int, default=16000, help="training scenes whose latents are cached")
-    parser.add_argument("--save-every", type=float, default=8.0, help="minutes between checkpoints")
-    parser.add_argument("--log", type=Path, default=None, help="loss log (JSON lines); default next to --out")
-    parser.add_argument("--threads", type=int, default=threads)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of this trainer."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_reuse_arguments(parser, FLUX_ARCHS, minutes=38.0, threads=1)
-    args = parser.parse_args(argv)
-    args.t0 = time.time()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    log = start_run(args, "toyworld.train.flux", argv)
     cfg = FLUX_ARCHS[args.arch]
-    log = LossLog(args.log or args.out.parent / f"{args.out.name}-loss.jsonl")
 
     vae = load_vae(args.reuse)
     clip_tokenizer, clip = load_clip(args.reuse)
@@ -352,9 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in transformer.parameters())
     print(f"transformer {n_params / 1e6:.2f}M parameters", flush=True)
 
-    # encode_pool reads ARCHS[args.arch]["resolution"]: hand it a namespace with the SD3 arch name
-    pool_args = argparse.Namespace(seed=args.seed, pool=args.pool, arch="sd3")
-    scenes, latents, _, _ = encode_pool(vae, pool_args)
+    scenes, latents, _, _ = encode_pool(vae, args.seed, args.pool, cfg["resolution"])
     latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
     args.mu = time_shift_mu((latents.shape[-1] // 2) * (latents.shape[-2] // 2))
     log.write(
@@ -370,11 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     def save_fn(modules, status: str, steps: int) -> None:
         save_pipeline(args.out, modules, vae, clip_tokenizer, t5_tokenizer, args, log, status, steps)
 
-    ema, steps = train_denoiser(transformer, text, latents, scenes, args, log, remaining, save_fn)
+    modules = torch.nn.ModuleList([transformer, text.clip, text.t5])
+    loss_fn = rectified_flow_loss(transformer, text, tuple(latents.shape[-2:]), args.mu, args.batch)
+    ema, steps = train_denoiser(modules, loss_fn, scenes, latents, args, log, remaining, save_fn)
     save_fn(ema, status="complete", steps=steps)
-    print(
-        f"saved {args.out} after {(time.time() - args.t0) / 60:.1f} min, {steps} denoiser steps", flush=True
-    )
+    print_saved(args, steps)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -411,12 +302,53 @@ def generate_flux(pipe, settings: dict, prompts: list[str], seeds: list[int], cf
     return images
 
 
-def measure(argv: list[str] | None = None) -> None:
-    """`python -m toyworld.train_flux measure --model assets/toy-flux`: fraction correct (1 object) / bound."""
+SUMMARY_KEYS = ("correct", "binding", "presence", "position", "count", "score", "quality")
+
+
+def summarise(scores: list[dict]) -> dict:
+    """Mean of each evaluator field over the images where it applies, rounded to 4 places."""
+    return {
+        k: round(
+            sum(s[k] for s in scores if s[k] is not None) / max(1, sum(s[k] is not None for s in scores)), 4
+        )
+        for k in SUMMARY_KEYS
+    }
+
+
+def save_grid(images: list, prompts: list[str], seeds: int, path: Path) -> None:
+    """The first seed's image of the first 32 prompts as a PNG grid (2x nearest), their prompts in a .txt."""
+    from PIL import Image
+
+    grid = Image.new("RGB", (8 * 64, 4 * 64), "white")
+    for j, im in enumerate(images[: 32 * seeds : seeds]):
+        grid.paste(im.resize((64, 64)), ((j % 8) * 64, (j // 8) * 64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path)
+    path.with_suffix(".txt").write_text(
+        "".join(f"{j}: {p}\n" for j, p in enumerate(prompts[: 32 * seeds : seeds]))
+    )
+
+
+def measure_set(pipe, settings: dict, args, cfg: float, n_objects: int) -> tuple[dict, list, list[str]]:
+    """Summary scores of one prompt set (`n_objects` per scene) at true CFG `cfg`, its images and prompts."""
     from toyworld.evaluator import evaluate
     from toyworld.scenes import canonical_caption, sample_scene
 
-    parser = argparse.ArgumentParser(prog="python -m toyworld.train_flux measure")
+    scenes = [
+        sample_scene(args.first_seed + i, "train", n_objects=n_objects, style_prob=0)
+        for i in range(args.prompts)
+    ]
+    prompts = [canonical_caption(s) for s in scenes for _ in range(args.seeds)]
+    seeds = [k for _ in scenes for k in range(args.seeds)]
+    images = generate_flux(pipe, settings, prompts, seeds, cfg, args.batch)
+    summary = summarise([evaluate(im, p) for im, p in zip(images, prompts)])
+    summary["n_images"] = len(images)
+    return summary, images, prompts
+
+
+def parse_measure_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of `measure`."""
+    parser = argparse.ArgumentParser(prog="python -m toyworld.train.flux measure")
     parser.add_argument("--model", type=Path, default=Path("assets/toy-flux"))
     parser.add_argument("--out", type=Path, default=Path("results/toyworld/quality-flux.json"))
     parser.add_argument("--prompts", type=int, default=100, help="held-in prompts per set")
@@ -430,13 +362,18 @@ def measure(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--samples", type=Path, default=None, help="PNG grid of the first images of each set")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(argv: list[str] | None = None) -> None:
+    """`python -m toyworld.train.flux measure --model assets/toy-flux`: correct (1 object) / bound (2)."""
+    args = parse_measure_args(argv)
     torch.set_num_threads(args.threads)
     pipe, settings = load_flux(args.model)
     scales = args.true_cfg_scale or [settings["true_cfg_scale"]]
     result = {
         "model": str(args.model),
-        "command": "python -m toyworld.train_flux measure "
+        "command": "python -m toyworld.train.flux measure "
         + " ".join(argv if argv is not None else sys.argv[2:]),
         "prompts": "canonical_caption(sample_scene(first_seed + i, 'train', n_objects=n, style_prob=0))",
         "first_seed": args.first_seed,
@@ -449,36 +386,11 @@ def measure(argv: list[str] | None = None) -> None:
     for cfg in scales:
         run = {"true_cfg_scale": cfg}
         for name, n_objects, key in (("single", 1, "correct"), ("two", 2, "binding")):
-            scenes = [
-                sample_scene(args.first_seed + i, "train", n_objects=n_objects, style_prob=0)
-                for i in range(args.prompts)
-            ]
-            prompts = [canonical_caption(s) for s in scenes for _ in range(args.seeds)]
-            seeds = [k for _ in scenes for k in range(args.seeds)]
-            images = generate_flux(pipe, settings, prompts, seeds, cfg, args.batch)
-            scores = [evaluate(im, p) for im, p in zip(images, prompts)]
-            summary = {
-                k: round(
-                    sum(s[k] for s in scores if s[k] is not None)
-                    / max(1, sum(s[k] is not None for s in scores)),
-                    4,
-                )
-                for k in ("correct", "binding", "presence", "position", "count", "score", "quality")
-            }
-            summary["n_images"] = len(images)
-            run[name] = summary
-            print(f"true_cfg={cfg} {name}: {key}={summary[key]} " + json.dumps(summary), flush=True)
+            run[name], images, prompts = measure_set(pipe, settings, args, cfg, n_objects)
+            print(f"true_cfg={cfg} {name}: {key}={run[name][key]} " + json.dumps(run[name]), flush=True)
             if args.samples and cfg == scales[0]:
-                from PIL import Image
-
-                grid = Image.new("RGB", (8 * 64, 4 * 64), "white")
-                for j, im in enumerate(images[: 32 * args.seeds : args.seeds]):
-                    grid.paste(im.resize((64, 64)), ((j % 8) * 64, (j // 8) * 64))
-                path = args.samples.with_name(f"{args.samples.stem}-{name}.png")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path)
-                path.with_suffix(".txt").write_text(
-                    "".join(f"{j}: {p}\n" for j, p in enumerate(prompts[: 32 * args.seeds : args.seeds]))
+                save_grid(
+                    images, prompts, args.seeds, args.samples.with_name(f"{args.samples.stem}-{name}.png")
                 )
         result["runs"].append(run)
     result["elapsed_s"] = round(time.time() - start, 1)

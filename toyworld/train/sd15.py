@@ -1,6 +1,6 @@
 """Train a small SD1.5-architecture diffusers pipeline (StableDiffusionPipeline) on the toy world, on CPU.
 
-    python -m toyworld.train_sd15 --out assets/toy-sd15 --seed 0 --minutes 55 --threads 2 \
+    python -m toyworld.train.sd15 --out assets/toy-sd15 --seed 0 --minutes 55 --threads 2 \
         --reuse assets/toy-sd3 --log results/toyworld/train-sd15-loss.jsonl
 
 Reuses the trained toy SD3 pipeline (assets/toy-sd3): its AutoencoderKL (frozen, weights unchanged), its CLIP
@@ -17,8 +17,8 @@ Noise Schedules and Sample Steps are Flawed"; SD2.x's v objective, diffusers' `r
 "trailing" DDIM spacing), or SD1.5's original `epsilon`. The architecture is SD1.5's either way; only the
 scheduler config differs. With epsilon the last training step still holds 7% of the signal, while sampling
 starts from pure noise, and a 5.8M-parameter UNet trained for under an hour learned colours badly (one object
-0.34 colour+shape, the first toy SD1.5). 10% empty captions so classifier-free guidance (guidance_scale > 1, empty negative prompt) works. Training
-sees exactly what StableDiffusionPipeline.encode_prompt feeds the UNet: `text_encoder(ids)[0]` with the
+0.34 colour+shape, the first toy SD1.5). 10% empty captions so classifier-free guidance (guidance_scale > 1,
+empty negative prompt) works. Training sees exactly what StableDiffusionPipeline.encode_prompt feeds the UNet: `text_encoder(ids)[0]` with the
 tokens padded to tokenizer.model_max_length. The pipeline is saved (with a DDIM scheduler, no safety
 checker) atomically every few minutes and at the end.
 """
@@ -27,26 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from toyworld.train import (
-    LossLog,
-    clip_ids,
-    denoiser_logger,
-    denoiser_setup,
-    encode_pool,
-    optimizer_step,
-    run_loop,
-    training_batch,
-    write_pipeline,
-)
-from toyworld.train_flux import add_reuse_arguments, load_clip, load_vae, reused_text_and_pool, run_record
+from toyworld.train.loop import LossLog, encode_pool, print_saved, start_run, train_denoiser
+from toyworld.train.reuse import add_reuse_arguments, load_clip, load_vae, reused_text_and_pool
+from toyworld.train.tokenizer import clip_ids
+from toyworld.train.writer import run_record, write_pipeline
 
 SD15_ARCHS: dict[str, dict] = {
     "sd15": {
@@ -110,32 +100,23 @@ def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
     return text_encoder(clip_ids(tokenizer, prompts))[0]
 
 
-def train_denoiser(
-    unet, text_encoder, tokenizer, latents, scenes, args, log: LossLog, seconds: float, save_fn
-):
-    """Epsilon- or v-prediction training of the UNet and the text encoder; returns (EMA modules, steps)."""
+def ddpm_loss(unet, text_encoder, tokenizer, prediction: str, batch: int):
+    """The loss on (x0, prompts, gen): uniform integer timesteps, DDPMScheduler.add_noise, MSE to the noise
+    (`epsilon`) or to DDPMScheduler.get_velocity (`v_prediction`)."""
     from diffusers import DDPMScheduler
 
-    noise_scheduler = DDPMScheduler(**PREDICTIONS[args.prediction][0])
-    rng = random.Random(args.seed + 3)
-    gen = torch.Generator().manual_seed(args.seed + 3)
-    modules = torch.nn.ModuleList([unet, text_encoder])
-    ema, opt, state = denoiser_setup(modules, args)
+    noise_scheduler = DDPMScheduler(**PREDICTIONS[prediction][0])
 
-    def step(progress: float) -> float:
-        x0, texts = training_batch(scenes, latents, args, rng, gen)
-        embeds = encode_prompts(text_encoder, tokenizer, texts)
-        timesteps = torch.randint(SD15_BETAS["num_train_timesteps"], (args.batch,), generator=gen)
+    def loss_fn(x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        embeds = encode_prompts(text_encoder, tokenizer, prompts)
+        timesteps = torch.randint(SD15_BETAS["num_train_timesteps"], (batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
         pred = unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False)[0]
-        target = noise if args.prediction == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
-        return optimizer_step(F.mse_loss(pred, target), opt, modules, ema, state, args, progress)
+        target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
+        return F.mse_loss(pred, target)
 
-    total = run_loop(
-        step, args.steps, seconds, "denoiser", denoiser_logger(state, log, opt, ema, args, save_fn)
-    )
-    return ema, total
+    return loss_fn
 
 
 def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status: str, steps: int) -> None:
@@ -189,14 +170,12 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
             **reused_text_and_pool(args.reuse),
         },
     }
-    write_pipeline(
-        pipe, out, {"toyworld.json": toyworld, "training.json": training}, tokenizer, ("tokenizer",)
-    )
+    write_pipeline(pipe, out, {"toyworld.json": toyworld, "training.json": training}, ("tokenizer",))
     print(f"saved {out} ({status})", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of this trainer."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -207,14 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         default="v_prediction",
         help="training target: v (zero terminal SNR, trailing DDIM) or SD1.5's epsilon",
     )
-    args = parser.parse_args(argv)
-    args.t0 = time.time()
-    args.command = "python -m toyworld.train_sd15 " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    log = start_run(args, "toyworld.train.sd15", argv)
     cfg = SD15_ARCHS[args.arch]
-    log = LossLog(args.log or args.out.parent / f"{args.out.name}-loss.jsonl")
 
     vae = load_vae(args.reuse)
     tokenizer, text_encoder = load_clip(args.reuse)
@@ -223,9 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     n_text = sum(p.numel() for p in text_encoder.parameters())
     print(f"unet {n_unet / 1e6:.2f}M parameters, text encoder {n_text / 1e6:.2f}M", flush=True)
 
-    # encode_pool reads ARCHS[args.arch]["resolution"]: hand it a namespace with the SD3 arch name
-    pool_args = argparse.Namespace(seed=args.seed, pool=args.pool, arch="sd3")
-    scenes, latents, _, scale = encode_pool(vae, pool_args)
+    scenes, latents, _, scale = encode_pool(vae, args.seed, args.pool, cfg["resolution"])
     vae.register_to_config(shift_factor=None, scaling_factor=scale)
     latents = latents * scale
     log.write(
@@ -241,11 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     def save_fn(modules, status: str, steps: int) -> None:
         save_pipeline(args.out, modules, vae, tokenizer, args, log, status, steps)
 
-    ema, steps = train_denoiser(unet, text_encoder, tokenizer, latents, scenes, args, log, remaining, save_fn)
+    modules = torch.nn.ModuleList([unet, text_encoder])
+    loss_fn = ddpm_loss(unet, text_encoder, tokenizer, args.prediction, args.batch)
+    ema, steps = train_denoiser(modules, loss_fn, scenes, latents, args, log, remaining, save_fn)
     save_fn(ema, status="complete", steps=steps)
-    print(
-        f"saved {args.out} after {(time.time() - args.t0) / 60:.1f} min, {steps} denoiser steps", flush=True
-    )
+    print_saved(args, steps)
 
 
 if __name__ == "__main__":
