@@ -18,10 +18,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from guidance.heads import HeadSelection, HeadSelectionError  # noqa: E402
+from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
 from guidance.layouts import layout_of  # noqa: E402
-from guidance.perturbation import SoftPAGError  # noqa: E402
-from pipelines.cli import (  # noqa: E402
+from guidance.swap import denoiser_of  # noqa: E402
+from pipelines import HeadHunterPipeline  # noqa: E402
+from pipelines.settings import (  # noqa: E402
     DEFAULT_MODEL,
     PRESETS,
     list_presets,
@@ -29,7 +30,8 @@ from pipelines.cli import (  # noqa: E402
     png_parameters,
     recommended_settings,
 )
-from pipelines.headhunter import HeadHunterPipeline  # noqa: E402
+
+PAG = {name.removeprefix("pag_"): setting for name, setting in SOFTPAG_SETTINGS.items()}
 
 NO_PRESET = "(none: type heads below)"
 MAX_PRESET_BYTES = 256 * 1024
@@ -55,7 +57,7 @@ class Demo:
 
     def __init__(self, pipe, model: str, limits: Limits = Limits()):
         self.pipe, self.model, self.limits = pipe, model, limits
-        self.denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        self.denoiser = denoiser_of(pipe)
         self.heads_per_layer = layout_of(self.denoiser).heads_per_layer
         settings = recommended_settings(model)
         self.extras = model_call_extras(model)
@@ -125,11 +127,11 @@ class Demo:
         steps: float | None = None,
         size: float | None = None,
         guidance_scale: float | None = None,
-        pag_scale: float = 3.0,
-        pag_strength: float = 1.0,
-        pag_identity: str = "joint",
-        pag_start: float = 0.0,
-        pag_stop: float = 1.0,
+        pag_scale: float = PAG["scale"].default,
+        pag_strength: float = PAG["strength"].default,
+        pag_identity: str = PAG["identity"].default,
+        pag_start: float = PAG["start"].default,
+        pag_stop: float = PAG["stop"].default,
         preset: str = NO_PRESET,
         heads: str = "",
         preset_file: str | None = None,
@@ -218,8 +220,7 @@ class Demo:
             yield image, "\n\n".join(report), None, ""
         history = search.greedy(int(k), int(rounds))
         report += [f"round {r['round']}: +{', '.join(r['added'])} -> {r['score']:.4f}" for r in history]
-        heads = history[-1]["heads"]
-        selected = [tuple(int(x) for x in h[1:].split("H")) for h in heads.split(",")]
+        heads, selected = history[-1]["heads"], history[-1]["selected"]
         path = preset(
             selected, settings, 0.5, {"unguided": search.baseline, "rounds": history}, objective
         ).save(out / f"preset-{objective}.json")
@@ -245,12 +246,45 @@ def build_app(demo: Demo) -> gr.Blocks:
                                          precision=0)  # fmt: skip
                     with gr.Row():
                         cfg = gr.Slider(1, 15, value=demo.default_cfg, step=0.5, label="CFG scale")
-                        pag_scale = gr.Slider(0, 10, value=3.0, step=0.25, label="PAG scale w")
-                        pag_strength = gr.Slider(0, 1, value=1.0, step=0.05, label="Strength u")
+                        pag_scale = gr.Slider(
+                            0,
+                            10,
+                            value=PAG["scale"].default,
+                            step=0.25,
+                            label="PAG scale w",
+                            info=PAG["scale"].help,
+                        )
+                        pag_strength = gr.Slider(
+                            0,
+                            1,
+                            value=PAG["strength"].default,
+                            step=0.05,
+                            label="Strength u",
+                            info=PAG["strength"].help,
+                        )
                     with gr.Row():
-                        identity = gr.Radio(["joint", "image"], value="joint", label="Identity")
-                        start = gr.Slider(0, 1, value=0.0, step=0.05, label="Start (fraction)")
-                        stop = gr.Slider(0, 1, value=1.0, step=0.05, label="Stop (fraction)")
+                        identity = gr.Radio(
+                            list(PAG["identity"].choices),
+                            value=PAG["identity"].default,
+                            label="Identity",
+                            info=PAG["identity"].help,
+                        )
+                        start = gr.Slider(
+                            0,
+                            1,
+                            value=PAG["start"].default,
+                            step=0.05,
+                            label="Start (fraction)",
+                            info=PAG["start"].help,
+                        )
+                        stop = gr.Slider(
+                            0,
+                            1,
+                            value=PAG["stop"].default,
+                            step=0.05,
+                            label="Stop (fraction)",
+                            info=PAG["stop"].help,
+                        )
                     preset = gr.Dropdown([NO_PRESET, *demo.presets], value=NO_PRESET, label="Preset")
                     heads = gr.Textbox(label="Heads", value="L2H1, L3H0", placeholder="L1H10, L5H3=0.5")
                     preset_file = gr.File(

@@ -40,8 +40,8 @@ def main() -> None:
     from gradio_client import Client
 
     import app as demo_app
-    from pipelines.cli import DEFAULT_MODEL
     from pipelines.headhunter import HeadHunterPipeline
+    from pipelines.settings import DEFAULT_MODEL
     from pipelines.tiny import tiny_sd3
 
     model = str(DEFAULT_MODEL)

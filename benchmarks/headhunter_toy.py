@@ -61,8 +61,8 @@ def main() -> None:
 
     from guidance.objectives import get_objective
     from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
-    from pipelines.cli import DEFAULT_MODEL, PRESETS, model_call_extras, recommended_settings
     from pipelines.headhunter import HeadHunterPipeline
+    from pipelines.settings import DEFAULT_MODEL, PRESETS, model_call_extras, recommended_settings
 
     model = args.model or str(DEFAULT_MODEL)
     root = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def main() -> None:
         args.k, args.rounds, pool=sorted(head_map, key=lambda h: -head_map[h])[: 4 * args.k]
     )
     best_round = max(history, key=lambda r: r["score"])  # on the search pairs; the eval pairs stay unseen
-    found = [tuple(int(x) for x in h[1:].split("H")) for h in best_round["heads"].split(",")]
+    found = [tuple(h) for h in best_round["selected"]]
     layer_scores = search.layer_scores()
     best_layer = max(layer_scores, key=layer_scores.get)
 
@@ -152,9 +152,7 @@ def main() -> None:
     style_search = HeadSearch(pipe, style, settings(search_prompts, seeds, style.name), cache=cache)
     dark_map = style_search.head_map()
     style_history = style_search.greedy(2, 1, pool=sorted(dark_map, key=lambda h: -dark_map[h])[:12])
-    dark_heads = tuple(
-        sorted(tuple(int(x) for x in h[1:].split("H")) for h in style_history[-1]["heads"].split(","))
-    )
+    dark_heads = tuple(tuple(h) for h in style_history[-1]["selected"])
     dark_ev, fid_ev = evaluator("toy-dark"), evaluator("toy-fidelity")
     report["style_dark"] = {
         "heads": label(dark_heads),

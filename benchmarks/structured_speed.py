@@ -36,8 +36,8 @@ def worker(args) -> None:
     """One process: load, warm up, time `--calls` calls of one variant; print the fastest as JSON."""
     import torch
 
-    from pipelines.cli import recommended_call
     from pipelines.headhunter import StructuredDiffusionPipeline
+    from pipelines.settings import recommended_call
     from toyworld.measure import prompt_scenes
     from toyworld.scenes import canonical_caption
 

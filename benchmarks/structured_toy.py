@@ -61,8 +61,8 @@ def main() -> None:
 
     import torch
 
-    from pipelines.cli import recommended_call
     from pipelines.headhunter import StructuredDiffusionPipeline
+    from pipelines.settings import recommended_call
     from toyworld.evaluator import detect, evaluate
     from toyworld.scenes import canonical_caption
 

@@ -1,11 +1,12 @@
 """Objectives for head search: images (with prompts) -> one score per image, higher is better.
 
-Built in: toy-world measures from the model-free evaluator (`toy-quality`, `toy-fidelity`, `toy-dark`,
-`toy-outlined`), image statistics (`saturation`, `brightness`, `contrast`, `sharpness`), and for real models a
+Built in: image statistics (`darkness`, `saturation`, `brightness`, `contrast`, `sharpness`), and for real models a
 CLIP score or a preference model of the PickScore kind loaded with transformers (`clip:<path or hub id>`,
 `pickscore:<path or hub id>`). `Constrained` ranks by one objective among candidates that keep another within
 a margin of the unguided images, as the paper thresholds PickScore before ranking by CLIP. Any callable
-`(images, prompts) -> scores` works too (wrap it in `Objective`).
+`(images, prompts) -> scores` works too (wrap it in `Objective`). Other packages register named objectives
+with `register_objective` or an entry point in the `headhunter.objectives` group: the toy world's `toy-quality`,
+`toy-fidelity`, `toy-dark`, `toy-outlined` arrive that way (the library never imports the toy world).
 """
 
 from __future__ import annotations
@@ -95,34 +96,9 @@ def darkness(image: Image.Image) -> float:
     return float(1.0 - np.median(border))
 
 
-def _per_image(fn: Callable[[Image.Image], float]) -> Callable[[Images, Sequence[str]], list[float]]:
+def per_image(fn: Callable[[Image.Image], float]) -> Callable[[Images, Sequence[str]], list[float]]:
+    """A prompt-independent per-image measure as an objective's score function."""
     return lambda images, prompts: [fn(image) for image in images]
-
-
-# -------------------------------------------------------------------------------------------------------------
-# Toy world (model-free evaluator)
-# -------------------------------------------------------------------------------------------------------------
-
-
-def _toy(key: str) -> Callable[[Images, Sequence[str]], list[float]]:
-    def score(images: Images, prompts: Sequence[str]) -> list[float]:
-        from toyworld.evaluator import evaluate
-
-        return [
-            float(evaluate(image, prompt)[key] or 0.0) for image, prompt in zip(images, prompts, strict=True)
-        ]
-
-    return score
-
-
-def _outlined(images: Images, prompts: Sequence[str]) -> list[float]:
-    from toyworld.evaluator import detect
-
-    values = []
-    for image in images:
-        detections = detect(image)[0]
-        values.append(float(np.mean([d.outlined for d in detections])) if detections else 0.0)
-    return values
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -171,16 +147,49 @@ def _embedding(output):
     return torch.nn.functional.normalize(features, dim=-1)
 
 
+# -------------------------------------------------------------------------------------------------------------
+# The registry
+# -------------------------------------------------------------------------------------------------------------
+
+ENTRY_POINT_GROUP = "headhunter.objectives"
+
 BUILTIN: dict[str, Callable[[], Objective]] = {
-    "toy-quality": lambda: Objective("toy-quality", _toy("quality")),
-    "toy-fidelity": lambda: Objective("toy-fidelity", _toy("score")),
-    "toy-dark": lambda: Objective("toy-dark", _per_image(darkness)),
-    "toy-outlined": lambda: Objective("toy-outlined", _outlined),
-    "saturation": lambda: Objective("saturation", _per_image(saturation)),
-    "brightness": lambda: Objective("brightness", _per_image(brightness)),
-    "contrast": lambda: Objective("contrast", _per_image(contrast)),
-    "sharpness": lambda: Objective("sharpness", _per_image(sharpness)),
+    "darkness": lambda: Objective("darkness", per_image(darkness)),
+    "saturation": lambda: Objective("saturation", per_image(saturation)),
+    "brightness": lambda: Objective("brightness", per_image(brightness)),
+    "contrast": lambda: Objective("contrast", per_image(contrast)),
+    "sharpness": lambda: Objective("sharpness", per_image(sharpness)),
 }
+
+
+_REGISTERED: dict[str, Callable[[], Objective]] = {}
+_LOADED_ENTRY_POINTS = False
+
+
+def register_objective(name: str, factory: Callable[[], Objective]) -> None:
+    """Make `get_objective(name)` build `factory()`; other packages (the toy world) register theirs this way,
+    or through an entry point in the `headhunter.objectives` group that calls this."""
+    if not name or ":" in name:
+        raise ValueError(f"objective name {name!r} must be non-empty and contain no ':'")
+    _REGISTERED[name] = factory
+
+
+def _load_entry_points() -> None:
+    """Call every installed `headhunter.objectives` entry point once (they register their objectives)."""
+    global _LOADED_ENTRY_POINTS
+    if _LOADED_ENTRY_POINTS:
+        return
+    _LOADED_ENTRY_POINTS = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()()
+
+
+def objective_names() -> list[str]:
+    """Every objective name `get_objective` knows (built in and registered)."""
+    _load_entry_points()
+    return sorted({*BUILTIN, *_REGISTERED})
 
 
 def get_objective(spec: str | Objective, guard: str | None = None, max_drop: float = 0.05) -> Objective:
@@ -194,7 +203,11 @@ def get_objective(spec: str | Objective, guard: str | None = None, max_drop: flo
     elif spec in BUILTIN:
         objective = BUILTIN[spec]()
     else:
-        raise ValueError(
-            f"objective={spec!r} is unknown; built in: {sorted(BUILTIN)}, or 'clip:<model>', 'pickscore:<model>'"
-        )
+        if spec not in _REGISTERED:
+            _load_entry_points()
+        if spec not in _REGISTERED:
+            raise ValueError(
+                f"objective={spec!r} is unknown; known: {objective_names()}, or 'clip:<model>', 'pickscore:<model>'"
+            )
+        objective = _REGISTERED[spec]()
     return objective if guard is None else Constrained(objective, get_objective(guard), max_drop)

@@ -22,10 +22,12 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from guidance.config import SOFTPAG_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection
 from guidance.layouts import layout_of
 from guidance.objectives import Objective
 from guidance.ranks import barrier, process_index
+from guidance.swap import denoiser_of
 
 Candidate = tuple[tuple[int, int], ...]  # sorted (layer, head) pairs; () = unguided
 
@@ -44,9 +46,9 @@ class SearchSettings:
     steps: int = 10
     size: int | None = None
     guidance_scale: float = 4.0
-    pag_scale: float = 3.0
-    strength: float = 1.0
-    identity: str = "joint"
+    pag_scale: float = SOFTPAG_SETTINGS["pag_scale"].default
+    strength: float = 1.0  # u while searching (the paper's); the preset carries the use strength
+    identity: str = SOFTPAG_SETTINGS["pag_identity"].default
     batch: int = 16
     model: str = ""
     objective: str = ""
@@ -64,7 +66,7 @@ class HeadSearch:
     def __init__(self, pipe, objective: Objective, settings: SearchSettings, cache: str | Path | None = None,
                  progress: bool = True):  # fmt: skip
         self.pipe, self.objective, self.settings = pipe, objective, settings
-        denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        denoiser = denoiser_of(pipe)
         self.heads_per_layer = layout_of(denoiser).heads_per_layer["attn"]
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
         self.progress = progress
@@ -180,7 +182,7 @@ class HeadSearch:
             selected += ranked[:k]
             best = self.evaluate([tuple(sorted(selected))])[tuple(sorted(selected))]
             history.append({"round": r, "added": [label((h,)) for h in ranked[:k]], "heads": label(tuple(sorted(selected))),
-                            "score": best})  # fmt: skip
+                            "selected": sorted(selected), "score": best})  # fmt: skip
         return history
 
 

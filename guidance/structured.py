@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 
 from guidance.processors import project, split_heads, unet_output, unet_tokens
 
@@ -40,11 +41,8 @@ def structuring(state) -> Iterator:
         _ACTIVE.reset(token)
 
 
-def _state():
-    state = _ACTIVE.get()
-    if state is None:
-        raise RuntimeError("a structured attention processor ran outside a structured call")
-    return state
+# Outside a structured call (another thread's plain call on shared modules) the processors are the plain ones.
+_PLAIN_CROSS, _PLAIN_JOINT = AttnProcessor2_0(), JointAttnProcessor2_0()
 
 
 Segment = tuple[
@@ -111,13 +109,15 @@ class StructuredCrossAttnProcessor:
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
     ):
+        state = _ACTIVE.get()
+        if state is None:
+            return _PLAIN_CROSS(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if encoder_hidden_states is None or attention_mask is not None:
             raise ValueError("structured cross-attention needs encoder_hidden_states and no attention_mask")
         residual = hidden_states
         hidden_states, shape = unet_tokens(attn, hidden_states, temb)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        state = _state()
         length = state.length
         # contiguous: to_k / to_v on a strided slice of the packed context cost more than the copy
         full = encoder_hidden_states[:, :length].contiguous()
@@ -172,6 +172,9 @@ class StructuredJointAttnProcessor:
         self.share_key = ("structured-joint", name)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        state = _ACTIVE.get()
+        if state is None:
+            return _PLAIN_JOINT(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         image_tokens = hidden_states.shape[1]
         query, key, value = project(
             hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k), attn.heads
@@ -180,7 +183,6 @@ class StructuredJointAttnProcessor:
             encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
             (attn.norm_added_q, attn.norm_added_k), attn.heads,
         )  # fmt: skip
-        state = _state()
         values = (state.value_context or {}).get(self.name) if state.active else None
         if values is not None:
             ctx_v = split_heads(attn.add_v_proj(values), attn.heads)

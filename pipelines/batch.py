@@ -24,8 +24,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from guidance.config import SOFTPAG_SETTINGS, GuidanceError, Setting
 from guidance.heads import HeadSelection, HeadSelectionError
 from guidance.ranks import process_index
+from pipelines.settings import png_parameters, save_png
+
+
+def _setting_check(setting: Setting) -> Callable[[Any], bool]:
+    """A FIELDS check from a config setting."""
+
+    def check(value: Any) -> bool:
+        try:
+            setting.check(value)
+        except GuidanceError:
+            return False
+        return True
+
+    return check
+
 
 # name -> (type check, description of what is allowed); None allowed for optional fields.
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -38,19 +54,20 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "height": (lambda v: v is None or (_is_int(v) and 8 <= v <= 4096), "an integer in [8, 4096]"),
     "width": (lambda v: v is None or (_is_int(v) and 8 <= v <= 4096), "an integer in [8, 4096]"),
     "guidance_scale": (lambda v: _is_num(v) and 0 <= v <= 100, "a number in [0, 100]"),
-    "pag_heads": (lambda v: v is None or isinstance(v, str), "a head string such as 'L1H10,L5H3' or a preset path"),
-    "pag_scale": (lambda v: _is_num(v) and -100 <= v <= 100, "a number in [-100, 100]"),
-    "pag_strength": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "pag_identity": (lambda v: v in ("joint", "image"), "'joint' or 'image'"),
-    "pag_start": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "pag_stop": (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "num_images": (lambda v: _is_int(v) and 1 <= v <= 1000, "an integer in [1, 1000]"),
 }  # fmt: skip
-DEFAULTS = {"negative_prompt": None, "num_inference_steps": 28, "height": None, "width": None, "guidance_scale": 5.0,
-            "pag_heads": None, "pag_scale": 3.0, "pag_strength": 1.0, "pag_identity": "joint", "pag_start": 0.0,
-            "pag_stop": 1.0, "num_images": 1}  # fmt: skip
-CALL_KEYS = ("negative_prompt", "num_inference_steps", "height", "width", "guidance_scale")
 PAG_KEYS = ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop")
+# The SoftPAG keys are checked and defaulted by the config that owns them.
+FIELDS.update(
+    {key: (_setting_check(SOFTPAG_SETTINGS[key]), SOFTPAG_SETTINGS[key].allowed()) for key in PAG_KEYS}
+)
+FIELDS["pag_heads"] = (
+    lambda v: v is None or isinstance(v, str),
+    "a head string such as 'L1H10,L5H3' or a preset",
+)
+DEFAULTS = {"negative_prompt": None, "num_inference_steps": 28, "height": None, "width": None, "guidance_scale": 5.0,
+            "num_images": 1, **{key: SOFTPAG_SETTINGS[key].default for key in PAG_KEYS}}  # fmt: skip
+CALL_KEYS = ("negative_prompt", "num_inference_steps", "height", "width", "guidance_scale")
 
 
 def _is_int(v) -> bool:
@@ -260,8 +277,6 @@ class BatchRunner:
     def run(self, items: list[Item], progress: bool = True) -> dict:
         """Generate what is not done yet (this rank's share); returns counts."""
         from tqdm.auto import tqdm
-
-        from pipelines.cli import png_parameters, save_png
 
         self.out.mkdir(parents=True, exist_ok=True)
         done = read_manifests(self.out)

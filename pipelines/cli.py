@@ -7,85 +7,45 @@ import json
 import sys
 from pathlib import Path
 
+from guidance.config import SOFTPAG_SETTINGS, Setting
 from guidance.heads import HeadSelection, HeadSelectionError
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = ROOT / "assets" / "toy-sd3"
-PRESETS = ROOT / "assets" / "presets"
-SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to a toy model's weights
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-SAMPLING_KEYS = (
-    "num_inference_steps",
-    "guidance_scale",
-    "true_cfg_scale",
-    "height",
-    "width",
-    "max_sequence_length",
+from pipelines.settings import (
+    DEFAULT_MODEL,
+    DTYPES,
+    list_presets,
+    model_call_extras,
+    png_parameters,
+    recommended_settings,
+    resolve_heads,
+    save_png,
 )
 
-
-def recommended_settings(model: str | Path) -> dict:
-    """Sampling defaults recorded in a model folder (toy models: toyworld.json), or {} for other models."""
-    path = Path(model) / SETTINGS_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return {k: data[k] for k in SAMPLING_KEYS if k in data}
+TYPES = {"number": float, "integer": int, "text": str}
 
 
-def model_call_extras(model: str | Path) -> dict:
-    """Call arguments a toy model needs beyond steps/CFG/size: its T5 length and, for FLUX, true CFG with an
-    empty negative prompt (the toy FLUX model is not guidance-distilled)."""
-    settings = recommended_settings(model)
-    extras = {k: settings[k] for k in ("max_sequence_length", "true_cfg_scale") if k in settings}
-    if "true_cfg_scale" in extras:
-        extras["negative_prompt"] = ""
-    return extras
+def _given(value, default):
+    """The flag's value when it was given (0 and negative numbers included), else the default."""
+    return default if value is None else value
 
 
-def recommended_call(model: str | Path, steps: int = 20, guidance_scale: float = 5.0) -> dict:
-    """The call arguments a model folder recommends: steps, CFG (these defaults where it records none) and
-    `model_call_extras`."""
-    settings = recommended_settings(model)
-    return dict(
-        num_inference_steps=settings.get("num_inference_steps", steps),
-        guidance_scale=settings.get("guidance_scale", guidance_scale),
-        **model_call_extras(model),
-    )
+def add_setting_flags(
+    parser: argparse.ArgumentParser, settings: list[Setting], defaults: bool = True
+) -> None:
+    """One flag per config setting (`--pag-scale`, ...), its default, choices and help taken from the config."""
+    for setting in settings:
+        kwargs = {"help": setting.help, "dest": setting.name}
+        if setting.kind == "choice":
+            kwargs["choices"] = setting.choices
+        else:
+            kwargs["type"] = TYPES[setting.kind]
+        if defaults and setting.default is not None:
+            kwargs["default"] = setting.default
+            kwargs["help"] += f" (default: {setting.default})"
+        parser.add_argument(setting.flag, **kwargs)
 
 
-def list_presets(folder: Path = PRESETS) -> list[tuple[str, dict]]:
-    """(file stem, preset JSON) for every preset file in `folder`, sorted by name."""
-    return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
-
-
-def resolve_heads(value: str | None, folder: Path = PRESETS) -> str | None:
-    """A preset name (a file stem in assets/presets) becomes its path; anything else passes through."""
-    if value and (folder / f"{value}.json").is_file():
-        return str(folder / f"{value}.json")
-    return value
-
-
-def png_parameters(prompt: str, negative: str | None, settings: dict) -> str:
-    """The A1111-style `parameters` text: prompt, negative prompt, then `key: value` pairs."""
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in settings.items() if v is not None))
-    return "\n".join(lines)
-
-
-def save_png(image, path: Path, parameters: str, settings: dict) -> None:
-    """Write a PNG with `parameters` and full JSON `headhunter` text chunks, atomically."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("parameters", parameters)
-    info.add_text("headhunter", json.dumps(settings, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+PAG_FLAGS = [SOFTPAG_SETTINGS[k] for k in ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start",
+                                           "pag_stop")]  # fmt: skip
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -96,8 +56,8 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):
         raise SystemExit(f"--out {args.out!r} must name a .png file")
     defaults = recommended_settings(args.model)
-    steps = args.steps or defaults.get("num_inference_steps", 28)
-    cfg = args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale", 5.0)
+    steps = _given(args.steps, defaults.get("num_inference_steps", 28))
+    cfg = _given(args.guidance_scale, defaults.get("guidance_scale", 5.0))
     size = defaults.get("height")
     dtype = getattr(torch, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,8 +69,8 @@ def _generate(args: argparse.Namespace) -> int:
         model_call_extras(args.model),
         num_inference_steps=steps,
         guidance_scale=cfg,
-        height=args.height or size,
-        width=args.width or size,
+        height=_given(args.height, size),
+        width=_given(args.width, size),
     )
     if args.negative_prompt is not None:
         call["negative_prompt"] = args.negative_prompt
@@ -157,8 +117,9 @@ def _search(args: argparse.Namespace) -> int:
     defaults = recommended_settings(args.model)
     objective = get_objective(args.objective, args.guard, args.max_drop)
     settings = SearchSettings(
-        prompts=_read_prompts(args), seeds=args.seeds, steps=args.steps or defaults.get("num_inference_steps", 28),
-        size=args.size or defaults.get("height"), guidance_scale=args.guidance_scale or defaults.get("guidance_scale", 5.0),
+        prompts=_read_prompts(args), seeds=args.seeds, steps=_given(args.steps, defaults.get("num_inference_steps", 28)),
+        size=_given(args.size, defaults.get("height")),
+        guidance_scale=_given(args.guidance_scale, defaults.get("guidance_scale", 5.0)),
         pag_scale=args.pag_scale, strength=args.search_strength, identity=args.pag_identity, batch=args.batch,
         model=str(args.model), objective=objective.name, extra=model_call_extras(args.model),
     )  # fmt: skip
@@ -186,7 +147,7 @@ def _search(args: argparse.Namespace) -> int:
     scores["rounds"] = history
     if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
         return 0
-    selected = [tuple(int(x) for x in h[1:].split("H")) for h in history[-1]["heads"].split(",")]
+    selected = history[-1]["selected"]
     preset(selected, settings, args.use_strength, scores, name=args.objective).save(out / "preset.json")
     (out / "report.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
@@ -200,6 +161,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     from guidance.layouts import layout_of
     from guidance.ranks import barrier
+    from guidance.swap import denoiser_of
     from pipelines.batch import FIELDS, BatchRunner, JobFileError, plan, print_problems
     from pipelines.headhunter import HeadHunterPipeline
 
@@ -211,12 +173,12 @@ def _batch(args: argparse.Namespace) -> int:
     if args.config:
         defaults.update(json.loads(Path(args.config).read_text()))
     flags = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, height=args.height,
-                 width=args.width, pag_heads=args.pag_heads, pag_scale=args.pag_scale, pag_strength=args.pag_strength)  # fmt: skip
+                 width=args.width, **{s.name: getattr(args, s.name) for s in PAG_FLAGS})  # fmt: skip
     defaults.update({k: v for k, v in flags.items() if v is not None})
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
-    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    denoiser = denoiser_of(pipe)
     try:
         items, problems = plan(args.jobs, defaults, layout_of(denoiser).heads_per_layer, resolve_heads,
                                args.skip_invalid)  # fmt: skip
@@ -271,14 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--negative-prompt")
-    gen.add_argument(
-        "--pag-heads", help="'L1H10,L5H3', a preset name (headhunter presets list) or a JSON path"
-    )
-    gen.add_argument("--pag-scale", type=float, default=3.0)
-    gen.add_argument("--pag-strength", type=float, default=1.0)
-    gen.add_argument("--pag-identity", choices=("joint", "image"), default="joint")
-    gen.add_argument("--pag-start", type=float, default=0.0)
-    gen.add_argument("--pag-stop", type=float, default=1.0)
+    add_setting_flags(gen, PAG_FLAGS)
     gen.add_argument(
         "--compare", action="store_true", help="also write the unguided image from the same seed"
     )
@@ -307,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--steps", type=int, help="sampling steps during search (fewer is faster)")
     search.add_argument("--size", type=int, help="image size during search")
     search.add_argument("--guidance-scale", type=float)
-    search.add_argument("--pag-scale", type=float, default=3.0)
-    search.add_argument("--pag-identity", choices=("joint", "image"), default="joint")
+    add_setting_flags(search, [SOFTPAG_SETTINGS["pag_scale"], SOFTPAG_SETTINGS["pag_identity"]])
     search.add_argument("--search-strength", type=float, default=1.0, help="u while searching (paper: 1.0)")
     search.add_argument(
         "--use-strength", type=float, default=0.5, help="u written into the preset (paper: ~0.5)"
@@ -332,9 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--guidance-scale", type=float)
     batch.add_argument("--height", type=int)
     batch.add_argument("--width", type=int)
-    batch.add_argument("--pag-heads")
-    batch.add_argument("--pag-scale", type=float)
-    batch.add_argument("--pag-strength", type=float)
+    add_setting_flags(batch, PAG_FLAGS, defaults=False)  # unset flags leave the job file's values
     batch.add_argument("--device")
     batch.add_argument("--dtype", choices=DTYPES, default="float32")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -5,7 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from pipelines.cli import PRESETS, list_presets, main
+from pipelines.cli import main
+from pipelines.settings import PRESETS, list_presets
 
 
 def test_generate_writes_png_with_parameters(tiny_folder, tmp_path):
