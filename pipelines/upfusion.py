@@ -433,24 +433,47 @@ class UpFusionPipeline(DiffusionPipeline):
             return self._output(rgb[0], output_type, return_dict)
 
         hint = diffusion_hint(self.upsrt, features[0], poses)
-        scene = scene.expand(queries, -1, -1)
-        shape = (queries, 3, size, size)
-        latents = (
-            randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            * self.scheduler.init_noise_sigma
-        )
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        images = self.denoise(
+            scene.expand(queries, -1, -1), hint, poses, num_inference_steps, guidance_scale, generator,
+            scene_attention, callback_on_step_end,
+        )  # fmt: skip
+        return self._output(images, output_type, return_dict)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        scene: torch.Tensor,
+        hint: torch.Tensor,
+        poses: torch.Tensor,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        scene_attention: bool = True,
+        callback_on_step_end: Callable | None = None,
+    ) -> torch.Tensor:
+        """DDIM sampling of R query views (R, 3, S, S) in [0, 1] from per-row scene tokens (R, T, D), hints and poses.
+
+        Rows may come from different objects (the benchmark batches many); inputs are not checked here."""
+        rows, size = poses.shape[0], self.upsrt.config.image_size
+        shape = (rows, 3, size, size)
+        latents = randn_tensor(shape, generator=generator, device=scene.device, dtype=scene.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=scene.device)
         cfg = guidance_scale > 1.0
-        rows = 2 if cfg else 1
-        keep = torch.cat([torch.zeros(queries), torch.ones(queries)]) if cfg else torch.ones(queries)
+        copies = 2 if cfg else 1
+        keep = torch.cat([torch.zeros(rows), torch.ones(rows)]) if cfg else torch.ones(rows)
         call = SceneCall(
-            poses.repeat(rows, 1, 1), self.upsrt.config.focal, size, keep.to(device), enabled=scene_attention
+            poses.repeat(copies, 1, 1),
+            self.upsrt.config.focal,
+            size,
+            keep.to(scene.device),
+            enabled=scene_attention,
         )
         hints = torch.cat([torch.zeros_like(hint), hint]) if cfg else hint
-        scenes = scene.repeat(rows, 1, 1)
+        scenes = scene.repeat(copies, 1, 1)
         with self.scene_attention(call), self.progress_bar(total=len(self.scheduler.timesteps)) as progress:
             for i, t in enumerate(self.scheduler.timesteps):
-                x = self.scheduler.scale_model_input(latents.repeat(rows, 1, 1, 1), t)
+                x = self.scheduler.scale_model_input(latents.repeat(copies, 1, 1, 1), t)
                 prediction = denoiser_output(self.unet, self.controlnet, x, t, scenes, hints)
                 if cfg:
                     uncond, cond = prediction.chunk(2)
@@ -459,7 +482,7 @@ class UpFusionPipeline(DiffusionPipeline):
                 if callback_on_step_end is not None:
                     latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
                 progress.update()
-        return self._output((latents / 2 + 0.5).clamp(0, 1), output_type, return_dict)
+        return (latents / 2 + 0.5).clamp(0, 1)
 
     def _output(self, images: torch.Tensor, output_type: str, return_dict: bool):
         images = images.float().cpu()
