@@ -7,6 +7,7 @@ generator lists, offloading) and adds the `pag_*` arguments; see `SoftPAGMixin._
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 from diffusers import (
@@ -117,18 +118,46 @@ class HeadHunterSDXLPipeline(StructuredMixin, _RescaleMixin, SoftPAGMixin, Stabl
 
 # model_index.json `_class_name` -> our subclass.
 PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {}
+# Modules that register more families on import (`register_pipeline`), loaded when a name is not found.
+EXTENSIONS = ("pipelines.families",)
+# Pipelines of this project that are not SoftPAG pipelines: the class that loads them.
+OTHER_PIPELINES = {
+    "UpFusionPipeline": "`from pipelines import UpFusionPipeline; UpFusionPipeline.from_pretrained(path)`"
+}
+
+
+def register_pipeline(cls: type[DiffusionPipeline], parents: Sequence[str]) -> None:
+    """Make `HeadHunterPipeline.from_pretrained` load folders of `cls` or of any of its diffusers `parents` as `cls`."""
+    for name in (cls.__name__, *parents):
+        PIPELINE_CLASSES[name] = cls
+
+
 for _cls, _parents in (
     (HeadHunterSD3Pipeline, ("StableDiffusion3Pipeline", "StableDiffusion3PAGPipeline")),
     (HeadHunterFluxPipeline, ("FluxPipeline",)),
     (HeadHunterSDPipeline, ("StableDiffusionPipeline", "StableDiffusionPAGPipeline")),
     (HeadHunterSDXLPipeline, ("StableDiffusionXLPipeline", "StableDiffusionXLPAGPipeline")),
 ):
-    for _name in (_cls.__name__, *_parents):
-        PIPELINE_CLASSES[_name] = _cls
+    register_pipeline(_cls, _parents)
+
+
+def _load_extensions() -> None:
+    for module in EXTENSIONS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
 
 
 def pipeline_class(class_name: str) -> type[DiffusionPipeline]:
     """Our pipeline class for a diffusers pipeline class name."""
+    if class_name in OTHER_PIPELINES:
+        raise ValueError(
+            f"{class_name} is not a SoftPAG pipeline: load it with {OTHER_PIPELINES[class_name]}"
+        )
+    if class_name not in PIPELINE_CLASSES:
+        _load_extensions()
     if class_name not in PIPELINE_CLASSES:
         raise ValueError(
             f"HeadHunterPipeline does not support {class_name!r}; supported: {sorted(PIPELINE_CLASSES)}"
