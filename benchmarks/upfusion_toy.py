@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--chunk", type=int, default=25, help="objects per batched denoising loop")
     parser.add_argument("--view-seed", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/upfusion_toy.json")
     parser.add_argument("--samples", default="results/upfusion_samples.png")
     args = parser.parse_args(argv)

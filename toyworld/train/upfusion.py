@@ -365,7 +365,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-steps", type=int, default=0, help="stop a stage after this many steps (0: time only)"
     )
     parser.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (on a shared 2-core machine 2 threads thrashed 20x)",
+    )
     args = parser.parse_args(argv)
     args.command = "python -m toyworld.train.upfusion " + " ".join(sys.argv[1:] if argv is None else argv)
     return args
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
         raise SystemExit(f"--data must be toy or co3d:PATH; got {args.data!r}")
     pipe.upsrt.register_to_config(focal=float(pool["focal"]))
     pipe.to(accelerator.device)
-    state.update(config=args.config, command=args.command)
+    state.update(config=args.config, commands=state.get("commands", []) + [args.command])
     log_path = args.out.with_name(args.out.name + "-loss.jsonl")
 
     def log(row: dict) -> None:
@@ -427,6 +432,7 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
     if accelerator.is_main_process:
         record = {
             "command": args.command,
+            "commands": state["commands"],
             "seed": args.seed,
             "seeds": {"torch": args.seed, "batches": "sha256(upfusion/{seed}/{stage}/{step}/{process})"},
             "config": args.config,
@@ -434,6 +440,8 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
             "objects": args.objects,
             "views": args.views,
             "batch": args.batch,
+            "threads": args.threads,
+            "lr": {"upsrt": args.lr_upsrt, "diffusion": args.lr_diffusion},
             "session_seconds": round(time.time() - t0, 1),
             "processes": accelerator.num_processes,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
