@@ -1,0 +1,427 @@
+"""Generic attention-site adapter: SoftPAG at the attention call of any diffusers transformer that routes it through
+`dispatch_attention_fn` (FLUX.1/.2, Chroma, Qwen-Image, Z-Image, Wan) or `F.scaled_dot_product_attention` (SD3).
+
+Instead of re-implementing each model's attention processor (projections, qk-norm, RoPE, token order), the
+adapter wraps the model's own processor: `GenericAttnProcessor` runs the original `__call__` with
+`dispatch_attention_fn` (and `F.scaled_dot_product_attention`) replaced *in that function's globals only* by a
+substitute that applies `guidance.softpag.softpag_attention` to the q, k, v it receives, in the layout the call
+actually has ((batch, tokens, heads, dim) for `dispatch_attention_fn`, (batch, heads, tokens, dim) for SDPA).
+The user's attention backend passes through (the substitute calls the original `dispatch_attention_fn` with the
+same `backend=`), unlike diffusers' `PerturbedAttentionGuidance`, which intercepts only PyTorch's SDPA.
+Nothing global is patched: other modules, other threads and other calls see the original functions.
+
+Support is checked, never assumed: a processor whose `__call__` names neither function is refused with its class
+name, and a perturbed module whose forward made no intercepted call raises instead of returning unperturbed rows.
+
+Layer numbering (`FAMILIES`): one global index over the model's block lists in order, as the paper numbers FLUX.1
+(double-stream blocks first, then single-stream ones). `attn` is a block's main attention, `attn2` a second one.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from guidance.batch_rows import RowLayout, split_guidance, strength_table
+from guidance.config import SoftPAGConfig, SoftPAGError
+from guidance.heads import HeadSelection
+from guidance.layouts import AttentionSite, ModelLayout
+from guidance.perturbation import (
+    _CALL,
+    CondRows,
+    SoftPAG,
+    _register_denoiser_hooks,
+    _SoftPAGCall,
+    _wrapped_step,
+)
+from guidance.processors import PerturbationState, active_state, perturbing
+from guidance.softpag import softpag_attention
+from guidance.swap import shared_hooks, swapped_processors
+
+__all__ = [
+    "FAMILIES", "Family", "GenericAttnProcessor", "GenericLayout", "GenericSoftPAG", "expand_batch",
+    "generic_layout", "intercepted_calls",
+]  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------------------
+# Families: block lists, attention names, token order
+# ---------------------------------------------------------------------------------------------------------
+
+# How a site's tokens are ordered, for the "image" identity (the image->image block set to the diagonal):
+#   "image-text": [image, text] joint attention (SD3); "text-image": [text, image] (FLUX.1/.2, Chroma, Qwen-Image);
+#   "single": the already concatenated [text, image] sequence of a single-stream block (text length from the
+#   denoiser's `encoder_hidden_states`); "image": image tokens only (Wan self-attention, SD3.5's attn2);
+#   None: unknown per-row order (Z-Image's padded unified sequence): only the "joint" identity.
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a transformer family keeps its heads: [(block list, {notation: (module attribute, token order)})]."""
+
+    name: str
+    blocks: tuple[tuple[str, tuple[tuple[str, str, str | None], ...]], ...]
+    unbatched: tuple[str, ...] = ()  # inputs never expanded (e.g. FLUX.1's (tokens, 3) position ids)
+
+
+_DOUBLE_SINGLE = (
+    ("transformer_blocks", (("attn", "attn", "text-image"),)),
+    ("single_transformer_blocks", (("attn", "attn", "single"),)),
+)
+
+# Transformer class name -> family. Layer i is the i-th block over the listed block lists, in order.
+FAMILIES: dict[str, Family] = {
+    "SD3Transformer2DModel": Family(
+        "sd3", (("transformer_blocks", (("attn", "attn", "image-text"), ("attn2", "attn2", "image"))),)
+    ),
+    "FluxTransformer2DModel": Family("flux", _DOUBLE_SINGLE, unbatched=("txt_ids", "img_ids")),
+    "Flux2Transformer2DModel": Family("flux2", _DOUBLE_SINGLE),
+    "ChromaTransformer2DModel": Family("chroma", _DOUBLE_SINGLE, unbatched=("txt_ids", "img_ids")),
+    "QwenImageTransformer2DModel": Family(
+        "qwenimage", (("transformer_blocks", (("attn", "attn", "text-image"),)),)
+    ),
+    "ZImageTransformer2DModel": Family("zimage", (("layers", (("attn", "attention", None),)),)),
+    "WanTransformer3DModel": Family("wan", (("blocks", (("attn", "attn1", "image"),)),)),
+}
+
+# Names under which a processor's `__call__` reaches the attention kernels.
+_DISPATCH, _SDPA = "dispatch_attention_fn", "scaled_dot_product_attention"
+
+
+@dataclass(frozen=True)
+class GenericLayout(ModelLayout):
+    """A `ModelLayout` for the generic adapter: also the family, each site's token order and the processor class
+    names it wraps (what `swapped_processors` may replace)."""
+
+    family: Family | None = None
+    orders: tuple[tuple[str, str | None], ...] = ()
+    replaceable: tuple[str, ...] = ()
+
+
+def generic_layout(denoiser: torch.nn.Module) -> GenericLayout:
+    """The generic layout of a transformer of a known family whose processors call an interceptable function."""
+    family = FAMILIES.get(type(denoiser).__name__)
+    if family is None:
+        raise TypeError(
+            f"SoftPAG has no layout for {type(denoiser).__name__}; generic support covers {sorted(FAMILIES)}"
+        )
+    sites: dict[tuple[int, str], AttentionSite] = {}
+    blocks, orders, classes = [], [], {"GenericAttnProcessor"}
+    for list_name, attentions in family.blocks:
+        for i in range(len(getattr(denoiser, list_name))):
+            block, layer = f"{list_name}.{i}", len(blocks)
+            blocks.append(block)
+            for notation, attribute, order in attentions:
+                module = getattr(denoiser.get_submodule(block), attribute, None)
+                if module is None:
+                    continue
+                name = f"{block}.{attribute}"
+                classes.add(_check_interceptable(name, module.processor))
+                sites[layer, notation] = AttentionSite(name, layer, notation, module.heads)
+                orders.append((name, order))
+    factory = functools.partial(GenericAttnProcessor.around, denoiser, dict(orders))
+    return GenericLayout(family.name, sites, (), factory, family, tuple(orders), tuple(sorted(classes)))
+
+
+def _check_interceptable(name: str, processor) -> str:
+    """The processor's class name if its `__call__` calls `dispatch_attention_fn` or SDPA; else refuse."""
+    if isinstance(processor, GenericAttnProcessor):
+        processor = processor.inner
+    names = type(processor).__call__.__code__.co_names
+    if _DISPATCH not in names and _SDPA not in names:
+        raise SoftPAGError(
+            f"pag_heads: {name} uses {type(processor).__name__}, whose attention does not go through "
+            f"dispatch_attention_fn or F.scaled_dot_product_attention; SoftPAG cannot perturb it generically"
+        )
+    return type(processor).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The processor wrapper and the substitute attention functions
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Site:
+    """The module now running its processor: its name, the image tokens of its sequence, calls intercepted."""
+
+    name: str
+    order: str | None
+    text_tokens: int | None
+    calls: int = 0
+
+
+_SITE: ContextVar[_Site | None] = ContextVar("softpag_generic_site", default=None)
+_PLAIN = PerturbationState()
+_COUNTS: ContextVar[dict[str, int] | None] = ContextVar("softpag_generic_counts", default=None)
+
+
+def _image_tokens(site: _Site, tokens: int) -> slice:
+    """The image tokens of a `tokens`-long sequence at this site, for the "image" identity."""
+    if site.order == "image":
+        return slice(0, tokens)
+    if site.order is None or site.text_tokens is None:
+        raise SoftPAGError(
+            f"pag_identity='image': the token order of {site.name} is not known (padded or unknown text "
+            "length); use pag_identity='joint'"
+        )
+    if site.order == "image-text":
+        return slice(0, tokens - site.text_tokens)
+    return slice(site.text_tokens, tokens)
+
+
+def _perturbed(query, key, value, mask, attend: Callable, heads_dim: int) -> torch.Tensor:
+    """softpag_attention at the intercepted call: `attend(q, k, v, mask)` is the model's own attention call and
+    `heads_dim` where its heads sit (2 for (batch, tokens, heads, dim), 1 for (batch, heads, tokens, dim))."""
+    site = _SITE.get()
+    if site is None:  # a call from outside a wrapped processor (never from its own `__call__`)
+        return attend(query, key, value, mask)
+    site.calls += 1
+    state = active_state() or _PLAIN
+    u = state.strength(site.name, query.shape[0])
+    if u is None or not bool(u.any()):
+        return attend(query, key, value, mask)
+    if query.shape[-3 if heads_dim == 2 else -2] != value.shape[-3 if heads_dim == 2 else -2]:
+        raise SoftPAGError(f"pag_heads: {site.name} is a cross-attention (query and key lengths differ)")
+    if heads_dim == 2:  # (B, T, H, D) -> the (B, H, T, D) views softpag_attention works on; no copies
+        query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+
+    def attention(q, k, v, identity_mask):
+        if identity_mask is not None and mask is not None:
+            raise SoftPAGError(
+                f"pag_identity='image' on {site.name}, which passes its own attention mask; use 'joint'"
+            )
+        m = mask if identity_mask is None else identity_mask
+        if heads_dim == 2:
+            return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), m).transpose(1, 2)
+        return attend(q, k, v, m)
+
+    image = _image_tokens(site, query.shape[-2]) if state.identity == "image" else None
+    out = softpag_attention(query, key, value, u.to(query.device), state.identity, image, attention)
+    return out.transpose(1, 2) if heads_dim == 2 else out
+
+
+def _dispatch_substitute(query, key, value, attn_mask=None, *args, **kwargs):
+    """`dispatch_attention_fn` as seen by a wrapped processor: SoftPAG on the rows and heads of the running call."""
+
+    def attend(q, k, v, mask):
+        return dispatch_attention_fn(q, k, v, mask, *args, **kwargs)
+
+    return _perturbed(query, key, value, attn_mask, attend, heads_dim=2)
+
+
+def _sdpa_substitute(query, key, value, attn_mask=None, *args, **kwargs):
+    """`F.scaled_dot_product_attention` as seen by a wrapped processor (SD3's JointAttnProcessor2_0)."""
+
+    def attend(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, mask, *args, **kwargs)
+
+    return _perturbed(query, key, value, attn_mask, attend, heads_dim=1)
+
+
+class _Functional(types.ModuleType):
+    """`torch.nn.functional` with `scaled_dot_product_attention` replaced by the substitute."""
+
+    scaled_dot_product_attention = staticmethod(_sdpa_substitute)
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+
+_FUNCTIONAL = _Functional("torch.nn.functional")
+
+
+@functools.cache
+def _substituted(function: types.FunctionType) -> types.FunctionType:
+    """A copy of `function` whose globals name the substitutes (the module's own globals stay untouched)."""
+    namespace = dict(function.__globals__)
+    namespace[_DISPATCH] = _dispatch_substitute
+    if namespace.get("F") is F:
+        namespace["F"] = _FUNCTIONAL
+    copy = types.FunctionType(
+        function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    return copy
+
+
+class GenericAttnProcessor:
+    """Wraps a module's own attention processor; its attention call gets SoftPAG for the running call's rows."""
+
+    def __init__(self, name: str, inner, order: str | None):
+        self.name, self.inner, self.order = name, inner, order
+        self.share_key = ("GenericAttnProcessor", name)
+        self._call = types.MethodType(_substituted(type(inner).__call__), inner)
+        self._signature = inspect.signature(type(inner).__call__)
+
+    @classmethod
+    def around(cls, denoiser: torch.nn.Module, orders: dict, name: str) -> GenericAttnProcessor:
+        """The wrapper for module `name` of `denoiser`, around the processor it holds now."""
+        return cls(name, denoiser.get_submodule(name).processor, orders[name])
+
+    # The attention backend (`set_attention_backend`) and parallel config live on the wrapped processor.
+    _attention_backend = property(
+        lambda self: getattr(self.inner, "_attention_backend", None),
+        lambda self, value: setattr(self.inner, "_attention_backend", value),
+    )
+    _parallel_config = property(
+        lambda self: getattr(self.inner, "_parallel_config", None),
+        lambda self, value: setattr(self.inner, "_parallel_config", value),
+    )
+
+    def _text_tokens(self, attn, args, kwargs) -> int | None:
+        """Text length: the processor's own `encoder_hidden_states` (joint blocks) or the call's (single-stream)."""
+        bound = self._signature.bind_partial(self.inner, attn, *args, **kwargs).arguments
+        context = bound.get("encoder_hidden_states")
+        if isinstance(context, torch.Tensor):
+            return context.shape[1]
+        return (active_state() or _PLAIN).text_tokens if self.order == "single" else None
+
+    def __call__(self, attn, *args, **kwargs):
+        state = active_state() or _PLAIN
+        site = _Site(self.name, self.order, self._text_tokens(attn, args, kwargs))
+        token = _SITE.set(site)
+        try:
+            out = self._call(attn, *args, **kwargs)
+        finally:
+            _SITE.reset(token)
+        counts = _COUNTS.get()
+        if counts is not None and self.name in counts:
+            counts[self.name] += site.calls
+        if site.calls == 0 and self.name in state.strengths:
+            raise SoftPAGError(
+                f"pag_heads: {self.name} ({type(self.inner).__name__}) made no intercepted attention call; "
+                "it was not perturbed"
+            )
+        return out
+
+
+def intercepted_calls(denoiser: torch.nn.Module, forward: Callable[[], object]) -> dict[str, int]:
+    """Dry run: wrap every site of the generic layout, run `forward()` and count intercepted attention calls per
+    module. Raises SoftPAGError naming the modules (and their processor class) that made none."""
+    layout = generic_layout(denoiser)
+    wrappers = {site.name: layout.processor(site.name) for site in layout.sites.values()}
+    counts = dict.fromkeys(wrappers, 0)
+    state = PerturbationState(strengths={})
+    token = _COUNTS.set(counts)
+    try:
+        with swapped_processors(denoiser, wrappers, layout.replaceable, "pag_heads", SoftPAGError):
+            with perturbing(state), torch.no_grad():
+                forward()
+    finally:
+        _COUNTS.reset(token)
+    silent = [f"{n} ({type(wrappers[n].inner).__name__})" for n, c in counts.items() if c == 0]
+    if silent:
+        raise SoftPAGError(f"{type(denoiser).__name__}: no intercepted attention call in {silent}")
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One call: rows and hooks (stands in for the lead's hooks in guidance.perturbation until they land)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def expand_batch(value, layout: RowLayout, rows: int):
+    """Every tensor or list whose first dimension is the batch (B rows) as (B + G*C, ...), also inside dicts."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
+        return value.index_select(0, layout.index.to(value.device))
+    if isinstance(value, list) and len(value) == rows:
+        return [value[i] for i in layout.index.tolist()]
+    if isinstance(value, dict):
+        return {k: expand_batch(v, layout, rows) for k, v in value.items()}
+    return value
+
+
+class GenericSoftPAG(SoftPAG):
+    """SoftPAG on a `GenericLayout`: no shared prefix; every batch-sized input of the denoiser grows."""
+
+    def __init__(
+        self, denoiser: torch.nn.Module, config: SoftPAGConfig, to_prediction: Callable | None = None
+    ):
+        """to_prediction: maps the PAG term from the denoiser's output to what the pipeline hands `scheduler.step`
+        (Z-Image negates and squeezes its output); None where they are the same."""
+        # SoftPAG.__init__ with `generic_layout` in place of `layout_of` (hook 1 in docs/families.md)
+        self.denoiser, self.config = denoiser, config
+        self.to_prediction = to_prediction or (lambda delta: delta)
+        self.layout: GenericLayout = generic_layout(denoiser)
+        if config.heads_per_image is not None:
+            self._per_image(config.heads_per_image)
+        else:
+            self._groups(HeadSelection.parse(config.heads, "pag_heads"))
+        self.modules = sorted({name for table in self.group_strengths for name in table})
+        self.split_block = None
+
+    @contextmanager
+    def applied(self, pipe, cond_rows: CondRows, rescale=None) -> Iterator[PerturbationState]:
+        """Install the wrappers and hooks for one pipeline call; restore everything afterwards, also on errors."""
+        call = _GenericCall(self, pipe.scheduler, cond_rows, rescale)
+        processors = {name: self.layout.processor(name) for name in self.modules}
+        with ExitStack() as stack:
+            stack.enter_context(
+                swapped_processors(
+                    self.denoiser, processors, self.layout.replaceable, "pag_heads", SoftPAGError
+                )
+            )
+            stack.enter_context(
+                shared_hooks(self.denoiser, "softpag", lambda: _register_denoiser_hooks(self.denoiser))
+            )
+            stack.enter_context(_wrapped_step(pipe.scheduler, call))
+            token = _CALL.set(call)
+            stack.callback(_CALL.reset, token)
+            yield stack.enter_context(perturbing(call.state))
+
+
+class _GenericCall(_SoftPAGCall):
+    """`_SoftPAGCall` for the generic layout: expands all batch inputs (tensors and per-sample lists)."""
+
+    def before(self, args, kwargs):
+        """Denoiser pre-hook: on a perturbed main call, B -> B + G*C rows for every batch-sized input."""
+        bound = self.signature.bind(*args, **kwargs)
+        inputs = bound.arguments
+        self.layout, self.state.strengths = None, {}
+        if not (self._is_main_call(inputs) and self.window.advance()):
+            return None
+        first = next(iter(inputs.values()))
+        rows = len(first)
+        layout = RowLayout.of(rows, self.cond_rows(rows), len(self.pag.group_strengths))
+        if self.pag.images is not None and self.pag.images != layout.size:
+            raise SoftPAGError(
+                f"pag_heads_per_image has {self.pag.images} selections but the call generates {layout.size} images"
+            )
+        if self.built_for != (rows, layout.size):
+            heads = {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
+            device = (first[0] if isinstance(first, list) else first).device
+            self.strengths = strength_table(layout, self.pag.group_strengths, heads, device)
+            self.built_for = (rows, layout.size)
+        self.layout, self.state.strengths = layout, self.strengths
+        skip = self.pag.layout.family.unbatched
+        for name, value in inputs.items():
+            if name not in skip:
+                inputs[name] = expand_batch(value, layout, rows)
+        context = inputs.get("encoder_hidden_states")
+        self.state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
+        return bound.args, bound.kwargs
+
+    def after(self, output):
+        """Denoiser hook: the pipeline's rows untouched (a per-sample list stays a list); keep the PAG term."""
+        if self.layout is None:
+            return output
+        layout, self.layout, self.state.strengths = self.layout, None, {}
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        listed = isinstance(sample, list)
+        pure, delta = split_guidance(torch.stack(sample) if listed else sample, layout, self.pag.scales)
+        self.pending = (self.pag.to_prediction(delta), pure)
+        if listed:
+            pure = list(pure.unbind(0))
+        if isinstance(output, tuple):
+            return (pure, *output[1:])
+        output.sample = pure
+        return output
