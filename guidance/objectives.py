@@ -2,8 +2,8 @@
 
 Built in: image statistics (`darkness`, `saturation`, `brightness`, `contrast`, `sharpness`), and for real models a
 CLIP score or a preference model of the PickScore kind loaded with transformers (`clip:<path or hub id>`,
-`pickscore:<path or hub id>`). `Constrained` ranks by one objective among candidates that keep another within
-a margin of the unguided images, as the paper thresholds PickScore before ranking by CLIP. Any callable
+`pickscore:<path or hub id>`). `Constrained` ranks by one objective among candidates whose other objective passes a
+threshold, absolute (the paper: PickScore >= 20 before ranking by CLIP score) or relative to the unguided images. Any callable
 `(images, prompts) -> scores` works too (wrap it in `Objective`). Other packages register named objectives
 with `register_objective` or an entry point in the `headhunter.objectives` group: the toy world's `toy-quality`,
 `toy-fidelity`, `toy-dark`, `toy-outlined` arrive that way (the library never imports the toy world).
@@ -38,24 +38,51 @@ class Objective:
 
 
 class Constrained(Objective):
-    """Rank by `target` among candidates whose mean `guard` drops at most `max_drop` below the unguided mean."""
+    """Rank by `target` among candidates whose mean `guard` passes a threshold, as the paper thresholds PickScore
+    (>= 20) and the aesthetic score (>= 6) before ranking by CLIP score.
 
-    def __init__(self, target: Objective, guard: Objective, max_drop: float):
-        super().__init__(f"{target.name}|{guard.name}>=base-{max_drop:g}", self._both)
-        self.target, self.guard, self.max_drop = target, guard, max_drop
+    The threshold is absolute (`min_score`: mean guard >= min_score), relative to the unguided images of the same
+    pairs (`max_drop`: mean guard >= unguided mean - max_drop), or both. A candidate that fails scores -inf.
+    `target` may itself be `Constrained` (several guards): per-image scores are columns [target..., guard].
+    """
+
+    def __init__(self, target: Objective, guard: Objective, max_drop: float | None = None,
+                 min_score: float | None = None):  # fmt: skip
+        if max_drop is None and min_score is None:
+            raise ValueError("Constrained needs max_drop (relative) or min_score (absolute), or both")
+        limits = [f"base-{max_drop:g}"] if max_drop is not None else []
+        limits += [f"{min_score:g}"] if min_score is not None else []
+        super().__init__(f"{target.name}|{guard.name}>={'&'.join(limits)}", self._both)
+        self.target, self.guard, self.max_drop, self.min_score = target, guard, max_drop, min_score
         self.baseline: float | None = None
 
     def _both(self, images: Images, prompts: Sequence[str]) -> np.ndarray:
-        return np.stack([self.target(images, prompts), self.guard(images, prompts)], axis=-1)
+        return np.column_stack([self.target(images, prompts), self.guard(images, prompts)])
+
+    @staticmethod
+    def _split(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(target columns, guard column); a single target column is squeezed to per-image values."""
+        scores = np.asarray(scores, dtype=np.float64)
+        rest = scores[..., :-1]
+        return (rest[..., 0] if rest.shape[-1] == 1 else rest), scores[..., -1]
 
     def fit_baseline(self, scores: np.ndarray) -> None:
-        self.baseline = float(np.mean(scores[..., 1]))
+        target, guard = self._split(scores)
+        self.target.fit_baseline(target)
+        self.baseline = float(np.mean(guard))
+
+    def passes(self, guard_mean: float) -> bool:
+        """Whether a candidate's mean guard score passes the absolute and the relative threshold."""
+        if self.max_drop is not None:
+            if self.baseline is None:
+                raise RuntimeError("Constrained objective with max_drop used before fit_baseline")
+            if guard_mean < self.baseline - self.max_drop:
+                return False
+        return self.min_score is None or guard_mean >= self.min_score
 
     def candidate_score(self, scores: np.ndarray) -> float:
-        if self.baseline is None:
-            raise RuntimeError("Constrained objective used before fit_baseline")
-        target, guard = np.mean(scores[..., 0]), np.mean(scores[..., 1])
-        return float(target) if guard >= self.baseline - self.max_drop else -np.inf
+        target, guard = self._split(scores)
+        return self.target.candidate_score(target) if self.passes(float(np.mean(guard))) else -np.inf
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -108,9 +135,11 @@ def per_image(fn: Callable[[Image.Image], float]) -> Callable[[Images, Sequence[
 
 class CLIPObjective(Objective):
     """Image-text agreement from a CLIP model: `clip` = 100 * max(cos, 0) (CLIPScore, Hessel et al. 2021);
-    `pickscore` = logit_scale * cos (PickScore, Kirstain et al. 2023, a CLIP fine-tuned on preferences)."""
+    `pickscore` = logit_scale * cos (PickScore, Kirstain et al. 2023, a CLIP fine-tuned on preferences).
 
-    def __init__(self, model: str, kind: str = "clip", device: str = "cpu"):
+    `prefix` goes before every prompt: CLIPScore and the official HeadHunter search use "A photo depicts "."""
+
+    def __init__(self, model: str, kind: str = "clip", device: str = "cpu", prefix: str = ""):
         if kind not in ("clip", "pickscore"):
             raise ValueError(f"kind={kind!r} must be 'clip' or 'pickscore'")
         import torch
@@ -119,13 +148,13 @@ class CLIPObjective(Objective):
         self.torch = torch
         self.model = CLIPModel.from_pretrained(model).to(device).eval()
         self.processor = AutoProcessor.from_pretrained(model)
-        self.kind, self.device = kind, device
-        super().__init__(f"{kind}:{model}", self._score_clip)
+        self.kind, self.device, self.prefix = kind, device, prefix
+        super().__init__(f"{kind}:{model}" + (f"[{prefix.strip()}]" if prefix else ""), self._score_clip)
 
     def _score_clip(self, images: Images, prompts: Sequence[str]) -> np.ndarray:
         torch = self.torch
         with torch.no_grad():
-            inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True,
+            inputs = self.processor(text=[self.prefix + p for p in prompts], images=list(images), return_tensors="pt", padding=True,
                                     truncation=True).to(self.device)  # fmt: skip
             image = _embedding(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
             text = _embedding(
@@ -192,14 +221,17 @@ def objective_names() -> list[str]:
     return sorted({*BUILTIN, *_REGISTERED})
 
 
-def get_objective(spec: str | Objective, guard: str | None = None, max_drop: float = 0.05) -> Objective:
+def get_objective(spec: str | Objective, guard: str | Objective | None = None, max_drop: float | None = None,
+                  min_score: float | None = None, prefix: str = "") -> Objective:  # fmt: skip
     """An objective from its name (`toy-quality`, `clip:<model>`, `pickscore:<model>`, ...), optionally
-    constrained so that `guard` drops at most `max_drop` below the unguided images."""
+    constrained by `guard`: its mean must stay >= `min_score` (absolute) and/or drop at most `max_drop` below the
+    unguided images (relative; 0.05 when neither is given). `prefix` goes before the prompts of a `clip:` /
+    `pickscore:` objective (the paper's CLIP score: "A photo depicts ")."""
     if isinstance(spec, Objective):
         objective = spec
     elif spec.startswith(("clip:", "pickscore:")):
         kind, _, model = spec.partition(":")
-        objective = CLIPObjective(model, kind)
+        objective = CLIPObjective(model, kind, prefix=prefix)
     elif spec in BUILTIN:
         objective = BUILTIN[spec]()
     else:
@@ -210,4 +242,7 @@ def get_objective(spec: str | Objective, guard: str | None = None, max_drop: flo
                 f"objective={spec!r} is unknown; known: {objective_names()}, or 'clip:<model>', 'pickscore:<model>'"
             )
         objective = _REGISTERED[spec]()
-    return objective if guard is None else Constrained(objective, get_objective(guard), max_drop)
+    if guard is None:
+        return objective
+    max_drop = 0.05 if max_drop is None and min_score is None else max_drop
+    return Constrained(objective, get_objective(guard), max_drop, min_score)

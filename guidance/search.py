@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,69 @@ def label(candidate: Candidate) -> str:
     return ",".join(f"L{layer}H{head}" for layer, head in candidate) or "none"
 
 
+# -------------------------------------------------------------------------------------------------------------
+# Settings and named profiles
+# -------------------------------------------------------------------------------------------------------------
+
+ARCHS = ("sd3", "flux", "unet")  # `layout_of(denoiser).arch`
+# Fields that leave a candidate's per-pair scores unchanged (not in the cache key).
+NOT_SCORED = ("batch", "k", "rounds", "validation", "early_stop", "profile")
+
+
+@dataclass(frozen=True)
+class SearchProfile:
+    """Named search settings for one architecture. `None` leaves the caller's default (the CLI and the demo use
+    the model's recommended steps, size and CFG); `clip_prefix` and `min_scores` are for building the objective."""
+
+    guidance_scale: float | None = None
+    pag_scale: float | None = None
+    strength: float = 1.0
+    steps: int | None = None
+    size: int | None = None
+    k: int = 4
+    rounds: int = 1
+    validation: float = 0.25
+    early_stop: bool = True
+    clip_prefix: str = ""
+    min_scores: dict[str, float] = field(default_factory=dict)  # absolute guard thresholds by objective kind
+
+    def settings(self) -> dict:
+        """The profile's `SearchSettings` fields that it sets (not None)."""
+        names = {f.name for f in fields(SearchSettings)}
+        return {k: v for k, v in asdict(self).items() if k in names and v is not None}
+
+    def min_score(self, guard: str | None) -> float | None:
+        """The absolute threshold the profile sets for a guard objective (`pickscore:<model>` -> 20.0), or None."""
+        return None if guard is None else self.min_scores.get(guard.partition(":")[0])
+
+
+# Ours: CFG on at the model's recommended scale, k 4, 1 round, a 25% validation split that stops the rounds.
+_OURS = SearchProfile()
+# The official search (paper, Sec. 4 and its code): CFG off (guidance_scale 0; on FLUX this also sets the
+# distilled guidance to 0), u = 1, 3 heads per round for 5 rounds, CLIP score with the prefix "A photo depicts",
+# PickScore >= 20 and aesthetic >= 6 (absolute) before ranking; w = 3 on SD3, w = 8 with 15 steps at 512 px on
+# FLUX. The paper searches no UNet; its SD3 settings are used there.
+_PAPER = SearchProfile(guidance_scale=0.0, pag_scale=3.0, k=3, rounds=5, validation=0.0, early_stop=False,
+                       clip_prefix="A photo depicts ", min_scores={"pickscore": 20.0, "aesthetic": 6.0})  # fmt: skip
+SEARCH_PROFILES: dict[str, dict[str, SearchProfile]] = {
+    "ours": {arch: _OURS for arch in ARCHS},
+    "paper": {"sd3": _PAPER, "flux": replace(_PAPER, pag_scale=8.0, steps=15, size=512), "unet": _PAPER},
+}
+
+
+def search_profile(name: str, arch: str) -> SearchProfile:
+    """The profile `name` for an architecture (`sd3`, `flux`, `unet`), with an error naming what is allowed."""
+    if name not in SEARCH_PROFILES:
+        raise ValueError(f"profile={name!r} is unknown; choose one of {sorted(SEARCH_PROFILES)}")
+    if arch not in SEARCH_PROFILES[name]:
+        raise ValueError(f"arch={arch!r} is unknown; choose one of {list(ARCHS)}")
+    return SEARCH_PROFILES[name][arch]
+
+
 @dataclass
 class SearchSettings:
-    """Everything that determines a candidate's score (hashed into the cache key)."""
+    """Everything that determines a candidate's score (hashed into the cache key), and how the greedy search runs
+    (`k` heads per round, `rounds`, the `validation` share of pairs, `early_stop`; not in the key)."""
 
     prompts: list[str]
     seeds: list[int]
@@ -53,10 +113,28 @@ class SearchSettings:
     model: str = ""
     objective: str = ""
     extra: dict = field(default_factory=dict)  # more call arguments (e.g. a toy model's max_sequence_length)
+    k: int = 4
+    rounds: int = 1
+    validation: float = 0.25  # share of the prompt-seed pairs held out to stop the rounds and report on
+    early_stop: bool = True  # adopt a round only if it beats the best earlier selection (validation score)
+    profile: str = "ours"
+
+    def __post_init__(self):
+        if not 0.0 <= self.validation < 1.0:
+            raise ValueError(f"validation={self.validation} must be a share of the pairs in [0, 1)")
+
+    @classmethod
+    def from_profile(cls, name: str, arch: str, prompts: Sequence[str], seeds: Sequence[int],
+                     defaults: dict | None = None, **overrides) -> SearchSettings:  # fmt: skip
+        """Settings of a named profile (`SEARCH_PROFILES`): `defaults` (e.g. the model's recommended steps, size,
+        CFG) < the profile < `overrides` (a user's explicit values; None entries are ignored)."""
+        values = {**(defaults or {}), **search_profile(name, arch).settings()}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(prompts=list(prompts), seeds=list(seeds), profile=name, **values)
 
     def key(self) -> str:
-        """A short hash of the settings that affect scores (not the batch size)."""
-        data = {k: v for k, v in asdict(self).items() if k != "batch"}
+        """A short hash of the settings that affect scores (not the batch size or the greedy's knobs)."""
+        data = {k: v for k, v in asdict(self).items() if k not in NOT_SCORED}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -168,8 +246,11 @@ class HeadSearch:
         scores = self.evaluate(list(cands.values()))
         return {layer: scores[c] for layer, c in cands.items()}
 
-    def greedy(self, k: int, rounds: int, pool: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+    def greedy(self, k: int | None = None, rounds: int | None = None,
+               pool: Sequence[tuple[int, int]] | None = None) -> list[dict]:  # fmt: skip
         """Greedy forward selection; returns one record per round (selected heads and the set's score)."""
+        k = self.settings.k if k is None else k
+        rounds = self.settings.rounds if rounds is None else rounds
         pool = list(pool or self.all_heads())
         selected: list[tuple[int, int]] = []
         history = []

@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 
 from guidance.objectives import Constrained, Objective, get_objective
-from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
+from guidance.search import (
+    SEARCH_PROFILES,
+    HeadSearch,
+    SearchSettings,
+    heatmap,
+    label,
+    preset,
+    search_profile,
+)
 from pipelines.headhunter import HeadHunterPipeline
 
 
@@ -92,6 +100,51 @@ def test_constrained_objective_excludes_candidates_that_break_the_guard():
     obj.fit_baseline(np.array([[0.0, 0.5], [0.0, 0.7]]))
     assert obj.candidate_score(np.array([[2.0, 0.6], [2.0, 0.6]])) == 2.0
     assert obj.candidate_score(np.array([[3.0, 0.5], [3.0, 0.5]])) == -np.inf
+
+
+def test_constrained_absolute_relative_and_nested_thresholds():
+    target = Objective("t", lambda images, prompts: [1.0] * len(images))
+    guard = Objective("g", lambda images, prompts: [0.0] * len(images))
+    absolute = Constrained(target, guard, min_score=20.0)  # the paper: PickScore >= 20, no baseline needed
+    assert absolute.candidate_score(np.array([[2.0, 20.5], [2.0, 19.9]])) == 2.0
+    assert absolute.candidate_score(np.array([[2.0, 19.0], [2.0, 19.9]])) == -np.inf
+    both = Constrained(target, guard, max_drop=1.0, min_score=20.0)
+    both.fit_baseline(np.array([[0.0, 22.0], [0.0, 22.0]]))
+    assert both.candidate_score(np.array([[2.0, 20.5]])) == -np.inf  # above 20 but 1.5 below unguided
+    assert both.candidate_score(np.array([[2.0, 21.5]])) == 2.0
+    # Two guards (PickScore >= 20 and aesthetic >= 6): columns [target, pickscore, aesthetic].
+    two = Constrained(Constrained(target, guard, min_score=20.0), guard, min_score=6.0)
+    assert two.candidate_score(np.array([[3.0, 21.0, 6.5]])) == 3.0
+    assert two.candidate_score(np.array([[3.0, 21.0, 5.5]])) == -np.inf
+    assert two.candidate_score(np.array([[3.0, 19.0, 6.5]])) == -np.inf
+    with pytest.raises(ValueError, match="max_drop .* or min_score"):
+        Constrained(target, guard)
+    assert get_objective("darkness", "brightness", min_score=20).name == "darkness|brightness>=20"
+
+
+def test_profiles_paper_and_ours():
+    paper = SearchSettings.from_profile(
+        "paper", "flux", ["a"], [0], defaults={"steps": 28, "guidance_scale": 3.5}
+    )
+    assert (paper.guidance_scale, paper.pag_scale, paper.steps, paper.size) == (0.0, 8.0, 15, 512)
+    assert (paper.k, paper.rounds, paper.strength, paper.profile) == (3, 5, 1.0, "paper")
+    sd3 = SearchSettings.from_profile("paper", "sd3", ["a"], [0], defaults={"steps": 28}, steps=None, k=2)
+    assert (sd3.guidance_scale, sd3.pag_scale, sd3.steps, sd3.k) == (
+        0.0,
+        3.0,
+        28,
+        2,
+    )  # user > profile > model
+    ours = SearchSettings.from_profile("ours", "unet", ["a"], [0], defaults={"guidance_scale": 3.0})
+    assert (ours.guidance_scale, ours.k, ours.rounds, ours.validation) == (3.0, 4, 1, 0.25)
+    assert search_profile("paper", "sd3").min_score("pickscore:some/model") == 20.0
+    assert search_profile("paper", "sd3").clip_prefix == "A photo depicts "
+    assert sorted(SEARCH_PROFILES) == ["ours", "paper"]
+    with pytest.raises(ValueError, match="profile='best' is unknown"):
+        search_profile("best", "sd3")
+    # The greedy's knobs are not part of the cache key; the scoring settings are.
+    assert ours.key() == SearchSettings(["a"], [0], guidance_scale=3.0, k=9, rounds=7, validation=0.5).key()
+    assert ours.key() != SearchSettings(["a"], [0], guidance_scale=0.0).key()
 
 
 def test_builtin_objectives_and_errors():
