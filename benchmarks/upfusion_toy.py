@@ -102,48 +102,34 @@ def sample_sheet(pipe, objects: list[dict], args, path: Path) -> None:
     image.resize((image.width * 4, image.height * 4), PIL.Image.NEAREST).save(path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark, print the table, write the JSON (and the sample sheet)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="assets/toy-upfusion")
-    parser.add_argument("--objects", type=int, default=100)
-    parser.add_argument("--queries", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--chunk", type=int, default=25, help="objects per batched denoising loop")
-    parser.add_argument("--view-seed", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="results/upfusion_toy.json")
-    parser.add_argument("--samples", default="results/upfusion_samples.png")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    pipe = UpFusionPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    size = pipe.upsrt.config.image_size
-    seeds = split_seeds("heldout", args.objects)
-    objects = [{"seed": s, **object_views(s, args.queries, size, args.view_seed)} for s in seeds]
-    per_object = {
-        m: {n: {k: [] for k in ("psnr", "ssim", "sharpness")} for n in VIEW_COUNTS} for m in METHODS
-    }
+def measure(pipe, objects: list[dict], counts: list[int], args) -> tuple[dict, dict]:
+    """Per-object scores {method: {N: {metric: [...]}}} (means over the query views) and denoising seconds."""
+    per_object = {m: {n: {k: [] for k in ("psnr", "ssim", "sharpness")} for n in counts} for m in METHODS}
     seconds = {m: 0.0 for m in ("diffusion", "no_scene_attention")}
-    for n in VIEW_COUNTS:
+    for n in counts:
         for i in range(0, len(objects), args.chunk):
             chunk = objects[i : i + args.chunk]
             outputs = run_chunk(pipe, chunk, n, args)
             truth = torch.cat([o["truth"] for o in chunk])
             for method in METHODS:
                 for key, values in scores(outputs[method], truth).items():
-                    per_object[method][n][key].extend(values.reshape(len(chunk), args.queries).mean(1))
+                    per_object[method][n][key].extend(
+                        values.reshape(len(chunk), args.queries).mean(1).tolist()
+                    )
             for method in seconds:
                 seconds[method] += outputs[f"{method}_seconds"]
             print(f"N={n}: {i + len(chunk)}/{len(objects)} objects", file=sys.stderr, flush=True)
+    return per_object, seconds
+
+
+def summarize(per_object: dict) -> tuple[dict, dict]:
+    """Each row's means with bootstrap intervals, and the paired differences the goals are about."""
     rng = np.random.default_rng(0)
-    table = {}
-    for method in METHODS:
-        for n in VIEW_COUNTS:
-            table[f"{method}/N={n}"] = {
-                k: bootstrap(np.array(v), rng) for k, v in per_object[method][n].items()
-            }  # fmt: skip
+    table = {
+        f"{m}/N={n}": {k: bootstrap(np.array(v), rng) for k, v in per_object[m][n].items()}
+        for m in METHODS
+        for n in VIEW_COUNTS
+    }
     paired = {}
     for n in VIEW_COUNTS:
         diffusion = {k: np.array(v) for k, v in per_object["diffusion"][n].items()}
@@ -152,12 +138,59 @@ def main(argv: list[str] | None = None) -> dict:
                 k: bootstrap(diffusion[k] - np.array(per_object[other][n][k]), rng) for k in diffusion
             }
     for method in ("diffusion", "upsrt"):
-        for key in ("psnr",):
-            first, last = (np.array(per_object[method][n][key]) for n in (1, 6))
-            paired[f"{method}: N=6 - N=1"] = {key: bootstrap(last - first, rng)}
-    views_total = len(objects) * args.queries * len(VIEW_COUNTS)
+        first, last = (np.array(per_object[method][n]["psnr"]) for n in (1, 6))
+        paired[f"{method}: N=6 - N=1"] = {"psnr": bootstrap(last - first, rng)}
+    return table, paired
+
+
+def print_table(table: dict, paired: dict) -> None:
+    """The rows with their intervals."""
+    print(f"{'row':<36}{'PSNR':>24}{'SSIM':>24}{'sharpness':>24}")
+    for name, row in {**table, **paired}.items():
+        cells = "".join(
+            f"{f'{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]':>24}" if (v := row.get(k)) else f"{'':>24}"
+            for k in ("psnr", "ssim", "sharpness")
+        )
+        print(f"{name:<36}{cells}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark (or merge partial runs), print the table, write the JSON (and the sample sheet)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="assets/toy-upfusion")
+    parser.add_argument("--objects", type=int, default=100)
+    parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument(
+        "--counts", default="1,2,3,6", help="input-view counts N to run (a partial run: a subset)"
+    )
+    parser.add_argument("--merge", nargs="+", default=None, help="partial JSONs (other --counts) to merge")
+    parser.add_argument("--chunk", type=int, default=25, help="objects per batched denoising loop")
+    parser.add_argument("--view-seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="results/upfusion_toy.json")
+    parser.add_argument("--samples", default="results/upfusion_samples.png")
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks.upfusion_toy " + " ".join(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(args.threads)
+    pipe = UpFusionPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.upsrt.config.image_size
+    seeds = split_seeds("heldout", args.objects)
+    objects = [{"seed": s, **object_views(s, args.queries, size, args.view_seed)} for s in seeds]
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        per_object = {m: {int(n): v for p in parts for n, v in p["per_object"][m].items()} for m in METHODS}
+        seconds = {m: sum(p["seconds"][m] for p in parts) for m in parts[0]["seconds"]}
+        command = " ; ".join([*(p["command"] for p in parts), command])
+    else:
+        per_object, seconds = measure(pipe, objects, [int(n) for n in args.counts.split(",")], args)
+    complete = all(n in per_object["diffusion"] for n in VIEW_COUNTS)
+    table, paired = summarize(per_object) if complete else ({}, {})
+    views_total = len(objects) * args.queries * len(per_object["diffusion"])
     result = {
-        "command": "python -m benchmarks.upfusion_toy " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "model": args.model,
         "objects": len(objects),
         "heldout_seeds": [seeds[0], seeds[-1]],
@@ -165,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "view_seed": args.view_seed,
+        "seconds": seconds,
         "seconds_per_query_view": {m: s / views_total for m, s in seconds.items()},
         "machine": {
             "platform": platform.platform(),
@@ -175,20 +209,16 @@ def main(argv: list[str] | None = None) -> dict:
         "table": table,
         "paired_differences": paired,
         "intervals": "mean [95% percentile bootstrap over objects, 4000 draws]",
+        "per_object": per_object,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{'row':<36}{'PSNR':>24}{'SSIM':>24}{'sharpness':>24}")
-    for name, row in {**table, **paired}.items():
-        cells = "".join(
-            f"{f'{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]':>24}" if (v := row.get(k)) else f"{'':>24}"
-            for k in ("psnr", "ssim", "sharpness")
-        )
-        print(f"{name:<36}{cells}")
+    if complete:
+        print_table(table, paired)
     print(
         "seconds per query view (CPU):", {m: round(s, 3) for m, s in result["seconds_per_query_view"].items()}
     )
-    if args.samples:
+    if args.samples and complete:
         sample_sheet(pipe, objects, args, Path(args.samples))
     return result
 
