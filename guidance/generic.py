@@ -261,6 +261,10 @@ class GenericAttnProcessor:
         self.share_key = ("GenericAttnProcessor", name)
         self._call = types.MethodType(_substituted(type(inner).__call__), inner)
         self._signature = inspect.signature(type(inner).__call__)
+        # diffusers' Attention.forward drops keyword arguments that `inspect.signature(processor.__call__)` does
+        # not name; the instance attribute shows it the wrapped processor's signature (calls still go through
+        # the class's `__call__` below).
+        self.__call__ = self._call
 
     @classmethod
     def around(cls, denoiser: torch.nn.Module, orders: dict, name: str) -> GenericAttnProcessor:
