@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="assets/toy-upfusion")
     parser.add_argument("--objects", type=int, default=100)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many held-out objects (tuning runs)")
     parser.add_argument("--queries", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=2.0)
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = UpFusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.upsrt.config.image_size
-    seeds = split_seeds("heldout", args.objects)
+    seeds = split_seeds("heldout", args.objects, args.offset)
     objects = [{"seed": s, **object_views(s, args.queries, size, args.view_seed)} for s in seeds]
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]

@@ -309,6 +309,9 @@ def query_poses(query_cameras: object, distance: float) -> torch.Tensor:
         return poses.reshape(-1, 4, 4)
     if not isinstance(query_cameras, Sequence) or isinstance(query_cameras, str) or not query_cameras:
         raise ValueError(f"query_cameras must be {allowed}; got {query_cameras!r:.80}")
+    if len(query_cameras) == 4 and all(isinstance(r, Sequence) and len(r) == 4 for r in query_cameras):
+        if all(_is_real(x) for r in query_cameras for x in r):  # one matrix as a nested list
+            return check_pose(query_cameras, "query_cameras")[None]
     poses = []
     for i, camera in enumerate(query_cameras):
         if isinstance(camera, Sequence) and len(camera) == 2 and all(_is_real(x) for x in camera):

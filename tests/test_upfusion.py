@@ -115,6 +115,8 @@ def test_angles_and_matrices_name_the_same_camera(pipe):
     by_angle = run(pipe, query_cameras=[(40, 10)])
     by_matrix = run(pipe, query_cameras=query_camera(40, 10, distance)[None])
     by_list = run(pipe, query_cameras=[query_camera(40, 10, distance).tolist()])
+    by_nested = run(pipe, query_cameras=query_camera(40, 10, distance).tolist())
+    torch.testing.assert_close(by_angle, by_nested)
     torch.testing.assert_close(by_angle, by_matrix)
     torch.testing.assert_close(by_angle, by_list)
 
