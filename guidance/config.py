@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from guidance.heads import SCALE_LIMIT, short_repr
 from guidance.softpag import IDENTITIES
 
 __all__ = [
-    "GuidanceError", "SOFTPAG_SETTINGS", "STRUCTURED_SETTINGS", "Setting", "SoftPAGConfig", "SoftPAGError",
-    "StructuredConfig", "StructuredError",
+    "GENERATION_SETTINGS", "GenerationConfig", "GenerationError", "GuidanceError", "SEARCH_SETTINGS",
+    "SOFTPAG_SETTINGS", "STRUCTURED_SETTINGS", "Setting", "SoftPAGConfig", "SoftPAGError", "StructuredConfig",
+    "StructuredError", "check_call_arguments", "check_text",
 ]  # fmt: skip
 
 STRUCTURED_MODES = ("key-value", "conjunction")
@@ -28,6 +30,10 @@ class GuidanceError(ValueError):
     """Bad settings for a guidance technique, or processors that another feature replaced.
 
     The message names the parameter, the value and what is allowed."""
+
+
+class GenerationError(GuidanceError):
+    """Bad generation settings (prompt, steps, CFG, size, seed, image count, batch size)."""
 
 
 class SoftPAGError(GuidanceError):
@@ -40,7 +46,10 @@ class StructuredError(SoftPAGError):
 
 @dataclass(frozen=True)
 class Setting:
-    """One call argument: its name, default, kind ("number", "integer", "choice", "bool", "text"), range, help."""
+    """One call argument: its name, default, kind ("number", "integer", "choice", "bool", "text"), range, help.
+
+    A setting whose default is None also accepts None ("not given"). For "text", `low` / `high` bound the
+    length in characters (`low=1`: not blank)."""
 
     name: str
     default: Any
@@ -60,31 +69,62 @@ class Setting:
         if self.kind == "number":
             return f"a finite number in [{self.low:g}, {self.high:g}]"
         if self.kind == "integer":
-            return f"an integer in [{self.low:g}, {self.high:g}]"
+            return f"an integer in [{int(self.low)}, {int(self.high)}]"
         if self.kind == "choice":
             return " or ".join(repr(c) for c in self.choices)
         if self.kind == "bool":
             return "True or False"
+        if self.high is not None:
+            return f"a string of at most {self.high:g} characters" + (", not blank" if self.low else "")
         return "a string"
 
     def check(self, value: Any, error: type[Exception] = GuidanceError, label: str | None = None) -> Any:
         """The value if allowed (numbers as float / int), else `error` naming the parameter and the range."""
         label = label or self.name
+        if value is None and self.default is None and self.kind != "choice":
+            return None
+        if self.kind == "text":
+            return check_text(value, label, error, self.low or 0, self.high)
         if self.kind in ("number", "integer"):
             integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
             real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            if self.kind == "integer" and not integral:
-                raise error(f"{label}={value!r} must be {self.allowed()}")
-            if not real or not math.isfinite(value):
-                raise error(f"{label}={value!r} must be {self.allowed()}")
+            if (
+                (self.kind == "integer" and not integral)
+                or not real
+                or not (integral or math.isfinite(value))
+            ):
+                raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
             if not self.low <= value <= self.high:
-                raise error(f"{label}={value!r} is out of range; allowed: {self.allowed()}")
+                raise error(f"{label}={short_repr(value)} is out of range; allowed: {self.allowed()}")
             return int(value) if self.kind == "integer" else float(value)
-        if self.kind == "choice" and value not in self.choices:
-            raise error(f"{label}={value!r} is not supported; allowed: {self.allowed()}")
+        if self.kind == "choice" and not any(type(value) is type(c) and value == c for c in self.choices):
+            raise error(f"{label}={short_repr(value)} is not supported; allowed: {self.allowed()}")
         if self.kind == "bool" and not isinstance(value, bool):
-            raise error(f"{label}={value!r} must be {self.allowed()}")
+            raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
         return value
+
+
+def check_text(
+    value: Any, label: str, error: type[Exception] = GuidanceError, low: float = 0, high: float | None = None
+) -> str:
+    """The value if it is a str of valid Unicode (no lone surrogates, no control characters but tab and
+    newline) with `low`..`high` characters (`low` counts non-blank ones), else `error` naming it."""
+    if not isinstance(value, str):
+        raise error(f"{label}={short_repr(value)} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{label}={short_repr(value)} is not valid Unicode text (undecodable bytes?)") from None
+    bad = next((c for c in value if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
+    if bad is not None:
+        raise error(
+            f"{label}={short_repr(value)} contains the control character {bad!r}; allowed: printable text"
+        )
+    if low and len(value.strip()) < low:
+        raise error(f"{label}={short_repr(value)} is empty; allowed: a non-blank string")
+    if high is not None and len(value) > high:
+        raise error(f"{label} has {len(value)} characters; allowed: at most {high:g}")
+    return value
 
 
 def _settings(*items: Setting) -> dict[str, Setting]:
@@ -97,7 +137,7 @@ SOFTPAG_SETTINGS = _settings(
     Setting("pag_heads", None, "text",
             help="Which attention heads to perturb, e.g. 'L2H1,L4H0' (layer 2 head 1, layer 4 head 0) or a "
                  "preset name. Empty: no head guidance."),
-    Setting("pag_scale", 3.0, "number", -100, 100,
+    Setting("pag_scale", 3.0, "number", -SCALE_LIMIT, SCALE_LIMIT,
             help="How strongly to steer away from the perturbed prediction (w). 0 = off; 1-3 is typical."),
     Setting("pag_strength", 1.0, "number", 0, 1,
             help="How far each chosen head's attention is pulled toward 'look only at yourself' (u): "
@@ -162,6 +202,97 @@ class SoftPAGConfig:
     def call_defaults(cls) -> dict[str, Any]:
         """{pipeline keyword: default} for every SoftPAG argument."""
         return {f"pag_{f.name}": f.default for f in fields(cls)}
+
+
+# -- Generation ------------------------------------------------------------------------------------------------
+
+PROMPT_LIMIT = 10_000  # characters; far beyond any text encoder's context, short enough to log and store
+SEED_LIMIT = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
+
+GENERATION_SETTINGS = _settings(
+    Setting("prompt", "", "text", 1, PROMPT_LIMIT, help="What to draw."),
+    Setting("negative_prompt", None, "text", 0, PROMPT_LIMIT, help="What to steer away from (with CFG)."),
+    Setting("num_inference_steps", 28, "integer", 1, 1000, help="Sampling steps."),
+    Setting("guidance_scale", 5.0, "number", 0, 100,
+            help="Classifier-free guidance scale (CFG); 1 or below turns CFG off."),
+    Setting("height", None, "integer", 8, 4096, help="Image height in pixels (default: the model's)."),
+    Setting("width", None, "integer", 8, 4096, help="Image width in pixels (default: the model's)."),
+    Setting("seed", 0, "integer", 0, SEED_LIMIT, help="Random seed of the first image."),
+    Setting("num_images", 1, "integer", 1, 1000, help="Images per prompt (seeds seed, seed+1, ...)."),
+    Setting("batch_size", 4, "integer", 1, 256, help="Images generated together in one call."),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Validated generation settings shared by the CLI, batch jobs and the demo (before any model loads).
+
+    None for `height` / `width` means the model's own size; `guidance_scale` and `num_inference_steps` are
+    always explicit here (front ends fill them from a model folder's recommendations first)."""
+
+    prompt: str
+    negative_prompt: str | None = GENERATION_SETTINGS["negative_prompt"].default
+    num_inference_steps: int = GENERATION_SETTINGS["num_inference_steps"].default
+    guidance_scale: float = GENERATION_SETTINGS["guidance_scale"].default
+    height: int | None = GENERATION_SETTINGS["height"].default
+    width: int | None = GENERATION_SETTINGS["width"].default
+    seed: int = GENERATION_SETTINGS["seed"].default
+    num_images: int = GENERATION_SETTINGS["num_images"].default
+    batch_size: int = GENERATION_SETTINGS["batch_size"].default
+
+    def __post_init__(self):
+        """Check every value; raise GenerationError naming the first bad one."""
+        for f in fields(self):
+            checked = GENERATION_SETTINGS[f.name].check(getattr(self, f.name), GenerationError)
+            object.__setattr__(self, f.name, checked)
+
+    def call_arguments(self) -> dict[str, Any]:
+        """The diffusers call arguments (those given; size only where set)."""
+        keys = ("negative_prompt", "num_inference_steps", "guidance_scale", "height", "width")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+# Call arguments of diffusers pipelines that this project checks itself before a call (`check_call_arguments`).
+CALL_SETTINGS = {
+    **{k: GENERATION_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "height", "width")},
+    "true_cfg_scale": Setting("true_cfg_scale", None, "number", 0, 100, help="FLUX true CFG scale."),
+    "num_images_per_prompt": Setting("num_images_per_prompt", None, "integer", 1, 1000),
+    "guidance_rescale": Setting("guidance_rescale", None, "number", 0, 1),
+}
+
+
+PROMPT_KEYS = tuple(f"{kind}prompt{n}" for n in ("", "_2", "_3") for kind in ("", "negative_"))
+
+
+def check_call_arguments(kwargs: dict[str, Any]) -> None:
+    """Check a pipeline call's numeric arguments and text prompts before any work; raise GenerationError.
+
+    Checks what the caller passed (None and absent mean the pipeline's default): steps, CFG scales, size,
+    image count, and `prompt` / `negative_prompt` strings (or lists of strings) for valid text. diffusers
+    would otherwise turn `guidance_scale=nan` into 'CFG off' and `num_inference_steps=0` into an image."""
+    for name, setting in CALL_SETTINGS.items():
+        if kwargs.get(name) is not None:
+            setting.check(kwargs[name], GenerationError)
+    for name in PROMPT_KEYS:
+        value = kwargs.get(name)
+        if isinstance(value, list | tuple):
+            for i, text in enumerate(value):
+                check_text(text, f"{name}[{i}]", GenerationError, 0, PROMPT_LIMIT)
+        elif value is not None:
+            check_text(value, name, GenerationError, 0, PROMPT_LIMIT)
+
+
+# -- Head search ---------------------------------------------------------------------------------------------
+
+SEARCH_SETTINGS = _settings(
+    Setting("k", 4, "integer", 1, 1024, help="Heads added per round."),
+    Setting("rounds", 1, "integer", 1, 100, help="Greedy rounds."),
+    Setting("search_strength", 1.0, "number", 0, 1, help="u while searching (paper: 1.0)."),
+    Setting("use_strength", 0.5, "number", 0, 1, help="u written into the preset (paper: ~0.5)."),
+    Setting("batch", 16, "integer", 1, 1024, help="Images per forward pass."),
+    Setting("max_drop", 0.05, "number", 0, 1e6, help="How far the guard objective may drop."),
+    Setting("size", None, "integer", 8, 4096, help="Image size during search (default: the model's)."),
+)  # fmt: skip
 
 
 # -- Structured cross-attention ------------------------------------------------------------------------------

@@ -20,9 +20,24 @@ from typing import Any
 
 PRESET_FORMAT = "headhunter-preset"
 ATTENTIONS = ("attn", "attn2")
+SCALE_LIMIT = 100.0  # |w| of a head group, the same bound as the pipelines' pag_scale
+MAX_INDEX = 99_999  # layer and head indices (the largest real models have fewer than 100 layers)
+MAX_GROUPS = 64
+MAX_HEADS = 10_000  # entries over all groups
+MAX_NAME = 100  # characters of a group name
+MAX_PRESET_BYTES = 1024 * 1024
+# Top-level preset keys: the structure, then metadata that search and the shipped presets write.
+PRESET_KEYS = {
+    "format": str, "version": int, "groups": list, "model": str, "architecture": str, "layers_x_heads": list,
+    "source": str, "created": str, "objective": str, "prompts": list, "scores": dict, "search": dict,
+    "name": str, "description": str,
+}  # fmt: skip
+# ASCII only: `\d` would also read "L０H０" (full-width digits) as L0H0.
 _ENTRY = re.compile(
-    r"^L(?P<layer>-?\d+)H(?P<head>-?\d+)(?:/(?P<attn>\w+))?(?:=(?P<u>[^\s,]+))?$", re.IGNORECASE
+    r"L(?P<layer>-?[0-9]+)H(?P<head>-?[0-9]+)(?:/(?P<attn>[A-Za-z0-9_]+))?(?:=(?P<u>[^\s,]+))?",
+    re.IGNORECASE | re.ASCII,
 )
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?|[+-]?(?:nan|inf)", re.IGNORECASE)
 
 
 class HeadSelectionError(ValueError):
@@ -88,18 +103,19 @@ class HeadSelection:
         """Build a selection from notation, a preset path, (layer, head[, u]) tuples, a dict or a selection."""
         if isinstance(value, HeadSelection):
             selection = value
+        elif isinstance(value, str) and is_notation(value):
+            selection = cls.from_text(value, parameter)
         elif isinstance(value, os.PathLike) or (
             isinstance(value, str) and value.strip().lower().endswith(".json")
         ):
             selection = cls.load(value, parameter)
         elif isinstance(value, str):
-            selection = cls(
-                tuple(_parse_group_text(text, i, parameter) for i, text in enumerate(value.split(";")))
-            )
+            selection = cls.from_text(value, parameter)
         elif isinstance(value, Mapping):
             selection = cls.from_json(value, parameter)
-        elif isinstance(value, Iterable):
-            selection = cls((HeadGroup(tuple(_entry_from_item(item, parameter) for item in value)),))
+        elif isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
+            items = _bounded_list(value, MAX_HEADS, "heads", parameter)
+            selection = cls((HeadGroup(tuple(_entry_from_item(item, parameter) for item in items)),))
         else:
             raise HeadSelectionError(
                 f"{parameter}={value!r} is not a head selection; pass a string such as 'L1H10,L5H3', "
@@ -109,36 +125,49 @@ class HeadSelection:
         return selection
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], parameter: str = "pag_heads") -> HeadSelection:
-        """Read the preset JSON structure (see `to_json`)."""
-        if "groups" not in data:
-            raise HeadSelectionError(
-                f"{parameter}: preset JSON needs a 'groups' list, got keys {sorted(data)}"
-            )
+    def from_text(cls, text: str, parameter: str = "pag_heads") -> HeadSelection:
+        """Read the notation: groups separated by ';', entries by commas or spaces."""
+        return cls(tuple(_parse_group_text(part, i, parameter) for i, part in enumerate(text.split(";"))))
+
+    @classmethod
+    def from_json(cls, data: Any, parameter: str = "pag_heads") -> HeadSelection:
+        """Read the preset JSON structure (see `to_json`), checked against the preset schema (`PRESET_KEYS`)."""
+        _check_preset_keys(data, parameter)
         groups = []
-        for i, group in enumerate(data["groups"]):
-            if not isinstance(group, Mapping) or "heads" not in group:
-                raise HeadSelectionError(f"{parameter}: groups[{i}] must be an object with a 'heads' list")
-            scale = group.get("scale")
-            if scale is not None and not _finite_number(scale):
-                raise HeadSelectionError(f"{parameter}: groups[{i}].scale={scale!r} must be a finite number")
-            heads = tuple(_entry_from_item(item, parameter) for item in group["heads"])
-            groups.append(HeadGroup(heads, str(group.get("name", f"group{i}")), scale))
+        for i, group in enumerate(_bounded_list(data["groups"], MAX_GROUPS, "groups", parameter)):
+            if (
+                not isinstance(group, Mapping)
+                or set(group) - {"name", "heads", "scale"}
+                or "heads" not in group
+            ):
+                raise HeadSelectionError(
+                    f"{parameter}: groups[{i}] must be an object with a 'heads' list and optional 'name', "
+                    f"'scale'; got {short_repr(group)}"
+                )
+            items = _bounded_list(group["heads"], MAX_HEADS, f"groups[{i}].heads", parameter)
+            heads = tuple(_entry_from_item(item, parameter) for item in items)
+            name = group.get("name", f"group{i}")
+            groups.append(HeadGroup(heads, name, group.get("scale")))
         metadata = {k: v for k, v in data.items() if k not in ("groups", "format", "version")}
         return cls(tuple(groups), metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, parameter: str = "pag_heads") -> HeadSelection:
-        """Load a preset JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise HeadSelectionError(f"{parameter}: preset file {str(path)!r} does not exist")
+        """Load a preset JSON file (UTF-8, at most `MAX_PRESET_BYTES`)."""
+        where = f"{parameter}: preset file {short_repr(str(path))}"
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise HeadSelectionError(
-                f"{parameter}: preset file {str(path)!r} is not valid JSON: {error}"
-            ) from None
+            path = Path(path)
+            if not path.is_file():
+                raise HeadSelectionError(f"{where} does not exist")
+            if path.stat().st_size > MAX_PRESET_BYTES:
+                raise HeadSelectionError(f"{where} is larger than {MAX_PRESET_BYTES // 1024} KiB")
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as error:
+            raise HeadSelectionError(f"{where} cannot be read: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise HeadSelectionError(f"{where} is not UTF-8 text") from None
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise HeadSelectionError(f"{where} is not valid JSON: {error}") from None
         return cls.from_json(data, parameter)
 
     # -- output -------------------------------------------------------------------------------------------
@@ -176,10 +205,23 @@ class HeadSelection:
         return tuple(h for g in self.groups for h in g.heads)
 
     def check(self, parameter: str = "pag_heads") -> None:
-        """Checks that need no model: non-empty, strengths in [0, 1], no duplicates within a group."""
+        """Checks that need no model, also for selections built directly: types, sizes, indices, strengths in
+        [0, 1], group scales within +-SCALE_LIMIT, names, no duplicates within a group."""
+        if not isinstance(self.groups, tuple | list) or not all(
+            isinstance(g, HeadGroup) for g in self.groups
+        ):
+            raise HeadSelectionError(
+                f"{parameter}: groups must be a tuple of HeadGroup, got {short_repr(self.groups)}"
+            )
         if not self.groups or any(not g.heads for g in self.groups):
             raise HeadSelectionError(f"{parameter}: a head selection needs at least one head in every group")
+        if len(self.groups) > MAX_GROUPS or len(self.entries) > MAX_HEADS:
+            raise HeadSelectionError(
+                f"{parameter}: {len(self.groups)} groups / {len(self.entries)} heads; allowed: at most "
+                f"{MAX_GROUPS} groups and {MAX_HEADS} heads"
+            )
         for group in self.groups:
+            _check_group(group, parameter)
             seen = set()
             for head in group.heads:
                 key = (head.layer, head.head, head.attention)
@@ -192,7 +234,12 @@ class HeadSelection:
     def validate(
         self, heads_per_layer: Mapping[str, Mapping[int, int]], parameter: str = "pag_heads"
     ) -> None:
-        """Check every entry against the model: `heads_per_layer[attention][layer]` = number of heads."""
+        """Check every entry against the model: `heads_per_layer[attention][layer]` = number of heads.
+
+        A preset that records the shape it was made for (`layers_x_heads`) is refused on a model of another
+        shape, naming the model it is for."""
+        self.check(parameter)
+        self._check_shape(heads_per_layer.get("attn", {}), parameter)
         for head in self.entries:
             layers = heads_per_layer.get(head.attention, {})
             if not layers:
@@ -211,34 +258,137 @@ class HeadSelection:
                     f"heads 0..{layers[head.layer] - 1}"
                 )
 
+    def _check_shape(self, layers: Mapping[int, int], parameter: str) -> None:
+        """Refuse a preset made for a model of another shape (layers x heads of the main attention)."""
+        shape = self.metadata.get("layers_x_heads") if isinstance(self.metadata, Mapping) else None
+        if not layers or not isinstance(shape, list) or len(shape) != 2:
+            return
+        here = [len(layers), max(layers.values())]
+        if list(shape) != here:
+            model = self.metadata.get("model", "another model")
+            raise HeadSelectionError(
+                f"{parameter}: this preset is for {model} ({shape[0]} layers x {shape[1]} heads); the loaded model "
+                f"has {here[0]} layers x {here[1]} heads. Use a preset made for it (headhunter presets list) or "
+                "name heads directly"
+            )
+
+
+def is_notation(text: str) -> bool:
+    """True if `text` reads as heads in the paper's notation (so it is neither a preset name nor a path)."""
+    parts = [part.rpartition(":")[2] for part in text.split(";")]
+    items = [t for part in parts for t in re.split(r"[\s,]+", part.strip(), flags=re.ASCII) if t]
+    return bool(items) and all(_ENTRY.fullmatch(t) for t in items)
+
 
 # -------------------------------------------------------------------------------------------------------------
-# Parsing helpers
+# Parsing and checking helpers
 # -------------------------------------------------------------------------------------------------------------
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters so that an error message stays one readable line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return "<an integer with thousands of digits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _bounded_list(value: Any, limit: int, what: str, parameter: str) -> list:
+    """`value` as a list of at most `limit` items, else HeadSelectionError naming `what`."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise HeadSelectionError(f"{parameter}: {what} must be a list, got {short_repr(value)}")
+    items = []
+    for item in value:
+        items.append(item)
+        if len(items) > limit:
+            raise HeadSelectionError(f"{parameter}: {what} has more than {limit} entries")
+    return items
+
+
+def _check_preset_keys(data: Any, parameter: str) -> None:
+    """The preset's top level: an object with a 'groups' list, known keys of the right types."""
+    if not isinstance(data, Mapping):
+        raise HeadSelectionError(
+            f"{parameter}: a preset must be a JSON object with a 'groups' list, got {type(data).__name__} "
+            f"{short_repr(data)}"
+        )
+    if "groups" not in data:
+        raise HeadSelectionError(
+            f"{parameter}: preset JSON needs a 'groups' list, got keys {sorted(map(str, data))}"
+        )
+    for key, value in data.items():
+        kind = PRESET_KEYS.get(key)
+        if kind is None:
+            raise HeadSelectionError(
+                f"{parameter}: unknown preset key {short_repr(key)}; allowed: {', '.join(sorted(PRESET_KEYS))}"
+            )
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise HeadSelectionError(
+                f"{parameter}: preset key {key!r}={short_repr(value)} must be a JSON {_JSON_NAMES[kind]}"
+            )
+    if data.get("format", PRESET_FORMAT) != PRESET_FORMAT or data.get("version", 1) != 1:
+        raise HeadSelectionError(
+            f"{parameter}: preset format {data.get('format')!r} version {data.get('version')!r} is not "
+            f"supported; allowed: {PRESET_FORMAT!r} version 1"
+        )
+
+
+_JSON_NAMES = {str: "string", int: "integer", list: "list", dict: "object"}
+
+
+def _check_group(group: HeadGroup, parameter: str) -> None:
+    """A group's name (a short string) and scale (None or a finite number within +-SCALE_LIMIT)."""
+    if not isinstance(group.name, str) or not 0 < len(group.name) <= MAX_NAME or not group.name.isprintable():
+        raise HeadSelectionError(
+            f"{parameter}: group name {short_repr(group.name)} must be printable text of 1..{MAX_NAME} characters"
+        )
+    scale = group.scale
+    if scale is not None and (not _finite_number(scale) or abs(scale) > SCALE_LIMIT):
+        raise HeadSelectionError(
+            f"{parameter}: group {group.name!r}: scale={short_repr(scale)} must be a finite number in "
+            f"[{-SCALE_LIMIT:g}, {SCALE_LIMIT:g}] (the range of pag_scale)"
+        )
+    for head in group.heads:
+        if not isinstance(head, HeadEntry):
+            raise HeadSelectionError(
+                f"{parameter}: group {group.name!r}: {short_repr(head)} is not a HeadEntry"
+            )
+        _make_entry(head.layer, head.head, head.strength, head.attention, _label(head), parameter)
+
+
+def _label(head: HeadEntry) -> str:
+    """The entry's label, or its repr where a field is not what the label needs."""
+    try:
+        return head.label
+    except (TypeError, ValueError):
+        return short_repr(head)
+
+
 def _check_strength(u: Any, label: str, parameter: str) -> float | None:
     if u is None:
         return None
     if not _finite_number(u) or not 0.0 <= u <= 1.0:
-        raise HeadSelectionError(f"{parameter}: entry {label}: strength u={u!r} must be a number in [0, 1]")
+        raise HeadSelectionError(
+            f"{parameter}: entry {label}: strength u={short_repr(u)} must be a number in [0, 1]"
+        )
     return float(u)
 
 
 def _check_index(value: Any, what: str, label: str, parameter: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INDEX:
         raise HeadSelectionError(
-            f"{parameter}: entry {label}: {what} index {value!r} must be a non-negative integer"
+            f"{parameter}: entry {label}: {what} index {short_repr(value)} must be an integer in 0..{MAX_INDEX}"
         )
     return value
 
 
 def _make_entry(layer: Any, head: Any, u: Any, attention: Any, label: str, parameter: str) -> HeadEntry:
-    if attention not in ATTENTIONS:
+    if not isinstance(attention, str) or attention not in ATTENTIONS:
         raise HeadSelectionError(
             f"{parameter}: entry {label}: attention {attention!r} must be one of {ATTENTIONS}"
         )
@@ -251,20 +401,29 @@ def _make_entry(layer: Any, head: Any, u: Any, attention: Any, label: str, param
 
 
 def _entry_from_text(text: str, parameter: str) -> HeadEntry:
-    match = _ENTRY.match(text)
+    match = _ENTRY.fullmatch(text)
     if not match:
         raise HeadSelectionError(
-            f"{parameter}: cannot read {text!r}; write heads as L<layer>H<head>, e.g. 'L1H10', 'L1H10=0.5'"
+            f"{parameter}: cannot read {short_repr(text)}; write heads as L<layer>H<head> with ASCII digits, e.g. "
+            "'L1H10', 'L1H10=0.5'"
         )
+    label = text if len(text) <= 60 else short_repr(text)
     u = match["u"]
     if u is not None:
-        try:
-            u = float(u)
-        except ValueError:
-            raise HeadSelectionError(f"{parameter}: entry {text!r}: strength {u!r} is not a number") from None
-    return _make_entry(
-        int(match["layer"]), int(match["head"]), u, (match["attn"] or "attn").lower(), text, parameter
-    )
+        if not _NUMBER.fullmatch(u):
+            raise HeadSelectionError(f"{parameter}: entry {label}: strength {short_repr(u)} is not a number")
+        u = float(u)
+    layer, head = (_index_from_text(match[k], k, label, parameter) for k in ("layer", "head"))
+    return _make_entry(layer, head, u, (match["attn"] or "attn").lower(), label, parameter)
+
+
+def _index_from_text(digits: str, what: str, label: str, parameter: str) -> int:
+    """A layer or head index from its digits; too many digits is an error, not Python's digit-limit error."""
+    if len(digits.lstrip("-")) > len(str(MAX_INDEX)):
+        raise HeadSelectionError(
+            f"{parameter}: entry {label}: {what} index has {len(digits)} digits; allowed: 0..{MAX_INDEX}"
+        )
+    return int(digits)
 
 
 def _entry_from_item(item: Any, parameter: str) -> HeadEntry:
@@ -273,7 +432,7 @@ def _entry_from_item(item: Any, parameter: str) -> HeadEntry:
     if isinstance(item, str):
         return _entry_from_text(item.strip(), parameter)
     if isinstance(item, Mapping):
-        label = json.dumps(dict(item))
+        label = short_repr(dict(item))
         unknown = set(item) - {"layer", "head", "strength", "attention"}
         if unknown or "layer" not in item or "head" not in item:
             raise HeadSelectionError(
@@ -285,14 +444,16 @@ def _entry_from_item(item: Any, parameter: str) -> HeadEntry:
     if isinstance(item, tuple | list) and len(item) in (2, 3):
         return _make_entry(*item, *([None] * (3 - len(item))), "attn", repr(tuple(item)), parameter)
     raise HeadSelectionError(
-        f"{parameter}: entry {item!r} must be 'L<l>H<h>', (layer, head) or (layer, head, u)"
+        f"{parameter}: entry {short_repr(item)} must be 'L<l>H<h>', (layer, head) or (layer, head, u)"
     )
 
 
 def _parse_group_text(text: str, index: int, parameter: str) -> HeadGroup:
     name, _, body = text.rpartition(":")
     name = name.strip() or ("heads" if index == 0 else f"group{index}")
-    items = [t for t in re.split(r"[\s,]+", body.strip()) if t]
+    items = [t for t in re.split(r"[\s,]+", body.strip(), flags=re.ASCII) if t]
+    if len(items) > MAX_HEADS:
+        raise HeadSelectionError(f"{parameter}: more than {MAX_HEADS} heads")
     return HeadGroup(tuple(_entry_from_text(t, parameter) for t in items), name)
 
 

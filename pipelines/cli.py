@@ -1,31 +1,69 @@
-"""The `headhunter` command line: generate with SoftPAG heads, list and show head presets."""
+"""The `headhunter` command line: generate with SoftPAG heads, search heads, run batch jobs, list and show presets.
+
+Every input that needs no model is checked before a model loads (by the config objects of `guidance.config`);
+an error is one line on stderr and exit code 2 (1 for a failure while running); `--debug` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import textwrap
+import traceback
 from pathlib import Path
 
-from guidance.config import SOFTPAG_SETTINGS, Setting
-from guidance.heads import HeadSelection, HeadSelectionError
+from guidance.config import (
+    GENERATION_SETTINGS,
+    SEARCH_SETTINGS,
+    SOFTPAG_SETTINGS,
+    GenerationConfig,
+    GuidanceError,
+    Setting,
+    SoftPAGConfig,
+)
+from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from pipelines.settings import (
     DEFAULT_MODEL,
     DTYPES,
+    OutputError,
+    check_model,
+    check_writable_folder,
     list_presets,
     model_call_extras,
     png_parameters,
+    png_target,
     recommended_settings,
     resolve_heads,
     save_png,
 )
 
 TYPES = {"number": float, "integer": int, "text": str}
+PAG_FLAGS = [SOFTPAG_SETTINGS[k] for k in ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start",
+                                           "pag_stop")]  # fmt: skip
+# Generation settings whose flag is not `--<name>`.
+FLAG_NAMES = {"num_inference_steps": "--steps"}
+GENERATION_FLAGS = [
+    GENERATION_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "height", "width")
+]
+MAX_FILE_BYTES = 64 * 1024 * 1024  # job, prompt and config files
 
 
-def _given(value, default):
-    """The flag's value when it was given (0 and negative numbers included), else the default."""
-    return default if value is None else value
+class CLIError(ValueError):
+    """A command-line input that cannot be used; the message names the flag, the value and what is allowed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors raised as CLIError (one line), not printed with the usage."""
+
+    def error(self, message: str):
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def flag_of(setting: Setting) -> str:
+    """The command-line flag of a setting (`--pag-scale`, `--steps`)."""
+    return FLAG_NAMES.get(setting.name, setting.flag)
 
 
 def add_setting_flags(
@@ -41,91 +79,203 @@ def add_setting_flags(
         if defaults and setting.default is not None:
             kwargs["default"] = setting.default
             kwargs["help"] += f" (default: {setting.default})"
-        parser.add_argument(setting.flag, **kwargs)
+        parser.add_argument(flag_of(setting), **kwargs)
 
 
-PAG_FLAGS = [SOFTPAG_SETTINGS[k] for k in ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start",
-                                           "pag_stop")]  # fmt: skip
+def check_flags(args: argparse.Namespace, settings: list[Setting]) -> None:
+    """Check every given flag of `settings` by its config setting; errors name the flag."""
+    for setting in settings:
+        value = getattr(args, setting.name, None)
+        if value is not None:
+            setting.check(value, GuidanceError, flag_of(setting))
 
 
-def _generate(args: argparse.Namespace) -> int:
+# -------------------------------------------------------------------------------------------------------------
+# Checks shared by the commands (all before a model loads)
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _given(value, default):
+    """The flag's value when it was given (0 and negative numbers included), else the default."""
+    return default if value is None else value
+
+
+def _device(value: str | None) -> str:
+    """The device to run on: the flag's, checked to exist here, else cuda when available, else cpu."""
+    import torch
+
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise CLIError(
+            f"--device {short_repr(value)} is not a device; allowed: cpu, cuda, cuda:N, mps"
+        ) from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise CLIError(
+            f"--device {value!r}: {device.type} is not available on this machine; use --device cpu"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return value
+
+
+def _read_text(path: str, flag: str) -> str:
+    """A UTF-8 text file of at most MAX_FILE_BYTES, else CLIError naming the flag and the file."""
+    file = Path(path)
+    try:
+        if not file.is_file():
+            raise CLIError(f"{flag} {str(path)!r}: no such file")
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise CLIError(f"{flag} {str(path)!r} is larger than {MAX_FILE_BYTES // 2**20} MiB")
+        data = file.read_bytes()
+    except OSError as error:
+        raise CLIError(f"{flag} {short_repr(str(path))}: {error.strerror or error}") from None
+    if b"\0" in data:
+        raise CLIError(f"{flag} {str(path)!r} is a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CLIError(f"{flag} {str(path)!r} is not UTF-8 text") from None
+
+
+def _heads(args: argparse.Namespace) -> str | None:
+    """`--pag-heads` as heads, a preset path or None, with every SoftPAG flag checked (no model needed)."""
+    check_flags(args, PAG_FLAGS)
+    heads = resolve_heads(args.pag_heads, "--pag-heads")
+    if not heads or not heads.strip():
+        return None
+    config = {s.name.removeprefix("pag_"): getattr(args, s.name) for s in PAG_FLAGS if s.name != "pag_heads"}
+    SoftPAGConfig(heads=heads, **{k: v for k, v in config.items() if v is not None})
+    HeadSelection.parse(heads, "--pag-heads")
+    return heads
+
+
+def _load(model: str, dtype: str, device: str):
+    """The HeadHunter pipeline of a checked model, on its device, progress bar off."""
     import torch
 
     from pipelines.headhunter import HeadHunterPipeline
 
-    if not args.out.lower().endswith(".png"):
-        raise SystemExit(f"--out {args.out!r} must name a .png file")
-    defaults = recommended_settings(args.model)
-    steps = _given(args.steps, defaults.get("num_inference_steps", 28))
-    cfg = _given(args.guidance_scale, defaults.get("guidance_scale", 5.0))
-    size = defaults.get("height")
-    dtype = getattr(torch, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    heads = resolve_heads(args.pag_heads)
-    if heads:
-        HeadSelection.parse(heads, "--pag-heads")  # fail before loading a model
-    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=dtype).to(device)
-    call = dict(
-        model_call_extras(args.model),
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        height=_given(args.height, size),
-        width=_given(args.width, size),
+    pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _heads_per_layer(pipe) -> dict:
+    from guidance.layouts import layout_of
+    from guidance.swap import denoiser_of
+
+    return layout_of(denoiser_of(pipe)).heads_per_layer
+
+
+# -------------------------------------------------------------------------------------------------------------
+# generate
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _generation(args: argparse.Namespace, recommended: dict) -> GenerationConfig:
+    """The checked generation settings: flags, else the model folder's recommendation, else the config's."""
+    check_flags(
+        args, [GENERATION_SETTINGS[k] for k in ("prompt", "negative_prompt", "seed")] + GENERATION_FLAGS
     )
-    if args.negative_prompt is not None:
-        call["negative_prompt"] = args.negative_prompt
-    pag = dict(
-        pag_heads=heads, pag_scale=args.pag_scale, pag_strength=args.pag_strength,
-        pag_identity=args.pag_identity, pag_start=args.pag_start, pag_stop=args.pag_stop,
-    )  # fmt: skip
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    image = pipe(args.prompt, generator=generator, **call, **(pag if heads else {})).images[0]
-    settings = {"model": str(args.model), "seed": args.seed, **call, **(pag if heads else {})}
-    out = Path(args.out)
-    save_png(image, out, png_parameters(args.prompt, args.negative_prompt, settings), settings)
-    print(out)
+    values = {s.name: _given(getattr(args, s.name), recommended.get(s.name)) for s in GENERATION_FLAGS}
+    values["width"] = _given(args.width, recommended.get("width", values["height"]))
+    given = {k: v for k, v in values.items() if v is not None}
+    return GenerationConfig(args.prompt, args.negative_prompt, seed=args.seed, **given)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """Generate one image (and its unguided twin with --compare) into a file that did not exist."""
+    import torch
+
+    model = check_model(args.model)
+    recommended = recommended_settings(model)
+    generation = _generation(args, recommended)
+    heads = _heads(args)
+    target = png_target(args.out, args.name, args.overwrite, ("-unguided",) if args.compare and heads else ())
+    pipe = _load(model, args.dtype, _device(args.device))
+    if heads:
+        HeadSelection.parse(heads, "--pag-heads").validate(_heads_per_layer(pipe), "--pag-heads")
+    call = dict(model_call_extras(model), **generation.call_arguments())
+    pag = {**{s.name: getattr(args, s.name) for s in PAG_FLAGS}, "pag_heads": heads} if heads else {}
+
+    def write(path: Path, extra: dict) -> None:
+        generator = torch.Generator(device="cpu").manual_seed(generation.seed)
+        image = pipe(generation.prompt, generator=generator, **call, **extra).images[0]
+        settings = {"model": str(args.model), "seed": generation.seed, **call, **extra}
+        save_png(
+            image, path, png_parameters(generation.prompt, generation.negative_prompt, settings), settings
+        )
+        print(path)
+
+    write(target, pag)
     if args.compare and heads:
-        plain = pipe(
-            args.prompt, generator=torch.Generator(device="cpu").manual_seed(args.seed), **call
-        ).images[0]
-        plain_out = out.with_name(out.stem + "-unguided.png")
-        base = {"model": str(args.model), "seed": args.seed, **call}
-        save_png(plain, plain_out, png_parameters(args.prompt, args.negative_prompt, base), base)
-        print(plain_out)
+        write(target.with_name(target.stem + "-unguided.png"), {})
     return 0
 
 
+# -------------------------------------------------------------------------------------------------------------
+# search
+# -------------------------------------------------------------------------------------------------------------
+
+
 def _read_prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt values and the lines of --prompts, each checked as a prompt."""
     prompts = list(args.prompt or [])
     if args.prompts:
-        prompts += [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        prompts += [
+            line.strip() for line in _read_text(args.prompts, "--prompts").splitlines() if line.strip()
+        ]
     if not prompts:
-        raise SystemExit("headhunter search: give --prompt (repeatable) or --prompts FILE")
+        raise CLIError("headhunter search: give --prompt (repeatable) or --prompts FILE")
+    for prompt in prompts:
+        GENERATION_SETTINGS["prompt"].check(prompt, GuidanceError, "--prompt")
     return prompts
+
+
+def _check_search(args: argparse.Namespace) -> list[str]:
+    """Every search flag that needs no model; returns the prompts."""
+    check_flags(args, [*SEARCH_SETTINGS.values(), *GENERATION_FLAGS[:2], *PAG_FLAGS[1:4]])
+    for seed in args.seeds:
+        GENERATION_SETTINGS["seed"].check(seed, GuidanceError, "--seeds")
+    if len(args.seeds) != len(set(args.seeds)):
+        raise CLIError(f"--seeds {args.seeds}: each seed once")
+    kind, _, scorer = args.objective.partition(":")
+    if kind in ("clip", "pickscore"):
+        check_model(scorer, f"--objective {kind}:")
+    check_writable_folder(args.out, "--out")
+    return _read_prompts(args)
 
 
 def _search(args: argparse.Namespace) -> int:
     """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out."""
-    import torch
-
+    from guidance.layouts import layout_of
     from guidance.objectives import get_objective
-    from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
-    from pipelines.headhunter import HeadHunterPipeline
+    from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset, search_profile
+    from guidance.swap import denoiser_of
 
+    model = check_model(args.model)
+    prompts = _check_search(args)
+    get_objective(args.objective)  # an unknown name fails before the model loads
+    pipe = _load(model, args.dtype, _device(args.device))
+    arch = layout_of(denoiser_of(pipe)).arch
+    profile = search_profile(args.profile, arch)
+    recommended = recommended_settings(model)
+    defaults = dict(steps=recommended.get("num_inference_steps", 28), size=recommended.get("height"),
+                    guidance_scale=recommended.get("guidance_scale", 5.0))  # fmt: skip
+    objective = get_objective(args.objective, args.guard, args.max_drop, profile.min_score(args.guard),
+                              profile.clip_prefix)  # fmt: skip
+    settings = SearchSettings.from_profile(
+        args.profile, arch, prompts, args.seeds, defaults, steps=args.num_inference_steps, size=args.size,
+        guidance_scale=args.guidance_scale, pag_scale=args.pag_scale, strength=args.search_strength,
+        identity=args.pag_identity, batch=args.batch, k=args.k, rounds=args.rounds, model=str(args.model),
+        objective=objective.name, extra=model_call_extras(model),
+    )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    defaults = recommended_settings(args.model)
-    objective = get_objective(args.objective, args.guard, args.max_drop)
-    settings = SearchSettings(
-        prompts=_read_prompts(args), seeds=args.seeds, steps=_given(args.steps, defaults.get("num_inference_steps", 28)),
-        size=_given(args.size, defaults.get("height")),
-        guidance_scale=_given(args.guidance_scale, defaults.get("guidance_scale", 5.0)),
-        pag_scale=args.pag_scale, strength=args.search_strength, identity=args.pag_identity, batch=args.batch,
-        model=str(args.model), objective=objective.name, extra=model_call_extras(args.model),
-    )  # fmt: skip
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
-    pipe.set_progress_bar_config(disable=True)
     search = HeadSearch(pipe, objective, settings, cache=out / "cache")
     report = [f"# Head search: {objective.name}", "", f"model `{args.model}`, {len(settings.prompts)} prompts x "
               f"{len(settings.seeds)} seeds, {settings.steps} steps, CFG {settings.guidance_scale}, "
@@ -141,7 +291,7 @@ def _search(args: argparse.Namespace) -> int:
         layers = search.layer_scores()
         report += ["", "layer-level PAG: " + ", ".join(f"L{layer} {v:.4f}" for layer, v in layers.items())]
         scores["layers"] = {f"L{layer}": v for layer, v in layers.items()}
-    history = search.greedy(args.k, args.rounds)
+    history = search.greedy()
     for record in history:
         report.append(f"round {record['round']}: +{', '.join(record['added'])} -> {record['score']:.4f}")
     scores["rounds"] = history
@@ -155,33 +305,49 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch(args: argparse.Namespace) -> int:
-    """Validate a job file, generate what is not done yet, merge manifests, print a summary."""
-    import torch
+# -------------------------------------------------------------------------------------------------------------
+# batch
+# -------------------------------------------------------------------------------------------------------------
 
-    from guidance.layouts import layout_of
-    from guidance.ranks import barrier
-    from guidance.swap import denoiser_of
-    from pipelines.batch import FIELDS, BatchRunner, JobFileError, plan, print_problems
-    from pipelines.headhunter import HeadHunterPipeline
 
-    recommended = recommended_settings(args.model)
+def _batch_defaults(args: argparse.Namespace, model: str) -> dict:
+    """Job defaults: the model's recommendations < --config < flags, each checked."""
+    from pipelines.batch import FIELDS
+
+    check_flags(args, [*GENERATION_FLAGS, GENERATION_SETTINGS["batch_size"], *PAG_FLAGS])
+    recommended = recommended_settings(model)
     defaults = {k: v for k, v in recommended.items() if k in FIELDS}
     defaults.update(
         height=recommended.get("height"), width=recommended.get("width", recommended.get("height"))
     )
     if args.config:
-        defaults.update(json.loads(Path(args.config).read_text()))
-    flags = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, height=args.height,
-                 width=args.width, **{s.name: getattr(args, s.name) for s in PAG_FLAGS})  # fmt: skip
+        try:
+            config = json.loads(_read_text(args.config, "--config"))
+        except json.JSONDecodeError as error:
+            raise CLIError(f"--config {args.config!r} is not valid JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise CLIError(
+                f"--config {args.config!r} must hold a JSON object of defaults, not {type(config).__name__}"
+            )
+        defaults.update(config)
+    flags = {s.name: getattr(args, s.name) for s in [*GENERATION_FLAGS, *PAG_FLAGS]}
     defaults.update({k: v for k, v in flags.items() if v is not None})
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = HeadHunterPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    denoiser = denoiser_of(pipe)
+    return defaults
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """Validate a job file (before and after loading the model), generate what is not done, print a summary."""
+    from guidance.ranks import barrier
+    from pipelines.batch import BatchRunner, JobFileError, plan, print_problems
+
+    model = check_model(args.model)
+    defaults = _batch_defaults(args, model)
+    check_writable_folder(args.out, "--out")
+    device = _device(args.device)
     try:
-        items, problems = plan(args.jobs, defaults, layout_of(denoiser).heads_per_layer, resolve_heads,
-                               args.skip_invalid)  # fmt: skip
+        plan(args.jobs, defaults, None, resolve_heads, args.skip_invalid)  # everything but the model's heads
+        pipe = _load(model, args.dtype, device)
+        items, problems = plan(args.jobs, defaults, _heads_per_layer(pipe), resolve_heads, args.skip_invalid)
     except JobFileError as error:
         print(f"headhunter batch: {error}", file=sys.stderr)
         return 2
@@ -189,7 +355,7 @@ def _batch(args: argparse.Namespace) -> int:
         print(f"headhunter batch: skipping {len(problems)} invalid line(s):", file=sys.stderr)
         print_problems(problems)
     runner = BatchRunner(
-        pipe, str(args.model), args.out, args.batch_size, resolve_heads, model_call_extras(args.model)
+        pipe, str(args.model), args.out, args.batch_size, resolve_heads, model_call_extras(model)
     )
     counts = runner.run(items, progress=not args.quiet)
     if runner.world > 1:
@@ -201,114 +367,194 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] or problems else 0
 
 
-def _presets(args: argparse.Namespace) -> int:
-    if args.action == "list":
-        for name, data in list_presets():
-            model = data.get("model", "?")
-            source = data.get("source", "")[:60]
-            heads = sum(len(g["heads"]) for g in data.get("groups", []))
-            print(f"{name:<28} {model:<36} {heads:>3} heads  {source}")
-        return 0
-    path = Path(resolve_heads(args.name) or args.name)
-    print(json.dumps(HeadSelection.load(path, "name").to_json(), indent=2))
+# -------------------------------------------------------------------------------------------------------------
+# presets
+# -------------------------------------------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]], header: list[str] | None = None, width: int | None = None) -> str:
+    """Rows as aligned columns under an optional header; the last column wraps at word boundaries to fit
+    `width` (the terminal's)."""
+    width = width or shutil.get_terminal_size((110, 24)).columns
+    cells = [header, *rows] if header else rows
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    last = max(20, width - indent)
+    lines = []
+    for row in cells:
+        wrapped = textwrap.wrap(row[-1], last, break_long_words=False, break_on_hyphens=False) or [""]
+        lead = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
+        lines.append((lead + wrapped[0]).rstrip())
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def _preset_shape(data: dict) -> str:
+    shape = data.get("layers_x_heads")
+    return f"{shape[0]} x {shape[1]}" if isinstance(shape, list) and len(shape) == 2 else "-"
+
+
+def _presets_list() -> int:
+    rows = []
+    for name, data in list_presets():
+        heads = sum(len(g.get("heads", [])) for g in data.get("groups", []))
+        rows.append(
+            [name, str(data.get("model", "?")), _preset_shape(data), str(heads), str(data.get("source", ""))]
+        )
+    print(table(rows, ["name", "model", "layers x heads", "heads", "source"]))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `headhunter`."""
-    parser = argparse.ArgumentParser(prog="headhunter", description="Attention-head guidance for diffusers.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _presets_show(name: str | None) -> int:
+    if not name:
+        raise CLIError("headhunter presets show: give a preset name or path")
+    path = resolve_heads(name, "name")
+    if not str(path).lower().endswith(".json"):
+        raise CLIError(f"presets show {name!r}: no such preset; see `headhunter presets list`")
+    selection = HeadSelection.load(path, "name")
+    meta = selection.metadata
+    about = [["preset", Path(path).stem], ["model", str(meta.get("model", "?"))],
+             ["layers x heads", _preset_shape(dict(meta))], ["source", str(meta.get("source", ""))]]  # fmt: skip
+    print(table(about))
+    print()
+    scale = SOFTPAG_SETTINGS["pag_scale"]
+    rows = [[g.name, h.label.split("=")[0], "call's --pag-strength" if h.strength is None else f"{h.strength:g}",
+             f"--pag-scale ({scale.default:g})" if g.scale is None else f"{g.scale:g}"]
+            for g in selection.groups for h in g.heads]  # fmt: skip
+    print(table(rows, ["group", "head", "u", "scale w"]))
+    return 0
 
-    gen = sub.add_parser("generate", help="generate one image with SoftPAG heads (PNG with parameters)")
-    gen.add_argument("prompt")
-    gen.add_argument(
+
+def _presets(args: argparse.Namespace) -> int:
+    return _presets_list() if args.action == "list" else _presets_show(args.name)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Parser and entry point
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Flags every model command has."""
+    _debug(parser)
+    parser.add_argument(
         "--model", default=str(DEFAULT_MODEL), help="hub id or folder (default: the toy SD3 model)"
     )
-    gen.add_argument("--out", default="outputs/image.png")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, help="default: the model's recommended steps, else 28")
-    gen.add_argument(
-        "--guidance-scale", type=float, help="CFG scale; default: the model's recommendation, else 5"
-    )
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--width", type=int)
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+
+
+def _generate_parser(sub) -> None:
+    gen = sub.add_parser("generate", help="generate one image with SoftPAG heads (PNG with parameters)")
+    gen.add_argument("prompt")
+    _common(gen)
+    gen.add_argument("--out", default="outputs", help="a folder (default: outputs) or a .png file")
+    gen.add_argument("--name", help="file name in the --out folder (default: image, numbered if taken)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    gen.add_argument("--seed", type=int, default=GENERATION_SETTINGS["seed"].default)
     gen.add_argument("--negative-prompt")
+    add_setting_flags(gen, GENERATION_FLAGS, defaults=False)  # default: the model's recommendation
     add_setting_flags(gen, PAG_FLAGS)
     gen.add_argument(
         "--compare", action="store_true", help="also write the unguided image from the same seed"
     )
-    gen.add_argument("--device", help="default: cuda if available, else cpu")
-    gen.add_argument("--dtype", choices=DTYPES, default="float32")
     gen.set_defaults(func=_generate)
+
+
+def _search_parser(sub) -> None:
+    from guidance.search import SEARCH_PROFILES
 
     search = sub.add_parser(
         "search", help="search heads for an objective (preset.json, headmap.png, report.md)"
     )
-    search.add_argument("--model", default=str(DEFAULT_MODEL))
+    _common(search)
     search.add_argument(
         "--objective", default="toy-quality", help="toy-quality, toy-dark, saturation, clip:<model>, ..."
     )
     search.add_argument("--guard", help="keep this objective within --max-drop of the unguided images")
-    search.add_argument("--max-drop", type=float, default=0.05)
+    search.add_argument("--profile", choices=sorted(SEARCH_PROFILES), default="ours",
+                        help="named search settings ('paper': the official search's)")  # fmt: skip
     search.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     search.add_argument("--prompts", help="a text file, one prompt per line")
     search.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    search.add_argument("--k", type=int, default=4, help="heads added per round")
-    search.add_argument("--rounds", type=int, default=1)
+    for setting in SEARCH_SETTINGS.values():
+        defaults = setting.name in ("search_strength", "use_strength", "batch", "max_drop")
+        add_setting_flags(search, [setting], defaults=defaults)  # k, rounds, size: the profile's / model's
+    add_setting_flags(search, GENERATION_FLAGS[:2], defaults=False)
+    add_setting_flags(search, [SOFTPAG_SETTINGS["pag_scale"], SOFTPAG_SETTINGS["pag_identity"]])
     search.add_argument("--sweep", action="store_true", help="also score every head alone (the head map)")
     search.add_argument(
         "--layers", action="store_true", help="also score layer-level PAG (all heads of a layer)"
     )
-    search.add_argument("--steps", type=int, help="sampling steps during search (fewer is faster)")
-    search.add_argument("--size", type=int, help="image size during search")
-    search.add_argument("--guidance-scale", type=float)
-    add_setting_flags(search, [SOFTPAG_SETTINGS["pag_scale"], SOFTPAG_SETTINGS["pag_identity"]])
-    search.add_argument("--search-strength", type=float, default=1.0, help="u while searching (paper: 1.0)")
-    search.add_argument(
-        "--use-strength", type=float, default=0.5, help="u written into the preset (paper: ~0.5)"
-    )
-    search.add_argument("--batch", type=int, default=16, help="images per forward pass")
     search.add_argument("--out", default="outputs/search")
-    search.add_argument("--device")
-    search.add_argument("--dtype", choices=DTYPES, default="float32")
     search.set_defaults(func=_search)
 
+
+def _batch_parser(sub) -> None:
     batch = sub.add_parser(
         "batch", help="run a JSONL/CSV job file: resumable, one PNG + manifest line per item"
     )
     batch.add_argument("jobs", help="JSONL (one job object per line) or CSV with a header")
     batch.add_argument("--out", required=True)
-    batch.add_argument("--model", default=str(DEFAULT_MODEL))
+    _common(batch)
     batch.add_argument("--config", help="a JSON file of defaults for every line")
-    batch.add_argument("--batch-size", type=int, default=4, help="images generated together (same settings)")
+    add_setting_flags(batch, [GENERATION_SETTINGS["batch_size"]])
     batch.add_argument("--skip-invalid", action="store_true", help="run the valid lines, report the others")
-    batch.add_argument("--steps", type=int)
-    batch.add_argument("--guidance-scale", type=float)
-    batch.add_argument("--height", type=int)
-    batch.add_argument("--width", type=int)
+    add_setting_flags(batch, GENERATION_FLAGS, defaults=False)
     add_setting_flags(batch, PAG_FLAGS, defaults=False)  # unset flags leave the job file's values
-    batch.add_argument("--device")
-    batch.add_argument("--dtype", choices=DTYPES, default="float32")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(func=_batch)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `headhunter`."""
+    parser = _Parser(prog="headhunter", description="Attention-head guidance for diffusers.")
+    _debug(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+    _search_parser(sub)
+    _batch_parser(sub)
     presets = sub.add_parser("presets", help="list or show head presets")
     presets.add_argument("action", choices=("list", "show"))
     presets.add_argument("name", nargs="?", help="preset name or path (for show)")
+    _debug(presets)
     presets.set_defaults(func=_presets)
     return parser
 
 
+# Errors in what the user gave (exit code 2); anything else is a failure while running (exit code 1).
+INPUT_ERRORS = (CLIError, GuidanceError, HeadSelectionError, OutputError, ValueError)
+
+
+def _fail(error: BaseException, debug: bool, code: int) -> int:
+    """Print the error as one line (the traceback too with --debug); return the exit code."""
+    if debug:
+        traceback.print_exception(error)
+    text = " ".join(str(error).split()) or type(error).__name__
+    if code != 2:
+        text = f"{type(error).__name__}: {text}" + ("" if debug else " (run with --debug for the traceback)")
+    print(f"headhunter: error: {text}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `headhunter` console script."""
-    args = build_parser().parse_args(argv)
-    if getattr(args, "action", None) == "show" and not args.name:
-        raise SystemExit("headhunter presets show: give a preset name or path")
+    """Entry point of the `headhunter` console script: exit code 0, 1 (failed while running) or 2 (bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (HeadSelectionError, ValueError, FileNotFoundError) as error:
-        print(f"headhunter: error: {error}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as error:
+        return _fail(error, debug, 2)
+    except KeyboardInterrupt:
+        print("headhunter: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 (the top level: one clear line instead of a traceback)
+        return _fail(error, debug, 1)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,11 @@ def test_validation_lists_every_problem_with_line_numbers(tmp_path):
     assert sorted({n for n, _ in info.value.problems}) == [2, 3, 4, 5, 6, 7, 9, 10]
     text = str(info.value)
     assert "line 2: unknown key 'colour'" in text and "line 3: not valid JSON" in text
-    assert "line 4: num_inference_steps=0 is not allowed; use an integer in [1, 1000]" in text
+    assert "line 4: num_inference_steps=0 is out of range; allowed: an integer in [1, 1000]" in text
     assert "line 5: pag_heads: entry L9H0: layer 9 is out of range" in text
     assert "line 6: pag_heads: preset file 'missing.json' does not exist" in text
     assert "line 7: missing key 'prompt'" in text and "line 9: id 'a' repeats line 8" in text
-    assert "line 10: guidance_scale='high' is not allowed" in text
+    assert "line 10: guidance_scale='high' must be a finite number" in text
     items, problems = plan(jobs, {}, LAYOUT, skip_invalid=True)
     assert [i.line for i in items] == [1, 8] and len(problems) == 8
 
@@ -95,7 +95,7 @@ def test_run_writes_pngs_manifest_and_is_identical_on_rerun(tiny_folder, tmp_pat
 def test_invalid_file_runs_nothing(tiny_folder, tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "ok"}, {"prompt": "bad", "pag_strength": 2}])
     assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "out")) == 2
-    assert "line 2: pag_strength=2 is not allowed" in capsys.readouterr().err
+    assert "line 2: pag_strength=2 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(_cli(tiny_folder("sd3"), jobs, tmp_path / "out", "--skip-invalid")) == 1
     assert len(list((tmp_path / "out").glob("*.png"))) == 1

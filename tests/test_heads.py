@@ -41,8 +41,8 @@ def test_json_roundtrip(tmp_path):
     [
         ("L1H10=1.5", r"L1H10=1.5: strength u=1.5 must be a number in \[0, 1\]"),
         ("L1H10=nan", "strength u=nan"),
-        ("L-1H2", "layer index -1 must be a non-negative integer"),
-        ([(1.5, 2)], "layer index 1.5 must be a non-negative integer"),
+        ("L-1H2", r"layer index -1 must be an integer in 0\.\.99999"),
+        ([(1.5, 2)], "layer index 1.5 must be an integer in 0"),
         ("L1H2, L1H2", "duplicate entry L1H2"),
         ("layer1", "cannot read 'layer1'"),
         ("", "at least one head"),
