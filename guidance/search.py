@@ -138,8 +138,21 @@ class SearchSettings:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def split_pairs(n: int, validation: float) -> tuple[list[int], list[int]]:
+    """(search, validation) indices of n prompt-seed pairs: a fixed permutation (seed 0) with floor(validation * n)
+    held out, the same in every run and every process. The search indices stay in permuted order, so a prefix
+    (successive halving's first rungs) mixes prompts and seeds."""
+    order = np.random.default_rng(0).permutation(n).tolist()
+    held = int(validation * n)
+    return order[held:], sorted(order[:held])
+
+
 class HeadSearch:
-    """Evaluate head sets on a HeadHunter pipeline with an objective, with a resumable per-pair score cache."""
+    """Evaluate head sets on a HeadHunter pipeline with an objective, with a resumable per-pair score cache.
+
+    The prompt-seed pairs are split (`settings.validation`): searches rank on the search pairs; the greedy
+    reports each round on the validation pairs and stops when they stop improving. `images` counts the images
+    this process generated (cache hits excluded); `result` holds the final greedy selection."""
 
     def __init__(self, pipe, objective: Objective, settings: SearchSettings, cache: str | Path | None = None,
                  progress: bool = True):  # fmt: skip
@@ -147,16 +160,19 @@ class HeadSearch:
         denoiser = denoiser_of(pipe)
         self.heads_per_layer = layout_of(denoiser).heads_per_layer["attn"]
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
+        self.search_pairs, self.validation_pairs = split_pairs(len(self.pairs), settings.validation)
         self.progress = progress
         self.rank, self.world = process_index()
         self.cache_dir = Path(cache) if cache else None
         self.scores: dict[str, dict[int, list[float]]] = {}
+        self.images = 0
+        self.result: dict | None = None
         if self.cache_dir:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._read_caches()
-        baseline = np.asarray(self.per_pair([()])[()])
-        objective.fit_baseline(baseline)
-        self.baseline = objective.candidate_score(baseline)
+        self.per_pair([()], range(len(self.pairs)))  # the unguided images of every pair
+        self.baseline = self.evaluate([()])[()]
+        self.baseline_validation = self.evaluate([()], "validation")[()] if self.validation_pairs else None
 
     # -- cache --------------------------------------------------------------------------------------------
 
@@ -195,36 +211,48 @@ class HeadSearch:
             num_inference_steps=s.steps, guidance_scale=s.guidance_scale, **call,
         ).images  # fmt: skip
 
-    def per_pair(self, candidates: Iterable[Candidate]) -> dict[Candidate, list]:
-        """Per-pair scores of each candidate, computing only (candidate, pair) items not in the cache."""
-        candidates = list(dict.fromkeys(candidates))
-        todo = [
-            (c, i)
-            for c in candidates
-            for i in range(len(self.pairs))
-            if i not in self.scores.get(label(c), {})
-        ]
+    def _indices(self, pairs: str | Sequence[int]) -> list[int]:
+        """Pair indices of a split name (`search`, `validation`, `all`) or the indices themselves."""
+        if not isinstance(pairs, str):
+            return list(pairs)
+        splits = {"search": self.search_pairs, "validation": self.validation_pairs,
+                  "all": list(range(len(self.pairs)))}  # fmt: skip
+        if pairs not in splits:
+            raise ValueError(f"pairs={pairs!r} must be one of {sorted(splits)} or a list of pair indices")
+        return splits[pairs]
+
+    def per_pair(
+        self, candidates: Iterable[Candidate], pairs: str | Sequence[int] = "search"
+    ) -> dict[Candidate, list]:
+        """Per-pair scores of each candidate on `pairs`, generating only (candidate, pair) items not cached."""
+        candidates, indices = list(dict.fromkeys(candidates)), self._indices(pairs)
+        todo = [(c, i) for c in candidates for i in indices if i not in self.scores.get(label(c), {})]
         bar = tqdm(total=len(todo), desc="head search images", disable=not self.progress or not todo)
         for start in range(0, len(todo), self.settings.batch):
             chunk = todo[start : start + self.settings.batch]
-            pairs = [self.pairs[i] for _, i in chunk]
-            images = self._generate([c for c, _ in chunk], pairs)
-            values = self.objective(images, [p for p, _ in pairs])
+            prompts_seeds = [self.pairs[i] for _, i in chunk]
+            images = self._generate([c for c, _ in chunk], prompts_seeds)
+            self.images += len(images)
+            values = self.objective(images, [p for p, _ in prompts_seeds])
             for (c, i), value in zip(chunk, values, strict=True):
                 self.scores.setdefault(label(c), {})[i] = np.asarray(value).tolist()
             self._write_cache()
             bar.update(len(chunk))
         bar.close()
-        return {c: [self.scores[label(c)][i] for i in range(len(self.pairs))] for c in candidates}
+        return {c: [self.scores[label(c)][i] for i in indices] for c in candidates}
 
-    def evaluate(self, candidates: Sequence[Candidate]) -> dict[Candidate, float]:
-        """Objective score of each candidate (mean over the prompt-seed pairs); this rank's share with accelerate."""
-        mine = [c for i, c in enumerate(candidates) if i % self.world == self.rank]
-        self.per_pair(mine)
+    def evaluate(
+        self, candidates: Sequence[Candidate], pairs: str | Sequence[int] = "search"
+    ) -> dict[Candidate, float]:
+        """Objective score of each candidate on `pairs` (default: the search split), against the unguided images
+        of the same pairs; with accelerate, this rank generates its share of the candidates."""
+        indices = self._indices(pairs)
+        self.per_pair([c for i, c in enumerate(candidates) if i % self.world == self.rank], indices)
         if self.world > 1:
             barrier()
             self._read_caches()
-        per_pair = self.per_pair(candidates)  # everything is cached now
+        per_pair = self.per_pair(candidates, indices)  # everything is cached now
+        self.objective.fit_baseline(np.asarray(self.per_pair([()], indices)[()]))
         return {c: self.objective.candidate_score(np.asarray(v)) for c, v in per_pair.items()}
 
     # -- searches -----------------------------------------------------------------------------------------
@@ -233,10 +261,38 @@ class HeadSearch:
         """Every (layer, head) of the main attention."""
         return [(layer, h) for layer, n in sorted(self.heads_per_layer.items()) for h in range(n)]
 
-    def head_map(self) -> dict[tuple[int, int], float]:
-        """Single-head sweep: the score of every head perturbed alone."""
-        scores = self.evaluate([(h,) for h in self.all_heads()])
-        return {c[0]: v for c, v in scores.items()}
+    def head_map(self, halving: bool = False, **options) -> dict[tuple[int, int], float]:
+        """Single-head sweep: the score of every head perturbed alone (`halving=True`: see `sweep`)."""
+        return self.sweep("halving" if halving else "full", **options)["scores"]
+
+    def sweep(self, method: str = "full", start: int = 2, keep: float = 0.5, min_keep: int = 4) -> dict:
+        """Score every single head on the search pairs (`full`), or by successive halving (`halving`, Jamieson
+        and Talwalkar 2016): score all heads on `start` pairs, keep the best `keep` share (at least `min_keep`),
+        double the pairs for them, repeat until the survivors are scored on all search pairs.
+
+        Returns `scores` ({head: mean over the pairs of the last rung it reached}), `pairs` ({head: how many}),
+        `ranking` (best first: survivors of later rungs before heads dropped earlier), `rungs` and `images`."""
+        if method not in ("full", "halving"):
+            raise ValueError(f"method={method!r} must be 'full' or 'halving'")
+        if not (0 < keep < 1 and start >= 1 and min_keep >= 1):
+            raise ValueError(
+                f"halving needs 0 < keep < 1, start >= 1, min_keep >= 1 (got {keep}, {start}, {min_keep})"
+            )
+        images, total = self.images, len(self.search_pairs)
+        alive, n = self.all_heads(), total if method == "full" else min(start, total)
+        scores, reached, rungs = {}, {}, []
+        while True:
+            rung = self.evaluate([(h,) for h in alive], self.search_pairs[:n])
+            scores.update({c[0]: v for c, v in rung.items()})
+            reached.update(dict.fromkeys(alive, n))
+            rungs.append({"pairs": n, "candidates": len(alive), "images": self.images - images})
+            if n == total:
+                break
+            alive = sorted(alive, key=lambda h: -scores[h])[: max(min_keep, math.ceil(keep * len(alive)))]
+            n = min(2 * n, total)
+        ranking = sorted(scores, key=lambda h: (-reached[h], -scores[h]))
+        return {"method": method, "scores": scores, "pairs": reached, "ranking": ranking, "rungs": rungs,
+                "images": self.images - images}  # fmt: skip
 
     def layer_scores(self) -> dict[int, float]:
         """Layer-level PAG baseline: all heads of one layer perturbed together."""
@@ -248,23 +304,61 @@ class HeadSearch:
 
     def greedy(self, k: int | None = None, rounds: int | None = None,
                pool: Sequence[tuple[int, int]] | None = None) -> list[dict]:  # fmt: skip
-        """Greedy forward selection; returns one record per round (selected heads and the set's score)."""
+        """Greedy forward selection (the paper's Algorithm 1) with a validation stop.
+
+        Round r = 1..R ranks S ∪ {h} for every remaining h on the search pairs and tries S plus the top k. With
+        `early_stop`, the tried set is adopted only if its validation score (search score without a validation
+        split) beats the best earlier selection; else the search stops. Round 1 is always adopted. Each record:
+        `round`, `added`, `tried`, `score` / `validation` (of the tried set), `adopted`, `selected` / `heads` (the
+        adopted selection after the round: `history[-1]["selected"]` is the final one), `images` (so far).
+        `self.result` holds the final selection, its scores, the unguided scores and the images generated."""
         k = self.settings.k if k is None else k
         rounds = self.settings.rounds if rounds is None else rounds
-        pool = list(pool or self.all_heads())
+        pool, images = list(pool or self.all_heads()), self.images
         selected: list[tuple[int, int]] = []
+        best: dict = {"round": 0, "score": self.baseline, "validation": self.baseline_validation}
         history = []
-        for r in range(rounds):
+        for r in range(1, rounds + 1):
             remaining = [h for h in pool if h not in selected]
             if not remaining:
                 break
             scores = self.evaluate([tuple(sorted([*selected, h])) for h in remaining])
-            ranked = sorted(remaining, key=lambda h: -scores[tuple(sorted([*selected, h]))])
-            selected += ranked[:k]
-            best = self.evaluate([tuple(sorted(selected))])[tuple(sorted(selected))]
-            history.append({"round": r, "added": [label((h,)) for h in ranked[:k]], "heads": label(tuple(sorted(selected))),
-                            "selected": sorted(selected), "score": best})  # fmt: skip
+            added = sorted(remaining, key=lambda h: -scores[tuple(sorted([*selected, h]))])[:k]
+            tried = tuple(sorted([*selected, *added]))
+            record = {"round": r, "added": [label((h,)) for h in added], "tried": list(tried),
+                      **self._scores_of(tried)}  # fmt: skip
+            record["adopted"] = r == 1 or not self.settings.early_stop or _beats(record, best)
+            if record["adopted"]:
+                selected, best = list(tried), record
+            record.update(selected=sorted(selected), heads=label(tuple(sorted(selected))), images=self.images)
+            history.append(record)
+            if not record["adopted"]:
+                break
+        self.result = self._result(best, selected, history, self.images - images)
         return history
+
+    def _scores_of(self, candidate: Candidate) -> dict:
+        """Search-pair and validation-pair scores of one head set (validation None without a split)."""
+        valid = self.evaluate([candidate], "validation")[candidate] if self.validation_pairs else None
+        return {"score": self.evaluate([candidate])[candidate], "validation": valid}
+
+    def _result(self, best: dict, selected: list, history: list[dict], images: int) -> dict:
+        """The greedy's outcome as one JSON-ready dict."""
+        return {"selected": sorted(selected), "heads": label(tuple(sorted(selected))), "round": best["round"],
+                "score": best["score"], "validation": best["validation"], "images": images, "history": history}  # fmt: skip
+
+    def report(self) -> dict:
+        """What this search did: pairs per split, unguided scores, images generated in all (this process), and
+        the greedy's result (its `images`: those its rounds generated)."""
+        return {"pairs": {"search": len(self.search_pairs), "validation": len(self.validation_pairs)},
+                "unguided": self.baseline, "unguided_validation": self.baseline_validation,
+                "images": self.images, "result": self.result}  # fmt: skip
+
+
+def _beats(record: dict, best: dict) -> bool:
+    """Whether a round's tried set beats the best selection so far: on validation pairs when there are some."""
+    key = "validation" if record["validation"] is not None else "score"
+    return record[key] > best[key]
 
 
 # -------------------------------------------------------------------------------------------------------------

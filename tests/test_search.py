@@ -47,7 +47,9 @@ def test_head_map_batched_equals_one_by_one_and_resumes(pipe, tmp_path):
     objective = Counting()
     search = HeadSearch(pipe, objective, settings(batch=12), cache=tmp_path, progress=False)
     heads = search.head_map()
-    assert len(heads) == 4 * 4 and objective.seen == 4 + 16 * 4
+    # 4 pairs: 1 held out for validation (floor(0.25 * 4)); the sweep ranks on the 3 search pairs.
+    assert len(search.search_pairs) == 3 and len(search.validation_pairs) == 1
+    assert len(heads) == 4 * 4 and objective.seen == 4 + 16 * 3 == search.images
     one = HeadSearch(pipe, Counting(), settings(batch=1), progress=False)
     single = one.evaluate([((1, 2),), ((3, 0),)])
     for cand, value in single.items():
@@ -61,7 +63,7 @@ def test_head_map_batched_equals_one_by_one_and_resumes(pipe, tmp_path):
     HeadSearch(pipe, other, settings(batch=12, strength=0.5), cache=tmp_path, progress=False).evaluate(
         [((0, 0),)]
     )
-    assert other.seen == 4 + 4
+    assert other.seen == 4 + 3
 
 
 def test_interrupted_search_recomputes_only_missing_pairs(pipe, tmp_path):
@@ -72,25 +74,64 @@ def test_interrupted_search_recomputes_only_missing_pairs(pipe, tmp_path):
             return super().__call__(images, prompts)
 
     with pytest.raises(KeyboardInterrupt):
-        HeadSearch(pipe, Failing(), settings(batch=4), cache=tmp_path, progress=False).evaluate(
+        HeadSearch(pipe, Failing(), settings(batch=4, validation=0), cache=tmp_path, progress=False).evaluate(
             [((1, 0),), ((2, 1),)]
         )
     objective = Counting()
-    HeadSearch(pipe, objective, settings(batch=4), cache=tmp_path, progress=False).evaluate(
+    HeadSearch(pipe, objective, settings(batch=4, validation=0), cache=tmp_path, progress=False).evaluate(
         [((1, 0),), ((2, 1),)]
     )
     assert objective.seen == 4  # baseline (4 pairs) and candidate (1, 0) were cached; (2, 1) is recomputed
 
 
 def test_greedy_rounds_and_layer_baseline(pipe):
-    search = HeadSearch(pipe, Counting(), settings(), progress=False)
+    search = HeadSearch(pipe, Counting(), settings(early_stop=False), progress=False)
     history = search.greedy(k=2, rounds=2, pool=[(1, 0), (1, 1), (2, 0), (2, 1), (3, 3)])
     assert len(history) == 2 and len(history[1]["heads"].split(",")) == 4
+    assert [r["round"] for r in history] == [1, 2] and all(r["adopted"] for r in history)
+    assert search.result["selected"] == history[-1]["selected"] and search.result["round"] == 2
+    assert history[-1]["images"] == search.images and search.report()["images"] == search.images
     first = search.evaluate([((h,)) for h in [(1, 0), (1, 1), (2, 0), (2, 1), (3, 3)]])
     top2 = sorted(first, key=lambda c: -first[c])[:2]
     assert set(history[0]["added"]) == {label(c) for c in top2}
     layers = search.layer_scores()
     assert sorted(layers) == [0, 1, 2, 3]
+
+
+def test_greedy_stops_when_validation_stops_improving(pipe):
+    """Heads (1, x) raise the score on the search pairs only (overfit): round 2 tries them and is not adopted."""
+    search = HeadSearch(pipe, Counting(), settings(), progress=False)
+
+    def fake(candidates, pairs="search"):
+        general = {(0, 0): 0.3, (0, 1): 0.2}
+        overfit = {(1, 0): 0.1, (1, 1): 0.05} if pairs == "search" else {(1, 0): -0.5, (1, 1): -0.5}
+        return {c: sum({**general, **overfit}.get(h, 0.0) for h in c) for c in candidates}
+
+    search.evaluate = fake
+    history = search.greedy(k=2, rounds=3, pool=[(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)])
+    assert [r["round"] for r in history] == [1, 2] and [r["adopted"] for r in history] == [True, False]
+    assert history[0]["added"] == ["L0H0", "L0H1"] and history[0]["validation"] == pytest.approx(0.5)
+    assert history[1]["added"] == ["L1H0", "L1H1"] and history[1]["score"] == pytest.approx(0.65)
+    assert history[1]["tried"] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert history[1]["validation"] == pytest.approx(-0.5)  # better on the search pairs, worse on validation
+    assert history[-1]["selected"] == [(0, 0), (0, 1)] == search.result["selected"]
+    assert search.result["round"] == 1 and search.result["validation"] == pytest.approx(0.5)
+
+
+def test_successive_halving_rungs_and_image_count(pipe):
+    search = HeadSearch(pipe, Counting(), settings(validation=0), progress=False)
+    images = search.images
+    halving = search.sweep("halving", start=1, keep=0.5, min_keep=2)
+    assert [(r["pairs"], r["candidates"]) for r in halving["rungs"]] == [(1, 16), (2, 8), (4, 4)]
+    assert halving["images"] == search.images - images == 16 * 1 + 8 * 1 + 4 * 2  # cached pairs not redone
+    survivors = halving["ranking"][:4]
+    full = search.evaluate([(h,) for h in survivors])  # on all 4 search pairs: all cached
+    assert search.images - images == halving["images"]
+    assert [halving["scores"][h] for h in survivors] == [full[(h,)] for h in survivors]
+    assert survivors == sorted(survivors, key=lambda h: -full[(h,)])
+    assert all(halving["pairs"][h] == 4 for h in survivors) and len(halving["scores"]) == 16
+    with pytest.raises(ValueError, match="method='fast' must be"):
+        search.sweep("fast")
 
 
 def test_constrained_objective_excludes_candidates_that_break_the_guard():
