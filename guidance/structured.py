@@ -4,7 +4,9 @@ mixed into cross-attention, for better attribute binding.
 Aligned sequences: W̄_i = W_p (the full prompt's encoding) with phrase i's token span replaced by the phrase's own
 encoding W_i. Key-value mode (the paper's default): keys from W_p, output = mean_i A V(W̄_i) over
 [W_p, W̄_1..W̄_k]; attention is linear in the values, so this is one attention with the mean value context.
-Conjunction mode: one value set V(W_p), several key sets K(W_p), K(W̄_1).., output = mean_i softmax(Q K_i) V.
+Conjunction mode (the official code's): one value set V(S), key sets K(S), K(W̄_1).., output =
+mean_i softmax(Q K_i) V(S), where S is W_p with every phrase span replaced at once (`single_aligned`);
+"conjunction-plain" keeps W_p in place of S (our earlier variant).
 
 How contexts travel: the pipeline passes, per batch row, one tensor that holds every context the processor needs,
 concatenated along the token axis, so any batch reordering (CFG, SoftPAG's copies) carries them along:
@@ -60,6 +62,17 @@ def aligned_contexts(full: torch.Tensor, phrases: list[tuple[torch.Tensor, list[
             aligned[start:end] = encoding[source : source + end - start]
         contexts.append(aligned)
     return torch.stack(contexts)
+
+
+def single_aligned(full: torch.Tensor, phrases: list[tuple[torch.Tensor, list[Segment]]]) -> torch.Tensor:
+    """W_p with every phrase's segments replaced by that phrase's own tokens, in order (a later, nested phrase
+    overwrites an earlier one): the official conjunction mode's value context and first key set (its
+    `single_align` writes into W_p through a view)."""
+    aligned = full.clone()
+    for encoding, segments in phrases:
+        for start, end, source in segments:
+            aligned[start:end] = encoding[source : source + end - start]
+    return aligned
 
 
 def pack(contexts: torch.Tensor, mode: str, sets: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from guidance.structured import (
     StructuredState,
     aligned_contexts,
     pack,
+    single_aligned,
     structuring,
 )
 from guidance.swap import StepWindow, attention_modules, denoiser_of, shared_hooks, swapped_processors
@@ -43,6 +44,16 @@ class EncodeOptions:
 
     values: dict
 
+    @classmethod
+    def of_call(cls, kwargs: dict) -> EncodeOptions:
+        """The encoder options of a call: `clip_skip`, `max_sequence_length`, and the LoRA scale of
+        `cross_attention_kwargs` / `joint_attention_kwargs` (passed to encode_prompt as the parent does)."""
+        values = {k: kwargs[k] for k in ("clip_skip", "max_sequence_length") if k in kwargs}
+        attention = kwargs.get("cross_attention_kwargs") or kwargs.get("joint_attention_kwargs") or {}
+        if attention.get("scale") is not None:
+            values["lora_scale"] = attention["scale"]
+        return cls(values)
+
     @property
     def t5_length(self) -> int:
         """The T5 length of the call (SD3's default 256)."""
@@ -52,7 +63,7 @@ class EncodeOptions:
 class StructuredMixin:
     """Adds `structured`, `noun_phrases`, `structured_layers`, `structured_start/stop` to a UNet pipeline."""
 
-    _structured_modes = STRUCTURED_MODES
+    _structured_modes = (*STRUCTURED_MODES, "conjunction-plain")
 
     def _encode(self, prompts: list[str], cfg: bool, negative=None, options: EncodeOptions | None = None):
         """(prompt_embeds, negative_prompt_embeds, extra) as the parent pipeline computes them.
@@ -79,10 +90,16 @@ class StructuredMixin:
         ]
 
     def aligned_stacks(
-        self, prompts: list[str], phrases: list[list[Phrase]], full: torch.Tensor, options: EncodeOptions
+        self,
+        prompts: list[str],
+        phrases: list[list[Phrase]],
+        full: torch.Tensor,
+        options: EncodeOptions,
+        mode: str = "key-value",
     ):
-        """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped). The
-        phrases of every prompt are encoded in one call."""
+        """Per prompt: the stack [W_p, W̄_1..W̄_k] of aligned contexts (phrases beyond truncation dropped); in
+        the official conjunction mode W_p is replaced by S, W_p with every phrase aligned at once. The phrases of
+        every prompt are encoded in one call."""
         located = []
         for prompt, found in zip(prompts, phrases, strict=True):
             segments = self.phrase_segments(prompt, found, options)
@@ -92,9 +109,11 @@ class StructuredMixin:
         stacks, i = [], 0
         for b, row in enumerate(located):
             if row:
-                stacks.append(
-                    aligned_contexts(full[b], [(encoded[i + j], seg) for j, (_, seg) in enumerate(row)])
-                )
+                encodings = [(encoded[i + j], seg) for j, (_, seg) in enumerate(row)]
+                stack = aligned_contexts(full[b], encodings)
+                if mode == "conjunction":
+                    stack[0] = single_aligned(full[b], encodings)
+                stacks.append(stack)
                 i += len(row)
             else:
                 stacks.append(full[b][None])
@@ -124,7 +143,7 @@ class StructuredMixin:
             name: StructuredCrossAttnProcessor(config.layers is None or i in config.layers)
             for i, name in enumerate(names)
         }
-        state = StructuredState(config.mode, length, sets)
+        state = StructuredState("key-value" if config.mode == "key-value" else "conjunction", length, sets)
         with (
             swapped_processors(self.unet, processors, CROSS_REPLACEABLE, "structured", StructuredError),
             self._structured_call(state, config),
@@ -167,15 +186,18 @@ class StructuredMixin:
             raise StructuredError("pass the other arguments by name when structured is on")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         phrases = _phrases_for(prompts, config.noun_phrases)
-        options = EncodeOptions({k: kwargs[k] for k in ("clip_skip", "max_sequence_length") if k in kwargs})
+        options = EncodeOptions.of_call(kwargs)
         # One encode call gives the full prompts and the negatives exactly as the parent pipeline would.
         negative = kwargs.pop("negative_prompt", None)
         negative = [negative] * len(prompts) if isinstance(negative, str) else negative
         full, neg, extra = self._encode(prompts, True, negative, options)
-        stacks = self.aligned_stacks(prompts, phrases, full, options)
-        sets = max(len(s) for s in stacks) if config.mode == "conjunction" else 1
-        packed = torch.stack([pack(s, config.mode, sets) for s in stacks])
-        neg_packed = torch.stack([pack(n[None], config.mode, sets) for n in neg])
+        stacks = self.aligned_stacks(prompts, phrases, full, options, config.mode)
+        layout = "key-value" if config.mode == "key-value" else "conjunction"
+        sets = max(len(s) for s in stacks) if layout == "conjunction" else 1
+        packed = torch.stack([pack(s, layout, sets) for s in stacks])
+        neg_packed = torch.stack([pack(n[None], layout, sets) for n in neg])
+        if kwargs.get("callback_on_step_end") is not None:
+            kwargs["callback_on_step_end"] = _unpacked_callback(kwargs["callback_on_step_end"], full.shape[1])
         with self._structured_installed(config, full.shape[1], sets, options):
             return super().__call__(
                 None, prompt_embeds=packed, negative_prompt_embeds=neg_packed, **extra, **kwargs
@@ -276,10 +298,39 @@ def _sd3_hooks(transformer: torch.nn.Module) -> list:
     return handles
 
 
+def _unpacked_callback(callback, length: int):
+    """The user's `callback_on_step_end`, shown `prompt_embeds` in the parent's shape (the full prompt's L tokens,
+    not the packed contexts). A callback may return them unchanged; new prompt embeddings are refused."""
+
+    def wrapped(pipe, step, timestep, callback_kwargs):
+        packed = callback_kwargs.get("prompt_embeds")
+        if packed is not None:
+            callback_kwargs = {**callback_kwargs, "prompt_embeds": packed[:, :length]}
+        outputs = callback(pipe, step, timestep, callback_kwargs)
+        if outputs and "prompt_embeds" in outputs:
+            if outputs["prompt_embeds"] is not callback_kwargs.get("prompt_embeds"):
+                raise StructuredError(
+                    "callback_on_step_end returned new prompt_embeds; with structured=... the prompt's phrases "
+                    "are encoded once per call, so the callback may not replace them"
+                )
+            outputs = {**outputs, "prompt_embeds": packed}
+        return outputs
+
+    return wrapped
+
+
+def _sub_phrases(prompt: str, phrases: list[Phrase]) -> list[Phrase]:
+    """Only true sub-phrases: one covering the whole prompt would align W_p with itself and dilute the mean
+    (the official `get_all_nps` keeps the full sentence as context 0 only)."""
+    whole = prompt.strip(" .")
+    return [p for p in phrases if prompt[p.start : p.end].strip(" .") != whole]
+
+
 def _phrases_for(prompts: list[str], given) -> list[list[Phrase]]:
-    """Parsed phrases per prompt, or the user's (located in the prompt; an error names a phrase not found)."""
+    """Parsed phrases per prompt, or the user's (located in the prompt; an error names a phrase not found);
+    phrases that cover the whole prompt are left out."""
     if given is None:
-        return noun_phrases_batch(prompts)
+        return [_sub_phrases(p, found) for p, found in zip(prompts, noun_phrases_batch(prompts), strict=True)]
     per_prompt = [given] if given and isinstance(given[0], str) else list(given)
     if len(per_prompt) != len(prompts):
         raise StructuredError(f"noun_phrases has {len(per_prompt)} lists for {len(prompts)} prompts")
@@ -291,5 +342,5 @@ def _phrases_for(prompts: list[str], given) -> list[list[Phrase]]:
             if start < 0:
                 raise StructuredError(f"noun_phrases: {text!r} does not occur in the prompt {prompt!r}")
             found.append(Phrase(text, start, start + len(text)))
-        result.append(found)
+        result.append(_sub_phrases(prompt, found))
     return result

@@ -20,12 +20,17 @@ from guidance.structured import (
     aligned_contexts,
     naive_key_value,
     pack,
+    single_aligned,
     structuring,
 )
 from pipelines.headhunter import HeadHunterPipeline, StructuredDiffusionPipeline
 from pipelines.tiny import TINY_PIPELINES, clip_tokenizer
 
 CALL = dict(num_inference_steps=3, height=32, width=32, output_type="np")
+
+
+def _phrases(prompt, texts):
+    return [Phrase(t, prompt.find(t), prompt.find(t) + len(t)) for t in texts]
 
 
 def texts(prompt, **kw):
@@ -205,3 +210,94 @@ def test_sd3_port(tiny_folder):
         gen(pipe, two, structured="conjunction")
     with pytest.raises(SoftPAGError, match="does not combine with pag_heads yet"):
         gen(pipe, two, structured="key-value", pag_heads="L1H0")
+
+
+# -- faithful to the official code (issue: official conjunction, true sub-phrases, LoRA scale, callbacks) ------
+
+
+def _packed_contexts(pipe, prompt, **kwargs):
+    """The packed cond context the call hands to the UNet (recorded at the first attn2 call)."""
+    seen = []
+    name = next(k.removesuffix(".processor") for k in pipe.unet.attn_processors if "attn2" in k)
+    handle = pipe.unet.get_submodule(name).register_forward_pre_hook(
+        lambda module, args, kw: seen.append(kw["encoder_hidden_states"].clone()), with_kwargs=True
+    )
+    try:
+        gen(pipe, prompt, **kwargs)
+    finally:
+        handle.remove()
+    return seen[0][-1]  # rows are [uncond, cond]
+
+
+def test_official_conjunction_values_and_first_keys_are_the_all_phrases_alignment(sd15):
+    """conjunction: value context = W_p with every phrase replaced at once (official `single_align`), and the
+    first key set is that same sequence; conjunction-plain keeps W_p."""
+    prompt, phrases = "a red circle and a blue square", ["a red circle", "a blue square"]
+    full = sd15.encode_prompt(prompt, "cpu", 1, False)[0][0]
+    spans = token_spans(sd15.tokenizer, prompt, _phrases(prompt, phrases))
+    encoded = sd15.encode_prompt(phrases, "cpu", 1, False)[0]
+    parts = [(encoded[i], [(s, e, 1)]) for i, (s, e) in enumerate(spans)]
+    expected = single_aligned(full, parts)
+    length = full.shape[0]
+    official = _packed_contexts(sd15, prompt, structured="conjunction", noun_phrases=phrases)
+    torch.testing.assert_close(official[:length], expected)
+    torch.testing.assert_close(official[length : 2 * length], expected)
+    plain = _packed_contexts(sd15, prompt, structured="conjunction-plain", noun_phrases=phrases)
+    torch.testing.assert_close(plain[:length], full)
+    assert (expected - full).abs().max() > 1e-3
+
+
+def test_only_true_sub_phrases_are_aligned(sd15):
+    """A parsed phrase covering the whole prompt is left out (it would align W_p with itself and dilute)."""
+    from pipelines.structured import _phrases_for
+
+    prompt = "a red circle to the left of a blue square"
+    kept = [p.text for p in _phrases_for([prompt], None)[0]]
+    assert prompt not in kept and kept
+    with_whole = gen(sd15, prompt, structured="key-value", noun_phrases=[prompt, *kept])
+    np.testing.assert_allclose(
+        with_whole, gen(sd15, prompt, structured="key-value", noun_phrases=kept), atol=1e-6
+    )
+
+
+def test_text_encoding_honours_the_lora_scale(sd15, monkeypatch):
+    """Every encode_prompt call of a structured call gets the call's LoRA scale, as the parent's own call does."""
+    scales = []
+    real = type(sd15).encode_prompt
+
+    def spy(self, *args, **kwargs):
+        # Recorded, then dropped: applying it needs a LoRA-capable text encoder (peft), which is not the point.
+        scales.append(kwargs.pop("lora_scale", None))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(sd15), "encode_prompt", spy)
+    gen(sd15, "a red circle and a blue square", structured="key-value", cross_attention_kwargs={"scale": 0.5})
+    assert scales and all(s == 0.5 for s in scales), scales
+
+
+def test_callback_sees_prompt_embeds_in_the_parents_shape(sd15):
+    shapes = {}
+
+    def record(key):
+        def callback(pipe, step, timestep, callback_kwargs):
+            shapes[key] = tuple(callback_kwargs["prompt_embeds"].shape)
+            return {"prompt_embeds": callback_kwargs["prompt_embeds"]}
+
+        return callback
+
+    prompt = "a red circle and a blue square"
+    for key, extra in (
+        ("plain", {}),
+        ("kv", {"structured": "key-value"}),
+        ("conj", {"structured": "conjunction"}),
+    ):
+        gen(sd15, prompt, callback_on_step_end=record(key), callback_on_step_end_tensor_inputs=["prompt_embeds"],
+            **extra)  # fmt: skip
+    assert shapes["kv"] == shapes["conj"] == shapes["plain"]
+
+    def replace(pipe, step, timestep, callback_kwargs):
+        return {"prompt_embeds": callback_kwargs["prompt_embeds"] * 2}
+
+    with pytest.raises(SoftPAGError, match="callback_on_step_end returned new prompt_embeds"):
+        gen(sd15, prompt, structured="key-value", callback_on_step_end=replace,
+            callback_on_step_end_tensor_inputs=["prompt_embeds"])  # fmt: skip
