@@ -935,18 +935,22 @@ def _generate_inputs(demo: Demo) -> dict:
     """The Generate tab's inputs, each with plain-words help."""
     ui = {}
     ui["prompt"] = gr.Textbox(
-        label="Prompt", value=EXAMPLE_PROMPTS[0], info=HELP["prompt"], max_length=MAX_PROMPT_CHARS
+        elem_id="prompt",
+        label="Prompt",
+        value=EXAMPLE_PROMPTS[0],
+        info=HELP["prompt"],
+        max_length=MAX_PROMPT_CHARS,
     )
     ui["negative"] = gr.Textbox(label="Negative prompt", value="", info=HELP["negative"])
     with gr.Row():
-        ui["seed"] = Number(label="Seed", value=0, step=1, info=HELP["seed"])
+        ui["seed"] = Number(elem_id="seed", label="Seed", value=0, step=1, info=HELP["seed"])
         ui["random_seed"] = gr.Button("🎲 Random seed", size="sm")
         ui["last_seed"] = gr.Button("♻ Last seed", size="sm")
     with gr.Row():
-        ui["steps"] = Number(label="Steps", value=demo.default_steps, step=1,
+        ui["steps"] = Number(elem_id="steps", label="Steps", value=demo.default_steps, step=1,
                              info=f"{HELP['steps']} 1 to {demo.limits.max_steps}.")  # fmt: skip
         h, w = demo.sizes.native
-        ui["width"] = Number(label="Width", value=w, step=demo.sizes.multiple,
+        ui["width"] = Number(elem_id="width", label="Width", value=w, step=demo.sizes.multiple,
                              info=f"{HELP['width']} This model: {demo.sizes.describe()}.")  # fmt: skip
         ui["height"] = Number(label="Height", value=h, step=demo.sizes.multiple,
                               info=f"{HELP['height']} This model: {demo.sizes.describe()}.")  # fmt: skip
@@ -954,7 +958,9 @@ def _generate_inputs(demo: Demo) -> dict:
     heads, w = demo.preset_inputs(demo.default_preset)
     ui["preset"] = Dropdown([CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset",
                             info=HELP["preset"])  # fmt: skip
-    ui["heads"] = gr.Textbox(label="Heads", value=heads, placeholder="L1H0=1, L7H7=0.5", info=HELP["heads"])
+    ui["heads"] = gr.Textbox(
+        elem_id="heads", label="Heads", value=heads, placeholder="L1H0=1, L7H7=0.5", info=HELP["heads"]
+    )
     with gr.Row():
         ui["pag_scale"] = _pag_slider("scale", "Head guidance w", 0, 10, 0.25, w)
         ui["strength"] = _pag_slider("strength", "Default strength u", 0, 1, 0.05)
@@ -987,7 +993,9 @@ def _generate_tab(demo: Demo) -> dict:
                                         type="pil", format="png")  # fmt: skip
             ui["note"] = gr.Markdown(label="About this result")
             ui["files"] = gr.File(label="PNG files (native size, settings inside)", file_count="multiple")
-            ui["gallery"] = gr.Gallery(label="Results since the page opened", columns=4, height=260)
+            ui["gallery"] = gr.Gallery(
+                elem_id="gallery", label="Results since the page opened", columns=4, height=260
+            )
             ui["reuse"] = gr.Button("Reuse these settings (click an image first)")
     examples = examples_for(demo.words)
     if examples:
@@ -1026,17 +1034,37 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
         with gr.Column():
             objective = Dropdown(list(SEARCH_OBJECTIVES), value="toy-dark", label="Objective",
                                  info="What the search tries to raise (toy-* use the toy world's evaluator).")  # fmt: skip
-            prompts = gr.Textbox(label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})", lines=4,
+            prompts = gr.Textbox(elem_id="search-prompts", label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})", lines=4,
                                  value="a red circle\na blue square on the left and a yellow triangle on the right",
                                  info="The search scores heads on these prompts.")  # fmt: skip
             with gr.Row():
-                seeds = Number(label="Seeds per prompt", value=2, step=1, info=f"1 to {MAX_SEARCH_SEEDS}.")
-                k = Number(
-                    label="Heads per round k", value=4, step=1, info=f"Heads added per round, 1 to {MAX_K}."
+                seeds = Number(
+                    elem_id="search-seeds",
+                    label="Seeds per prompt",
+                    value=2,
+                    step=1,
+                    info=f"1 to {MAX_SEARCH_SEEDS}.",
                 )
-                rounds = Number(label="Rounds", value=1, step=1, info=f"Greedy rounds, 1 to {MAX_ROUNDS}.")
+                k = Number(
+                    elem_id="search-k",
+                    label="Heads per round k",
+                    value=4,
+                    step=1,
+                    info=f"Heads added per round, 1 to {MAX_K}.",
+                )
+                rounds = Number(
+                    elem_id="search-rounds",
+                    label="Rounds",
+                    value=1,
+                    step=1,
+                    info=f"Greedy rounds, 1 to {MAX_ROUNDS}.",
+                )
                 steps = Number(
-                    label="Steps", value=demo.default_steps, step=1, info="Denoising steps per image."
+                    elem_id="search-steps",
+                    label="Steps",
+                    value=demo.default_steps,
+                    step=1,
+                    info="Denoising steps per image.",
                 )
             sweep = gr.Checkbox(label="Head map", value=True, info="Score every head alone first (slower).")
             with gr.Row():
@@ -1046,7 +1074,7 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
             head_map = gr.Image(label="Head map", type="filepath", show_label=False)
             report = gr.Markdown(label="Search report")
             found = gr.File(label="Found preset (JSON)")
-            found_heads = gr.Textbox(label="Found heads (with u)", interactive=False)
+            found_heads = gr.Textbox(elem_id="found-heads", label="Found heads (with u)", interactive=False)
             found_w = gr.Number(label="Found w", interactive=False)
             use = gr.Button("Use these heads in the Generate tab")
     searched = go.click(
