@@ -1,5 +1,7 @@
 """Structured cross-attention: phrases, alignment, the mean-value shortcut, pipelines on tiny SD1.5/SDXL."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -265,6 +267,7 @@ def test_text_encoding_honours_the_lora_scale(sd15, monkeypatch):
     scales = []
     real = type(sd15).encode_prompt
 
+    @functools.wraps(real)  # keeps the signature our encoder reads
     def spy(self, *args, **kwargs):
         # Recorded, then dropped: applying it needs a LoRA-capable text encoder (peft), which is not the point.
         scales.append(kwargs.pop("lora_scale", None))
