@@ -231,7 +231,7 @@ def plan(
     problems: list[tuple[int, str]] = []
     bad_defaults = check_job({"prompt": "-", **defaults}, heads_per_layer, resolve_heads)
     if bad_defaults:
-        raise JobFileError("defaults", [(0, m) for m in bad_defaults])
+        raise JobFileError("defaults (model folder, --config, flags)", [], "; ".join(bad_defaults))
     items: list[Item] = []
     seen: dict[str, int] = {}
     for n, job in read_lines(path):

@@ -43,7 +43,7 @@ TYPES = {"number": float, "integer": int, "text": str}
 PAG_FLAGS = [SOFTPAG_SETTINGS[k] for k in ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start",
                                            "pag_stop")]  # fmt: skip
 # Generation settings whose flag is not `--<name>`.
-FLAG_NAMES = {"num_inference_steps": "--steps"}
+FLAG_NAMES = {"num_inference_steps": "--steps", "prompt": "prompt"}
 GENERATION_FLAGS = [
     GENERATION_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "height", "width")
 ]
@@ -394,14 +394,18 @@ def _preset_shape(data: dict) -> str:
     return f"{shape[0]} x {shape[1]}" if isinstance(shape, list) and len(shape) == 2 else "-"
 
 
-def _presets_list() -> int:
-    rows = []
+def _presets_list(width: int | None = None) -> int:
+    """One aligned row per preset (name, heads, the shape and model it is for), its source wrapped below."""
+    width = width or shutil.get_terminal_size((110, 24)).columns
+    rows, sources = [], []
     for name, data in list_presets():
         heads = sum(len(g.get("heads", [])) for g in data.get("groups", []))
-        rows.append(
-            [name, str(data.get("model", "?")), _preset_shape(data), str(heads), str(data.get("source", ""))]
-        )
-    print(table(rows, ["name", "model", "layers x heads", "heads", "source"]))
+        rows.append([name, str(heads), _preset_shape(data), str(data.get("model", "?"))])
+        sources.append(textwrap.wrap(str(data.get("source", "")), width - 4, break_long_words=False))
+    lines = table(rows, ["name", "heads", "layers x heads", "model"], width).splitlines()
+    print(lines[0])
+    for line, source in zip(lines[1:], sources, strict=True):
+        print("\n".join([line, *("    " + part for part in source)]))
     return 0
 
 
