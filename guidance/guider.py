@@ -1,0 +1,195 @@
+"""`SoftPAGGuidance`: SoftPAG head guidance as a diffusers guider, for modular pipelines (`diffusers.guiders`).
+
+The modular denoise loops run one denoiser call per prediction the guider asks for (`prepare_inputs`), calling
+`prepare_models` before and `cleanup_models` after each. This guider asks for [cond, uncond, perturbed cond] (CFG
+on) or [cond, perturbed cond] (CFG off); for the perturbed call it wraps the chosen heads' attention modules with the
+generic adapter (`guidance.generic`), so the perturbation happens at the model's own attention call whatever
+attention backend is set. diffusers' `PerturbedAttentionGuidance` intercepts only PyTorch's SDPA and silently
+perturbs nothing under other backends (tests/test_guider.py shows it).
+
+Combination (the paper's): eps = eps_u + w_cfg (eps_c - eps_u) + w_pag (eps_c - eps_p); CFG off:
+eps_c + w_pag (eps_c - eps_p). Same head notation, u, identity modes and window as the pipelines' `pag_*` arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
+
+from guidance.config import SoftPAGConfig, SoftPAGError
+from guidance.generic import GenericSoftPAG
+from guidance.processors import PerturbationState, perturbing
+from guidance.swap import swapped_processors
+
+if TYPE_CHECKING:
+    from diffusers.modular_pipelines.modular_pipeline import BlockState
+
+_PREDICTIONS = ["pred_cond", "pred_uncond", "pred_cond_perturbed"]
+
+
+class SoftPAGGuidance(BaseGuidance):
+    """CFG plus SoftPAG ("Fine-Grained Perturbation Guidance via Attention Head Selection", 2025) on chosen heads.
+
+    Args:
+        guidance_scale: CFG scale (1 = no uncond prediction).
+        pag_heads: the heads, in the pipelines' notation ("L1H10,L5H3=0.5", or [[layer, head], ...]); one group.
+        pag_scale: w of the perturbed branch. pag_strength: u for entries without one.
+        pag_identity: "joint" (the paper's) or "image". pag_start, pag_stop: the fraction of steps with SoftPAG.
+        start, stop: the fraction of steps with CFG (as diffusers' guiders).
+    """
+
+    _input_predictions = _PREDICTIONS
+
+    @register_to_config
+    def __init__(
+        self,
+        guidance_scale: float = 7.0,
+        pag_heads: str | list | None = None,
+        pag_scale: float = 3.0,
+        pag_strength: float = 1.0,
+        pag_identity: str = "joint",
+        pag_start: float = 0.0,
+        pag_stop: float = 1.0,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+    ):
+        super().__init__(start, stop, enabled)
+        self.guidance_scale = guidance_scale
+        self.softpag = None
+        if pag_heads is not None:  # validated now; resolved against the model at the first perturbed call
+            self.softpag = SoftPAGConfig(
+                pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, False
+            )
+        self._stack: ExitStack | None = None
+        self._resolved: tuple[int, GenericSoftPAG] | None = None
+
+    # -- which predictions this step needs ----------------------------------------------------------------
+
+    def _in_window(self, start: float, stop: float) -> bool:
+        if self._num_inference_steps is None:
+            return True
+        return start <= self._step / self._num_inference_steps < stop
+
+    def _is_cfg_enabled(self) -> bool:
+        return (
+            self._enabled
+            and self._in_window(self._start, self._stop)
+            and not math.isclose(self.guidance_scale, 1.0)
+        )
+
+    def _is_softpag_enabled(self) -> bool:
+        config = self.softpag
+        return (
+            self._enabled
+            and config is not None
+            and not math.isclose(config.scale, 0.0)
+            and self._in_window(config.start, config.stop)
+        )
+
+    @property
+    def num_conditions(self) -> int:
+        """1 (cond) + CFG's uncond + SoftPAG's perturbed cond, as enabled at this step."""
+        return 1 + int(self._is_cfg_enabled()) + int(self._is_softpag_enabled())
+
+    @property
+    def is_conditional(self) -> bool:
+        """The cond batch and the perturbed batch are conditional; CFG's uncond batch (the second) is not."""
+        return not (self._is_cfg_enabled() and self._count_prepared == 2)
+
+    def _batches(self) -> tuple[list[int], list[str]]:
+        """(tuple index into the (cond, uncond) inputs, prediction name) of each batch, in run order."""
+        indices, names = [0], ["pred_cond"]
+        if self._is_cfg_enabled():
+            indices, names = indices + [1], names + ["pred_uncond"]
+        if self._is_softpag_enabled():
+            indices, names = indices + [0], names + ["pred_cond_perturbed"]
+        return indices, names
+
+    def prepare_inputs(self, data: dict) -> list[BlockState]:
+        """One BlockState per prediction: cond, [uncond], [perturbed cond] (the same inputs as cond)."""
+        return [self._prepare_batch(data, i, name) for i, name in zip(*self._batches(), strict=True)]
+
+    def prepare_inputs_from_block_state(self, data: BlockState, input_fields: dict) -> list[BlockState]:
+        """As `prepare_inputs`, reading the fields from a BlockState (the newer modular loops)."""
+        return [
+            self._prepare_batch_from_block_state(input_fields, data, i, name)
+            for i, name in zip(*self._batches(), strict=True)
+        ]
+
+    # -- the perturbed call -------------------------------------------------------------------------------
+
+    def _perturbation(self, denoiser: torch.nn.Module) -> GenericSoftPAG:
+        """The config resolved against `denoiser` (cached per denoiser)."""
+        if self._resolved is None or self._resolved[0] != id(denoiser):
+            softpag = GenericSoftPAG(denoiser, self.softpag)
+            if len(softpag.group_strengths) != 1:
+                raise SoftPAGError(
+                    "SoftPAGGuidance takes one head group: pass pag_heads without 'name: ...;' groups"
+                )
+            self._resolved = (id(denoiser), softpag)
+        return self._resolved[1]
+
+    def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        """Before the perturbed batch (the last one): wrap the chosen heads' modules and publish their strengths."""
+        self._count_prepared += 1
+        if not (self._is_softpag_enabled() and self._count_prepared == self.num_conditions):
+            return
+        softpag = self._perturbation(denoiser)
+        (group,) = softpag.group_strengths
+        processors = {name: softpag.layout.processor(name) for name in group}
+        state = PerturbationState(self.softpag.identity)
+
+        def publish(module, args, kwargs):  # per-row strengths for this call's batch; text length for "image"
+            first = kwargs.get("hidden_states", args[0] if args else None)
+            rows = len(first)
+            state.strengths = {name: u.to(first.device).expand(rows, -1) for name, u in group.items()}
+            context = kwargs.get("encoder_hidden_states")
+            state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
+
+        def done(module, args, kwargs, output):  # runs even when the forward raises (always_call)
+            self.cleanup_models(module)
+
+        self.cleanup_models(denoiser)  # a perturbed call left open by an interrupted loop
+        stack = ExitStack()
+        try:
+            stack.enter_context(
+                swapped_processors(
+                    denoiser, processors, softpag.layout.replaceable, "pag_heads", SoftPAGError
+                )
+            )
+            stack.callback(denoiser.register_forward_pre_hook(publish, with_kwargs=True).remove)
+            stack.enter_context(perturbing(state))
+            stack.callback(denoiser.register_forward_hook(done, with_kwargs=True, always_call=True).remove)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        """After the perturbed batch (or when its forward ends, also by an exception): the original processors
+        back, the hooks removed."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    # -- the combination ----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pred_cond: torch.Tensor,
+        pred_uncond: torch.Tensor | None = None,
+        pred_cond_perturbed: torch.Tensor | None = None,
+    ) -> GuiderOutput:
+        """eps_u + w_cfg (eps_c - eps_u) + w_pag (eps_c - eps_p), each term only when enabled at this step."""
+        pred = pred_cond
+        if pred_uncond is not None:
+            pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
+        if pred_cond_perturbed is not None:
+            pred = pred + self.softpag.scale * (pred_cond - pred_cond_perturbed)
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
