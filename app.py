@@ -1,5 +1,5 @@
-"""Gradio demo: SoftPAG generation with head selections, guided beside unguided from the same seed; head search;
-UpFusion novel views.
+"""Gradio demo: SoftPAG generation with head selections, guided beside unguided from the same seed; head
+search; UpFusion novel views.
 
 python app.py                      # the embedded toy SD3 model, on http://127.0.0.1:7860, no network
 python app.py --model stabilityai/stable-diffusion-3-medium-diffusers --device cuda --dtype float16
@@ -24,9 +24,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 LOG = logging.getLogger("headhunter.app")
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # A quiet console: known library messages dropped where they are emitted (before the libraries load)
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 LIBRARY_NOISE = (
     "requires torchvision",  # transformers: CLIP/Siglip image processors fall back to PIL (we never use them)
@@ -90,8 +90,16 @@ SHOWN_PX = 512  # small images are shown enlarged (nearest neighbour) to about t
 DIFFERENCE_GAIN = 4
 GALLERY_KEEP = 24
 
-SEARCH_OBJECTIVES = ("toy-quality", "toy-fidelity", "toy-dark", "toy-outlined", "saturation", "brightness",
-                     "contrast", "sharpness")  # fmt: skip
+SEARCH_OBJECTIVES = (
+    "toy-quality",
+    "toy-fidelity",
+    "toy-dark",
+    "toy-outlined",
+    "saturation",
+    "brightness",
+    "contrast",
+    "sharpness",
+)
 MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS, MAX_K, MAX_ROUNDS = 8, 4, 8, 3
 SEARCH_USE_STRENGTH = 0.5  # the paper: search with u = 1, use about 0.5
 
@@ -116,15 +124,15 @@ HELP = {
     "cfg": "How closely to follow the prompt (classifier-free guidance). 1 = off.",
     "preset": "Saved head selections that work with this model. Picking one fills the heads and w below; "
     "editing them turns the selection into 'custom'.",
-    "heads": "Which attention heads to weaken: L<layer>H<head>, e.g. L1H0 = layer 1, head 0; '=0.5' sets that "
-    "head's strength u. 'name: heads; name2: heads' makes groups. Empty: no head guidance.",
+    "heads": "Which attention heads to weaken: L<layer>H<head>, e.g. L1H0 = layer 1, head 0; '=0.5' sets "
+    "that head's strength u. 'name: heads; name2: heads' makes groups. Empty: no head guidance.",
     "preset_file": "A preset JSON (for example from the Head search tab). It fills the heads and w.",
 }
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Input checks: every bad value is refused with a message that names the input (logged as one line)
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 class InputError(gr.Error):
@@ -172,7 +180,7 @@ def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHAR
 
 
 def setting(name: str, label: str, value):
-    """A SoftPAG setting checked against `SOFTPAG_SETTINGS` (the one source of its range), named as in the UI."""
+    """A SoftPAG setting checked against `SOFTPAG_SETTINGS` (the source of its range), named as in the UI."""
     s = SOFTPAG_SETTINGS[name]
     if s.kind == "choice":
         return choice(label, value, s.choices)
@@ -208,9 +216,9 @@ def Dropdown(*args, **kwargs) -> gr.Dropdown:  # noqa: N802
     return raw(gr.Dropdown(*args, **kwargs))
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The model folder: name, sizes, vocabulary
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def display_name(model: str | Path) -> str:
@@ -226,7 +234,7 @@ def display_name(model: str | Path) -> str:
 
 @dataclass(frozen=True)
 class Sizes:
-    """The image sizes a model supports: a multiple in [low, high], or exactly the trained size (toy models)."""
+    """The image sizes a model supports: a multiple in [low, high], or the trained size only (toy models)."""
 
     native: tuple[int, int]  # (height, width)
     multiple: int
@@ -239,7 +247,8 @@ class Sizes:
         if self.trained_only:
             if not _real(value) or value != native:
                 raise InputError(
-                    f"{label}: {value!r} is not allowed; this toy model makes {self.native[1]}x{self.native[0]} "
+                    f"{label}: {value!r} is not allowed; this toy model makes "
+                    f"{self.native[1]}x{self.native[0]} "
                     f"images only (its training size; other sizes give noise)"
                 )
             return native
@@ -290,7 +299,7 @@ def vocabulary(model: str | Path) -> list[str]:
     words = {t[:-4] for t in tokens if re.fullmatch(r"[a-z]{2,}</w>", t)}
     if len(words) > 5000:  # a real CLIP vocabulary: too long to list
         return []
-    # Pieces of longer words ("ack" of "black") are whole-word tokens too; a word that ends another is a piece.
+    # Pieces of longer words ("ack" of "black") are whole-word tokens too: a word ending another is a piece.
     return sorted(w for w in words if not any(o != w and o.endswith(w) for o in words))
 
 
@@ -302,9 +311,9 @@ def examples_for(words: list[str]) -> list[str]:
     return [p for p in EXAMPLE_PROMPTS if set(re.findall(r"[a-z]+", p)) <= known]
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # What guided an image: one record for the PNG chunks, the gallery and the note
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def effective_scales(selection: HeadSelection, pag_scale) -> list[float]:
@@ -321,11 +330,21 @@ def guidance_record(selection: HeadSelection | None, pag_kwargs: dict) -> dict:
     u = pag_kwargs.get("pag_strength", PAG["strength"].default)
     scales = effective_scales(selection, pag_kwargs.get("pag_scale", PAG["scale"].default))
     groups = [
-        {"name": g.name, "scale": scale,
-         "heads": [{"layer": h.layer, "head": h.head, "attention": h.attention,
-                    "u": float(u if h.strength is None else h.strength)} for h in g.heads]}
+        {
+            "name": g.name,
+            "scale": scale,
+            "heads": [
+                {
+                    "layer": h.layer,
+                    "head": h.head,
+                    "attention": h.attention,
+                    "u": float(u if h.strength is None else h.strength),
+                }
+                for h in g.heads
+            ],
+        }
         for g, scale in zip(selection.groups, scales, strict=True)
-    ]  # fmt: skip
+    ]
     return {
         "guidance": "softpag",
         "pag_heads": str(explicit(selection, u)),
@@ -341,12 +360,15 @@ def explicit(selection: HeadSelection, u: float, scale: float | None = None) -> 
     """The selection with every head's u written out (and, with `scale`, every group's scale)."""
     groups = tuple(
         HeadGroup(
-            tuple(HeadEntry(h.layer, h.head, float(u if h.strength is None else h.strength), h.attention)
-                  for h in g.heads),
-            g.name, g.scale if scale is None else scale,
+            tuple(
+                HeadEntry(h.layer, h.head, float(u if h.strength is None else h.strength), h.attention)
+                for h in g.heads
+            ),
+            g.name,
+            g.scale if scale is None else scale,
         )
         for g in selection.groups
-    )  # fmt: skip
+    )
     return HeadSelection(groups, selection.metadata)
 
 
@@ -358,9 +380,9 @@ def flat_parameters(record: dict) -> dict:
     return flat
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Pictures: enlargement, difference, head map
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def enlargement(size: tuple[int, int]) -> int:
@@ -416,9 +438,9 @@ def head_map_png(scores: dict, baseline: float, objective: str, path: Path, cell
     return path
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The demo: a loaded pipeline and the event functions
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -539,8 +561,15 @@ class Demo:
         cfg = number("CFG scale", cfg, 1, 30)
         seed = whole("Seed", seed, -1, 2**63 - 1)
         seed = random.randrange(2**31) if seed == -1 else seed
-        call = dict(self.extras, prompt=prompt, num_inference_steps=steps, height=height, width=width,
-                    guidance_scale=cfg, seed=seed)  # fmt: skip
+        call = dict(
+            self.extras,
+            prompt=prompt,
+            num_inference_steps=steps,
+            height=height,
+            width=width,
+            guidance_scale=cfg,
+            seed=seed,
+        )
         if negative:
             call["negative_prompt"] = negative
         return call
@@ -574,8 +603,9 @@ class Demo:
             return {}
 
         try:
-            return self.pipe(generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step,
-                             **call, **pag).images[0]  # fmt: skip
+            return self.pipe(
+                generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step, **call, **pag
+            ).images[0]
         except (SoftPAGError, HeadSelectionError, ValueError) as error:
             raise InputError(str(error)) from None
 
@@ -622,8 +652,10 @@ class Demo:
         stop = self._stop_event(request, clear=True)
         passes, steps = (2 if selection else 1), call["num_inference_steps"]
         try:
-            images = [self._sample(call, p, progress, i * steps, passes * steps, stop)
-                      for i, p in enumerate([pag, {}][2 - passes :])]  # fmt: skip
+            images = [
+                self._sample(call, p, progress, i * steps, passes * steps, stop)
+                for i, p in enumerate([pag, {}][2 - passes :])
+            ]
         except Stopped:
             raise InputError("Stopped: generation was stopped before it finished") from None
         records = [self.record(call, selection, pag, label), self.record(call, None, {}, label)][2 - passes :]
@@ -678,12 +710,13 @@ class Demo:
             return f"seed {record['seed']} · no heads selected: one unguided image ({scale_note})"
         preset = record["pag_preset"]
         scales = ", ".join(f"{g['name']} w={g['scale']:g}" for g in record["pag_groups"])
-        text = f"seed {record['seed']} · heads {record['pag_heads']} ({scales}) · preset: {preset} · {scale_note}"
+        heads = record["pag_heads"]
+        text = f"seed {record['seed']} · heads {heads} ({scales}) · preset: {preset} · {scale_note}"
         if preset == DEFAULT_PRESET:
             text += (
-                "\n\nThe default is a *style* preset: it makes the toy model's pictures darker (measured on 800 "
-                "prompt-seed pairs: darkness +0.030 ± 0.002, fidelity unchanged). No head set measurably improves "
-                "the toy SD3's fidelity, so the demo offers no 'quality' heads by default."
+                "\n\nThe default is a *style* preset: it makes the toy model's pictures darker (measured on "
+                "800 prompt-seed pairs: darkness +0.030 ± 0.002, fidelity unchanged). No head set measurably "
+                "improves the toy SD3's fidelity, so the demo offers no 'quality' heads by default."
             )
         return text
 
@@ -696,11 +729,20 @@ class Demo:
         groups = r.get("pag_groups") or [{"scale": PAG["scale"].default}]
         preset = r.get("pag_preset", CUSTOM)
         return (
-            r["prompt"], r.get("negative_prompt", ""), r["seed"], r["num_inference_steps"], r["width"],
-            r["height"], r["guidance_scale"], groups[0]["scale"], r.get("pag_identity", PAG["identity"].default),
-            r.get("pag_start", PAG["start"].default), r.get("pag_stop", PAG["stop"].default),
-            preset if preset in self.presets else CUSTOM, r.get("pag_heads", "") if guided else "",
-        )  # fmt: skip
+            r["prompt"],
+            r.get("negative_prompt", ""),
+            r["seed"],
+            r["num_inference_steps"],
+            r["width"],
+            r["height"],
+            r["guidance_scale"],
+            groups[0]["scale"],
+            r.get("pag_identity", PAG["identity"].default),
+            r.get("pag_start", PAG["start"].default),
+            r.get("pag_stop", PAG["stop"].default),
+            preset if preset in self.presets else CUSTOM,
+            r.get("pag_heads", "") if guided else "",
+        )
 
     # -- head search ---------------------------------------------------------------------------------------
 
@@ -734,7 +776,7 @@ class Demo:
         sweep: bool = True,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
     ):
-        """Run a head search; yields (head map PNG, report, preset file, heads text with u, w) as results arrive."""
+        """Run a head search; yields (head map PNG, report, preset file, heads with u, w) as they arrive."""
         from guidance.objectives import get_objective
         from guidance.search import HeadSearch, SearchSettings, label, preset
 
@@ -743,9 +785,16 @@ class Demo:
             raise InputError(f"Head map: {sweep!r} must be true or false")
         obj = get_objective(objective)
         height, width = self.sizes.native
-        settings = SearchSettings(prompts=lines, seeds=list(range(seeds)), steps=steps, size=height if height == width
-                                  else None, guidance_scale=float(self.default_cfg), model=self.name,
-                                  objective=obj.name, extra=self.extras)  # fmt: skip
+        settings = SearchSettings(
+            prompts=lines,
+            seeds=list(range(seeds)),
+            steps=steps,
+            size=height if height == width else None,
+            guidance_scale=float(self.default_cfg),
+            model=self.name,
+            objective=obj.name,
+            extra=self.extras,
+        )
         out = Path(tempfile.mkdtemp(prefix="headhunter-search-"))
         search = HeadSearch(self.pipe, obj, settings)
         report = [f"Unguided {obj.name}: **{search.baseline:.4f}** (higher is better)"]
@@ -763,18 +812,25 @@ class Demo:
             yield image, "\n\n".join(report), None, "", settings.pag_scale
             return
         rounds_json = [{**r, "round": i} for i, r in enumerate(history, start=1)]
-        found = preset(selected, settings, SEARCH_USE_STRENGTH, {"unguided": search.baseline, "rounds": rounds_json},
-                       objective)  # fmt: skip
+        found = preset(
+            selected,
+            settings,
+            SEARCH_USE_STRENGTH,
+            {"unguided": search.baseline, "rounds": rounds_json},
+            objective,
+        )
         path = found.save(out / f"preset-{objective}.json")
         w = effective_scales(found, settings.pag_scale)[0]
-        report.append(f"Found: **{str(found)}** at w={w:g} (searched with u=1; used at u={SEARCH_USE_STRENGTH:g}, "
-                      "as the paper recommends). 'Use these heads' copies exactly this.")  # fmt: skip
+        report.append(
+            f"Found: **{str(found)}** at w={w:g} (searched with u=1; used at u={SEARCH_USE_STRENGTH:g}, "
+            "as the paper recommends). 'Use these heads' copies exactly this."
+        )
         yield image, "\n\n".join(report), str(path), str(found), w
 
 
 def search_rounds(history: list[dict], baseline: float) -> tuple[list[str], list]:
-    """Report lines (rounds counted from 1) and the adopted selection: a round that does not beat the best earlier
-    selection (the unguided image first) is not adopted. A record's own `adopted` field wins where present."""
+    """Report lines (rounds counted from 1) and the adopted selection: a round that does not beat the best
+    earlier selection (the unguided image first) is not adopted. A record's own `adopted` field wins."""
     lines, selected, best = [], [], baseline
     for number_, record in enumerate(history, start=1):
         score = float(record["score"])
@@ -807,9 +863,9 @@ def gallery_items(history: list) -> list[tuple[str, str]]:
     return items
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Novel views (UpFusion): loaded on first use, only where its weights exist
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 UPFUSION = ASSETS / "toy-upfusion"
 MAX_VIEW_PIXELS = 4096
@@ -873,12 +929,26 @@ class NovelViews:
                 azimuth, elevation = (float(p) for p in parts)
             except ValueError:
                 raise InputError(f"Cameras: cannot read {pair.strip()!r}; write e.g. '90, 15'") from None
-            cameras.append((number("Cameras (azimuth)", azimuth, -360, 360),
-                            number("Cameras (elevation)", elevation, -89, 89)))  # fmt: skip
+            cameras.append(
+                (
+                    number("Cameras (azimuth)", azimuth, -360, 360),
+                    number("Cameras (elevation)", elevation, -89, 89),
+                )
+            )
         return cameras
 
-    def run(self, files, mode, cameras, frames, elevation, steps, cfg, seed,
-            progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)  # fmt: skip
+    def run(
+        self,
+        files,
+        mode,
+        cameras,
+        frames,
+        elevation,
+        steps,
+        cfg,
+        seed,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ):
         """Novel views of the uploaded object: a gallery, and a turntable GIF for an orbit."""
         reason = self.unavailable()
         if reason:
@@ -906,9 +976,9 @@ class NovelViews:
         return [(v, f"frame {i + 1}") for i, v in enumerate(views)], str(gif)
 
 
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The UI
-# -------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _pag_slider(name: str, label: str, low: float, high: float, step: float, value=None):
@@ -947,17 +1017,32 @@ def _generate_inputs(demo: Demo) -> dict:
         ui["random_seed"] = gr.Button("🎲 Random seed", size="sm")
         ui["last_seed"] = gr.Button("♻ Last seed", size="sm")
     with gr.Row():
-        ui["steps"] = Number(elem_id="steps", label="Steps", value=demo.default_steps, step=1,
-                             info=f"{HELP['steps']} 1 to {demo.limits.max_steps}.")  # fmt: skip
+        ui["steps"] = Number(
+            elem_id="steps",
+            label="Steps",
+            value=demo.default_steps,
+            step=1,
+            info=f"{HELP['steps']} 1 to {demo.limits.max_steps}.",
+        )
         h, w = demo.sizes.native
-        ui["width"] = Number(elem_id="width", label="Width", value=w, step=demo.sizes.multiple,
-                             info=f"{HELP['width']} This model: {demo.sizes.describe()}.")  # fmt: skip
-        ui["height"] = Number(label="Height", value=h, step=demo.sizes.multiple,
-                              info=f"{HELP['height']} This model: {demo.sizes.describe()}.")  # fmt: skip
+        ui["width"] = Number(
+            elem_id="width",
+            label="Width",
+            value=w,
+            step=demo.sizes.multiple,
+            info=f"{HELP['width']} This model: {demo.sizes.describe()}.",
+        )
+        ui["height"] = Number(
+            label="Height",
+            value=h,
+            step=demo.sizes.multiple,
+            info=f"{HELP['height']} This model: {demo.sizes.describe()}.",
+        )
     ui["cfg"] = Slider(1, 15, value=demo.default_cfg, step=0.5, label="CFG scale", info=HELP["cfg"])
     heads, w = demo.preset_inputs(demo.default_preset)
-    ui["preset"] = Dropdown([CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset",
-                            info=HELP["preset"])  # fmt: skip
+    ui["preset"] = Dropdown(
+        [CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset", info=HELP["preset"]
+    )
     ui["heads"] = gr.Textbox(
         elem_id="heads", label="Heads", value=heads, placeholder="L1H0=1, L7H7=0.5", info=HELP["heads"]
     )
@@ -965,8 +1050,12 @@ def _generate_inputs(demo: Demo) -> dict:
         ui["pag_scale"] = _pag_slider("scale", "Head guidance w", 0, 10, 0.25, w)
         ui["strength"] = _pag_slider("strength", "Default strength u", 0, 1, 0.05)
     with gr.Accordion("More head settings", open=False):
-        ui["identity"] = Radio(list(PAG["identity"].choices), value=PAG["identity"].default,
-                               label="Identity", info=PAG["identity"].help)  # fmt: skip
+        ui["identity"] = Radio(
+            list(PAG["identity"].choices),
+            value=PAG["identity"].default,
+            label="Identity",
+            info=PAG["identity"].help,
+        )
         with gr.Row():
             ui["start"] = _pag_slider("start", "Start", 0, 1, 0.05)
             ui["stop_at"] = _pag_slider("stop", "Stop", 0, 1, 0.05)
@@ -989,8 +1078,11 @@ def _generate_tab(demo: Demo) -> dict:
             ui["comparison"] = gr.ImageSlider(
                 label=f"Guided | unguided, same seed ({shown})", type="pil", format="png"
             )
-            ui["difference"] = gr.Image(label=f"Difference |guided - unguided| x{DIFFERENCE_GAIN}, black = same ({shown})",
-                                        type="pil", format="png")  # fmt: skip
+            ui["difference"] = gr.Image(
+                label=f"Difference |guided - unguided| x{DIFFERENCE_GAIN}, black = same ({shown})",
+                type="pil",
+                format="png",
+            )
             ui["note"] = gr.Markdown(label="About this result")
             ui["files"] = gr.File(label="PNG files (native size, settings inside)", file_count="multiple")
             ui["gallery"] = gr.Gallery(
@@ -1001,13 +1093,33 @@ def _generate_tab(demo: Demo) -> dict:
     if examples:
         gr.Examples([[p] for p in examples], [ui["prompt"]], label="Prompts this model understands")
     history, picked, last_seed = gr.State([]), gr.State(None), gr.State(None)
-    inputs = [ui[k] for k in ("prompt", "negative", "seed", "steps", "width", "height", "cfg", "pag_scale",
-                              "strength", "identity", "start", "stop_at", "preset", "heads")]  # fmt: skip
+    inputs = [
+        ui[k]
+        for k in (
+            "prompt",
+            "negative",
+            "seed",
+            "steps",
+            "width",
+            "height",
+            "cfg",
+            "pag_scale",
+            "strength",
+            "identity",
+            "start",
+            "stop_at",
+            "preset",
+            "heads",
+        )
+    ]
     generated = ui["run"].click(
-        demo.generate, [*inputs, history],
+        demo.generate,
+        [*inputs, history],
         [ui["comparison"], ui["difference"], ui["files"], ui["note"], ui["gallery"], history, last_seed],
-        api_name="generate", concurrency_limit=demo.limits.concurrency, show_progress_on=[ui["comparison"]],
-    )  # fmt: skip
+        api_name="generate",
+        concurrency_limit=demo.limits.concurrency,
+        show_progress_on=[ui["comparison"]],
+    )
     ui["events"] = [generated]
     _wire_generate_inputs(demo, ui, inputs, history, picked, last_seed)
     return ui
@@ -1024,19 +1136,28 @@ def _wire_generate_inputs(demo: Demo, ui: dict, inputs: list, history, picked, l
     ui["gallery"].select(selected_index, None, [picked], **private)
     reused = [i for i in inputs if i is not ui["strength"]]
     ui["reuse"].click(demo.reuse, [history, picked], reused, **private)
-    ui["preset_file"].upload(demo.read_preset_file, [ui["preset_file"]],
-                             [ui["heads"], ui["pag_scale"], ui["preset"]], **private)  # fmt: skip
+    ui["preset_file"].upload(
+        demo.read_preset_file, [ui["preset_file"]], [ui["heads"], ui["pag_scale"], ui["preset"]], **private
+    )
 
 
 def _search_tab(demo: Demo, generate_ui: dict) -> None:
     """Head search: objective, prompts, greedy rounds; the head map and 'Use these heads'."""
     with gr.Row():
         with gr.Column():
-            objective = Dropdown(list(SEARCH_OBJECTIVES), value="toy-dark", label="Objective",
-                                 info="What the search tries to raise (toy-* use the toy world's evaluator).")  # fmt: skip
-            prompts = gr.Textbox(elem_id="search-prompts", label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})", lines=4,
-                                 value="a red circle\na blue square on the left and a yellow triangle on the right",
-                                 info="The search scores heads on these prompts.")  # fmt: skip
+            objective = Dropdown(
+                list(SEARCH_OBJECTIVES),
+                value="toy-dark",
+                label="Objective",
+                info="What the search tries to raise (toy-* use the toy world's evaluator).",
+            )
+            prompts = gr.Textbox(
+                elem_id="search-prompts",
+                label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
+                lines=4,
+                value="a red circle\na blue square on the left and a yellow triangle on the right",
+                info="The search scores heads on these prompts.",
+            )
             with gr.Row():
                 seeds = Number(
                     elem_id="search-seeds",
@@ -1078,29 +1199,51 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
             found_w = gr.Number(label="Found w", interactive=False)
             use = gr.Button("Use these heads in the Generate tab")
     searched = go.click(
-        demo.search, [objective, prompts, seeds, k, rounds, steps, sweep], [head_map, report, found, found_heads, found_w],
-        api_name="search", concurrency_limit=demo.limits.concurrency, show_progress_on=[report],
-    )  # fmt: skip
+        demo.search,
+        [objective, prompts, seeds, k, rounds, steps, sweep],
+        [head_map, report, found, found_heads, found_w],
+        api_name="search",
+        concurrency_limit=demo.limits.concurrency,
+        show_progress_on=[report],
+    )
     stop.click(None, None, None, cancels=[searched], api_visibility="private")
     generate_ui["events"].append(searched)
-    use.click(lambda h, w: (h, w, CUSTOM) if h else (gr.skip(),) * 3, [found_heads, found_w],
-              [generate_ui["heads"], generate_ui["pag_scale"], generate_ui["preset"]], api_visibility="private")  # fmt: skip
+    use.click(
+        lambda h, w: (h, w, CUSTOM) if h else (gr.skip(),) * 3,
+        [found_heads, found_w],
+        [generate_ui["heads"], generate_ui["pag_scale"], generate_ui["preset"]],
+        api_visibility="private",
+    )
 
 
 def _novel_views_tab(views: NovelViews) -> None:
     """UpFusion: upload views, choose cameras or an orbit; gallery and turntable GIF."""
     reason = views.unavailable()
-    gr.Markdown(reason or "Novel views of an object from 1-6 photos without camera poses (UpFusion). Cameras are "
-                "relative to the first photo: azimuth turns around the object, elevation looks from above.")  # fmt: skip
+    gr.Markdown(
+        reason
+        or "Novel views of an object from 1-6 photos without camera poses (UpFusion). Cameras are "
+        "relative to the first photo: azimuth turns around the object, elevation looks from above."
+    )
     gr.Markdown("A toy-object picker is not offered: `pipelines.upfusion` has no example-views function.")
     with gr.Row():
         with gr.Column():
-            files = gr.File(label="Images of the object (1-6)", file_count="multiple", file_types=["image"],
-                            type="filepath")  # fmt: skip
-            mode = Radio(["views", "orbit"], value="views", label="Mode",
-                         info="'views': the cameras below; 'orbit': a full turn, as a GIF.")  # fmt: skip
-            cameras = gr.Textbox(label="Cameras", value="90, 15; 180, 15; 270, 15",
-                                 info="'azimuth, elevation' in degrees, pairs separated by ';'.")  # fmt: skip
+            files = gr.File(
+                label="Images of the object (1-6)",
+                file_count="multiple",
+                file_types=["image"],
+                type="filepath",
+            )
+            mode = Radio(
+                ["views", "orbit"],
+                value="views",
+                label="Mode",
+                info="'views': the cameras below; 'orbit': a full turn, as a GIF.",
+            )
+            cameras = gr.Textbox(
+                label="Cameras",
+                value="90, 15; 180, 15; 270, 15",
+                info="'azimuth, elevation' in degrees, pairs separated by ';'.",
+            )
             with gr.Row():
                 frames = Number(label="Frames", value=12, step=1, info=f"Orbit frames, 2 to {MAX_FRAMES}.")
                 elevation = Number(label="Elevation", value=15, info="Orbit elevation in degrees.")
@@ -1114,8 +1257,14 @@ def _novel_views_tab(views: NovelViews) -> None:
         with gr.Column():
             gallery = gr.Gallery(label="Novel views", columns=4)
             gif = gr.File(label="Turntable GIF")
-    go.click(views.run, [files, mode, cameras, frames, elevation, steps, cfg, seed], [gallery, gif],
-             api_name="novel_views", concurrency_limit=1, show_progress_on=[gallery])  # fmt: skip
+    go.click(
+        views.run,
+        [files, mode, cameras, frames, elevation, steps, cfg, seed],
+        [gallery, gif],
+        api_name="novel_views",
+        concurrency_limit=1,
+        show_progress_on=[gallery],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

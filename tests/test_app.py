@@ -36,7 +36,7 @@ def test_generate_shows_comparison_difference_gallery_and_pngs(client):
 
 
 def test_metadata_round_trip_with_a_preset_scale_that_is_not_the_default(server, client):
-    """A preset with w=1.5 and its own u per head: every field read back from the PNG is what guided the image."""
+    """A preset with w=1.5 and its own u per head: every field read back from the PNG is what guided it."""
     _, demo = server
     demo.presets["test-preset"] = HeadSelection.parse(
         {
@@ -47,24 +47,45 @@ def test_metadata_round_trip_with_a_preset_scale_that_is_not_the_default(server,
                     "heads": [{"layer": 0, "head": 1, "strength": 0.25}, {"layer": 1, "head": 0}],
                 }
             ]
-        }  # fmt: skip
+        }
     )
     heads, w = demo.preset_inputs("test-preset")
     assert (heads, w) == ("style: L0H1=0.25, L1H0=1", 1.5)
     try:
         *_, files, note, _ = client.predict(
-            "a red circle", seed=3, steps=2, pag_scale=w, pag_identity="image", pag_start=0.1, pag_stop=0.9,
-            preset="test-preset", heads=heads, api_name="/generate",
-        )  # fmt: skip
-        edited = client.predict("a red circle", seed=3, steps=2, pag_scale=2.0, preset="test-preset", heads=heads,
-                                api_name="/generate")[2]  # fmt: skip
+            "a red circle",
+            seed=3,
+            steps=2,
+            pag_scale=w,
+            pag_identity="image",
+            pag_start=0.1,
+            pag_stop=0.9,
+            preset="test-preset",
+            heads=heads,
+            api_name="/generate",
+        )
+        edited = client.predict(
+            "a red circle",
+            seed=3,
+            steps=2,
+            pag_scale=2.0,
+            preset="test-preset",
+            heads=heads,
+            api_name="/generate",
+        )[2]
     finally:
         del demo.presets["test-preset"]
     record, parameters = _png(files[0]["path"] if isinstance(files[0], dict) else files[0])
     assert record["pag_groups"] == [
-        {"name": "style", "scale": 1.5, "heads": [{"layer": 0, "head": 1, "attention": "attn", "u": 0.25},
-                                                  {"layer": 1, "head": 0, "attention": "attn", "u": 1.0}]}
-    ]  # fmt: skip
+        {
+            "name": "style",
+            "scale": 1.5,
+            "heads": [
+                {"layer": 0, "head": 1, "attention": "attn", "u": 0.25},
+                {"layer": 1, "head": 0, "attention": "attn", "u": 1.0},
+            ],
+        }
+    ]
     assert record["pag_heads"] == heads and record["pag_preset"] == "test-preset"
     assert (record["pag_identity"], record["pag_start"], record["pag_stop"]) == ("image", 0.1, 0.9)
     assert (record["seed"], record["num_inference_steps"], record["guidance_scale"]) == (3, 2, 5.0)
@@ -77,10 +98,21 @@ def test_metadata_round_trip_with_a_preset_scale_that_is_not_the_default(server,
 
 def test_reuse_gives_back_the_inputs_of_a_gallery_item(server):
     _, demo = server
-    record = {"prompt": "a red circle", "seed": 5, "num_inference_steps": 2, "width": 32, "height": 32,
-              "guidance_scale": 4.0, "guidance": "softpag", "pag_heads": "L0H1=0.5", "pag_preset": "custom",
-              "pag_groups": [{"name": "heads", "scale": 1.25, "heads": []}], "pag_identity": "image",
-              "pag_start": 0.0, "pag_stop": 0.5}  # fmt: skip
+    record = {
+        "prompt": "a red circle",
+        "seed": 5,
+        "num_inference_steps": 2,
+        "width": 32,
+        "height": 32,
+        "guidance_scale": 4.0,
+        "guidance": "softpag",
+        "pag_heads": "L0H1=0.5",
+        "pag_preset": "custom",
+        "pag_groups": [{"name": "heads", "scale": 1.25, "heads": []}],
+        "pag_identity": "image",
+        "pag_start": 0.0,
+        "pag_stop": 0.5,
+    }
     values = demo.reuse([{"image": "x.png", "record": record}], 0)
     assert values == ("a red circle", "", 5, 2, 32, 32, 4.0, 1.25, "image", 0.0, 0.5, "custom", "L0H1=0.5")
     with pytest.raises(demo_app.gr.Error, match="Gallery: click an image"):

@@ -1,6 +1,6 @@
-"""A headless Chromium (Debian's, through Playwright) uses the demo as an artist would: generate and compare,
-reuse a gallery item's settings, get an error for an oversize request, run a 1-round search and apply its heads.
-Screenshots go to test-artifacts/."""
+"""A headless Chromium (Debian's, through Playwright) uses the demo as an artist would: generate and
+compare, reuse a gallery item's settings, get an error for an oversize request, run a 1-round search and
+apply its heads. Screenshots go to test-artifacts/."""
 
 import os
 import shutil
@@ -10,8 +10,16 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def _require_browser():

@@ -1,5 +1,5 @@
-"""Bad inputs through the demo's Gradio API (gradio_client on localhost) and its event functions: each is refused
-with a clear message that names the input, before any work (issue #17, Gradio surface)."""
+"""Bad inputs through the demo's Gradio API (gradio_client on localhost) and its event functions: each is
+refused with a clear message that names the input, before any work (issue #17, Gradio surface)."""
 
 import math
 
@@ -59,11 +59,12 @@ SEARCH = [
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), GENERATE, ids=[m.split(":")[0] + str(i) for i, (_, m) in
-                                                               enumerate(GENERATE)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "message"), GENERATE, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(GENERATE)]
+)
 def test_generate_refuses_bad_inputs_by_name(server, client, kwargs, message):
-    """Through gradio_client; NaN and infinity (which gradio_client cannot send as JSON; raw HTTP can) go to the
-    event function directly."""
+    """Through gradio_client; NaN and infinity (gradio_client cannot send them as JSON; raw HTTP can) go to
+    the event function directly."""
     from gradio_client.exceptions import AppError
 
     prompt = kwargs.pop("prompt", "a red circle")
@@ -75,8 +76,9 @@ def test_generate_refuses_bad_inputs_by_name(server, client, kwargs, message):
         client.predict(prompt, api_name="/generate", **kwargs)
 
 
-@pytest.mark.parametrize(("args", "message"), SEARCH, ids=[m.split(":")[0] + str(i) for i, (_, m) in
-                                                           enumerate(SEARCH)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"), SEARCH, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(SEARCH)]
+)
 def test_search_refuses_bad_inputs_by_name(client, args, message):
     from gradio_client.exceptions import AppError
 
@@ -110,8 +112,9 @@ NOVEL_VIEWS = [
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), NOVEL_VIEWS, ids=[m.split(":")[0] + str(i) for i, (_, m) in
-                                                                   enumerate(NOVEL_VIEWS)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "message"), NOVEL_VIEWS, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(NOVEL_VIEWS)]
+)
 def test_novel_views_refuse_bad_inputs_by_name(views, kwargs, message):
     tab, image, text_file = views
     call = dict(files=[image], mode="views", cameras="90, 0", frames=12, elevation=15, steps=2, cfg=3, seed=0)
