@@ -1,10 +1,14 @@
-"""Step time and peak memory: CFG, CFG + SoftPAG (ours) and diffusers' StableDiffusion3PAGPipeline, side by side.
+"""Step time and peak memory of SoftPAG against the family's plain sampling (CFG, or none for guidance-distilled
+models), per model family; the generic adapter next to the hand-written one where both exist (SD3, FLUX.1), and
+diffusers' StableDiffusion3PAGPipeline on SD3.
 
-A mid-size random SD3 transformer (no download); the perturbed layer sits at half depth. Each variant runs in its
-own subprocess so its peak resident memory (ru_maxrss) is its own; each subprocess times `--steps` denoising
-steps after one warm-up call; variants run round-robin `--rounds` times and the fastest round of each counts. Prints a table and writes JSON to results/softpag_speed.json.
+A mid-size random model of the family (no download); the perturbed layer sits at half depth, all its heads.
+Each variant runs in its own subprocess so its peak resident memory (ru_maxrss) is its own; each subprocess times
+`--steps` denoising steps after one warm-up call; variants run round-robin `--rounds` times and the fastest round
+of each counts. Prints a table and writes JSON to results/softpag_speed.json (SD3) or
+results/softpag_speed_<family>.json.
 
-    python benchmarks/softpag_speed.py [--steps 8] [--layers 12] [--size 128]
+    python benchmarks/softpag_speed.py [--family sd3] [--steps 8] [--layers 12] [--size 128]
 """
 
 from __future__ import annotations
@@ -20,47 +24,114 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("cfg", "cfg+softpag", "cfg+softpag-joint", "cfg+softpag-no-prefix", "cfg+diffusers-pag")
+# Per family: the baseline first, then the SoftPAG variants. "generic" = the generic attention adapter.
+VARIANTS = {
+    "sd3": ("cfg", "cfg+softpag", "cfg+softpag-joint", "cfg+softpag-no-prefix", "cfg+softpag-generic",
+            "cfg+diffusers-pag"),
+    "flux": ("plain", "softpag", "softpag-no-prefix", "softpag-generic"),
+    "flux2": ("plain", "softpag-generic"),
+    "qwenimage": ("cfg", "cfg+softpag-generic"),
+    "zimage": ("cfg", "cfg+softpag-generic"),
+    "chroma": ("cfg", "cfg+softpag-generic"),
+    "wan": ("cfg", "cfg+softpag-generic"),
+}  # fmt: skip
+HEADS, HEAD_DIM = 8, 16  # head_dim 16: the tiny builders' RoPE axes sum to 16
 
 
-def build(folder: Path, layers: int) -> None:
-    """Save a mid-size random SD3 pipeline: 8 heads x 32 dims per layer."""
-    from pipelines.tiny import tiny_sd3
+def build(family: str, folder: Path, layers: int) -> None:
+    """Save a mid-size random pipeline of `family`: 8 heads x 16 dims per attention, `layers` layers in all."""
+    from pipelines.tiny import tiny_flux, tiny_sd3
+    from pipelines.tiny_families import tiny_chroma, tiny_flux2, tiny_qwenimage, tiny_wan, tiny_zimage
 
-    tiny_sd3(num_layers=layers, num_heads=8, head_dim=32).save_pretrained(folder)
+    double, single = layers // 3, layers - layers // 3
+    builders = {
+        "sd3": lambda: tiny_sd3(num_layers=layers, num_heads=HEADS, head_dim=HEAD_DIM),
+        "flux": lambda: tiny_flux(num_layers=double, num_single_layers=single, num_heads=HEADS, head_dim=HEAD_DIM),
+        "flux2": lambda: tiny_flux2(num_layers=double, num_single_layers=single, num_heads=HEADS, head_dim=HEAD_DIM),
+        "qwenimage": lambda: tiny_qwenimage(num_layers=layers, num_heads=HEADS, head_dim=HEAD_DIM),
+        "zimage": lambda: tiny_zimage(num_layers=layers, num_heads=HEADS, dim=HEADS * HEAD_DIM),
+        "chroma": lambda: tiny_chroma(num_layers=double, num_single_layers=single, num_heads=HEADS,
+                                      head_dim=HEAD_DIM),
+        "wan": lambda: tiny_wan(num_layers=layers, num_heads=HEADS, head_dim=HEAD_DIM),
+    }  # fmt: skip
+    builders[family]().save_pretrained(folder)
 
 
-def worker(variant: str, folder: str, layers: int, size: int, steps: int, threads: int) -> dict:
+def _generic_pipeline(family: str, folder: str):
+    """SD3 / FLUX.1 through the generic adapter instead of their hand-written processors."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from pipelines.families import GenericSoftPAGMixin
+    from pipelines.headhunter import SoftPAGMixin
+
+    class GenericSD3(GenericSoftPAGMixin, StableDiffusion3Pipeline):
+        _cond_rows = SoftPAGMixin._cond_rows  # batched [uncond, cond]
+
+    class GenericFlux(GenericSoftPAGMixin, FluxPipeline):
+        pass
+
+    cls = GenericSD3 if family == "sd3" else GenericFlux
+    extra = dict(text_encoder_3=None, tokenizer_3=None) if family == "sd3" else {}
+    return cls.from_pretrained(folder, **extra)
+
+
+def _call_inputs(family: str, size: int) -> dict:
+    """Prompt (or precomputed embeddings), size and CFG of one call of `family`."""
+    from pipelines.tiny_families import prompt_embeds_for
+
+    inputs: dict = dict(height=size, width=size, output_type="latent")
+    if family in ("flux2", "qwenimage", "zimage"):
+        inputs.update(prompt_embeds_for(family))
+        negative = prompt_embeds_for(family, seed=1)
+        if family == "qwenimage":
+            inputs.update(true_cfg_scale=5.0, negative_prompt_embeds=negative["prompt_embeds"],
+                          negative_prompt_embeds_mask=negative["prompt_embeds_mask"])  # fmt: skip
+        if family == "zimage":
+            inputs.update(guidance_scale=5.0, negative_prompt_embeds=negative["prompt_embeds"])
+    else:
+        inputs.update(prompt="a red circle", guidance_scale=5.0)
+    if family in ("chroma", "wan"):
+        inputs.update(negative_prompt="dark", max_sequence_length=16)
+    if family == "wan":
+        inputs.update(num_frames=5)
+    return inputs
+
+
+def worker(family: str, variant: str, folder: str, layers: int, size: int, steps: int, threads: int) -> dict:
     """Time one variant; returns seconds per step and peak RSS."""
     import torch
 
     torch.set_num_threads(threads)
     split = layers // 2
+    heads = ",".join(f"L{split}H{h}" for h in range(HEADS))
+    identity = (
+        "image" if family == "sd3" and not variant.endswith("joint") else "joint"
+    )  # diffusers' PAG: image
+    extra = dict(pag_heads=heads, pag_scale=3.0, pag_identity=identity)
     if variant == "cfg+diffusers-pag":
         from diffusers import StableDiffusion3PAGPipeline
 
         pipe = StableDiffusion3PAGPipeline.from_pretrained(
-            folder,
-            text_encoder_3=None,
-            tokenizer_3=None,
+            folder, text_encoder_3=None, tokenizer_3=None,
             pag_applied_layers=[rf"^transformer_blocks\.{split}\.attn$"],
-        )
+        )  # fmt: skip
         extra = dict(pag_scale=3.0, pag_adaptive_scale=0.0)
+    elif variant.endswith("generic") and family in ("sd3", "flux"):
+        pipe = _generic_pipeline(family, folder)
     else:
         from pipelines.headhunter import HeadHunterPipeline
 
         pipe = HeadHunterPipeline.from_pretrained(folder)
-        heads = ",".join(f"L{split}H{h}" for h in range(8))
-        identity = "joint" if variant == "cfg+softpag-joint" else "image"  # diffusers' PAG is "image"
-        extra = {} if variant == "cfg" else dict(pag_heads=heads, pag_scale=3.0, pag_identity=identity)
-        if variant == "cfg+softpag-no-prefix":
-            extra["pag_shared_prefix"] = False
+    if variant in ("cfg", "plain"):
+        extra = {}
+    if variant.endswith("no-prefix"):
+        extra["pag_shared_prefix"] = False
     pipe.set_progress_bar_config(disable=True)
+    inputs = _call_inputs(family, size)
 
     def run(n: int) -> float:
         start = time.perf_counter()
-        pipe("a red circle", num_inference_steps=n, height=size, width=size, guidance_scale=5.0,
-             output_type="latent", generator=torch.Generator().manual_seed(0), **extra)  # fmt: skip
+        pipe(num_inference_steps=n, generator=torch.Generator().manual_seed(0), **inputs, **extra)
         return time.perf_counter() - start
 
     run(1)  # warm-up
@@ -72,52 +143,63 @@ def worker(variant: str, folder: str, layers: int, size: int, steps: int, thread
     }
 
 
+def _measure(args, folder: str) -> list[dict]:
+    """Round-robin over the variants, keeping each one's fastest round: load from other processes on the machine
+    then slows every variant alike instead of whichever happened to run during it."""
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for variant in VARIANTS[args.family]:
+            cmd = [sys.executable, __file__, "--worker", variant, "--folder", folder, "--family", args.family,
+                   "--layers", str(args.layers), "--size", str(args.size), "--steps", str(args.steps),
+                   "--threads", str(args.threads)]  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            if variant not in best or row["seconds_per_step"] < best[variant]["seconds_per_step"]:
+                best[variant] = row
+    rows = [best[v] for v in VARIANTS[args.family]]
+    for row in rows:
+        row["time_vs_base"] = row["seconds_per_step"] / rows[0]["seconds_per_step"]
+        row["rss_vs_base"] = row["peak_rss_mib"] / rows[0]["peak_rss_mib"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=sorted(VARIANTS), default="sd3")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--size", type=int, default=128, help="image size; tokens = (size/4)^2")
+    parser.add_argument("--size", type=int, default=128, help="image size (pixels)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per run (1 is robust to a busy CPU)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="round-robin repeats; the fastest round counts")
-    parser.add_argument("--out", default="results/softpag_speed.json")
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default results/softpag_speed[_<family>].json)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.folder, args.layers, args.size, args.steps, args.threads)))
+        row = worker(args.family, args.worker, args.folder, args.layers, args.size, args.steps, args.threads)
+        print(json.dumps(row))
         return
-
-    # Round-robin over the variants, keeping each one's fastest round: load from other processes on the machine
-    # then slows every variant alike instead of whichever happened to run during it.
-    best: dict[str, dict] = {}
+    args.out = args.out or ("results/softpag_speed.json" if args.family == "sd3" else
+                            f"results/softpag_speed_{args.family}.json")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
-        build(Path(folder), args.layers)
-        for _ in range(args.rounds):
-            for variant in VARIANTS:
-                cmd = [sys.executable, __file__, "--worker", variant, "--folder", folder, "--layers",
-                       str(args.layers), "--size", str(args.size), "--steps", str(args.steps), "--threads",
-                       str(args.threads)]  # fmt: skip
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                row = json.loads(out.strip().splitlines()[-1])
-                if variant not in best or row["seconds_per_step"] < best[variant]["seconds_per_step"]:
-                    best[variant] = row
-    rows = [best[v] for v in VARIANTS]
-    base = rows[0]
-    for row in rows:
-        row["time_vs_cfg"] = row["seconds_per_step"] / base["seconds_per_step"]
-        row["rss_vs_cfg"] = row["peak_rss_mib"] / base["peak_rss_mib"]
+        build(args.family, Path(folder), args.layers)
+        rows = _measure(args, folder)
     machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch threads {args.threads}".strip()
-    print(f"SD3 random: {args.layers} layers x 8 heads x 32 dims, {(args.size // 4) ** 2} image tokens, "
-          f"perturbed layer {args.layers // 2}, CFG 5, batch 1; {machine}")  # fmt: skip
-    print(f"{'variant':<24}{'s/step':>10}{'x CFG':>8}{'peak RSS MiB':>14}{'x CFG':>8}")
+    base = VARIANTS[args.family][0]
+    print(f"{args.family} random: {args.layers} layers x {HEADS} heads x {HEAD_DIM} dims, {args.size} px, perturbed "
+          f"layer {args.layers // 2} (all heads), batch 1; {machine}")  # fmt: skip
+    print(f"{'variant':<24}{'s/step':>10}{'x ' + base:>8}{'peak RSS MiB':>14}{'x ' + base:>8}")
     for r in rows:
-        print(f"{r['variant']:<24}{r['seconds_per_step']:>10.3f}{r['time_vs_cfg']:>8.2f}"
-              f"{r['peak_rss_mib']:>14.0f}{r['rss_vs_cfg']:>8.2f}")  # fmt: skip
+        print(f"{r['variant']:<24}{r['seconds_per_step']:>10.3f}{r['time_vs_base']:>8.2f}"
+              f"{r['peak_rss_mib']:>14.0f}{r['rss_vs_base']:>8.2f}")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
-        json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2) + "\n"
+        json.dumps({"family": args.family, "machine": machine, "args": vars(args), "rows": rows}, indent=2)
+        + "\n"
     )
 
 

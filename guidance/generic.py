@@ -194,12 +194,12 @@ def _perturbed(query, key, value, mask, attend: Callable, heads_dim: int) -> tor
     if heads_dim == 2:  # (B, T, H, D) -> the (B, H, T, D) views softpag_attention works on; no copies
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))
 
+    rows = (
+        u.any(dim=-1).nonzero().flatten()
+    )  # the rows softpag_attention attends again for the "image" target
+
     def attention(q, k, v, identity_mask):
-        if identity_mask is not None and mask is not None:
-            raise SoftPAGError(
-                f"pag_identity='image' on {site.name}, which passes its own attention mask; use 'joint'"
-            )
-        m = mask if identity_mask is None else identity_mask
+        m = mask if identity_mask is None else _combined(mask, identity_mask, rows, site.name)
         if heads_dim == 2:
             return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), m).transpose(1, 2)
         return attend(q, k, v, m)
@@ -207,6 +207,23 @@ def _perturbed(query, key, value, mask, attend: Callable, heads_dim: int) -> tor
     image = _image_tokens(site, query.shape[-2]) if state.identity == "image" else None
     out = softpag_attention(query, key, value, u.to(query.device), state.identity, image, attention)
     return out.transpose(1, 2) if heads_dim == 2 else out
+
+
+def _combined(
+    mask: torch.Tensor | None, identity: torch.Tensor, rows: torch.Tensor, name: str
+) -> torch.Tensor:
+    """The model's own attention mask (boolean, True = attend, or additive) restricted to the identity's pattern,
+    for the perturbed `rows` (the model's mask may carry one entry per batch row, e.g. Chroma's text padding)."""
+    if mask is None:
+        return identity
+    if mask.ndim == 4 and mask.shape[0] > 1:
+        mask = mask[rows.to(mask.device)]
+    if mask.ndim not in (2, 4):
+        raise SoftPAGError(f"pag_identity='image' on {name}: its attention mask of shape {tuple(mask.shape)} "
+                           "cannot be combined with the identity; use 'joint'")  # fmt: skip
+    if mask.dtype == torch.bool:
+        return mask & identity
+    return mask.masked_fill(~identity, float("-inf"))
 
 
 def _dispatch_substitute(query, key, value, attn_mask=None, *args, **kwargs):

@@ -284,3 +284,16 @@ def test_wan22_second_transformer_is_refused(loaded):
     two = type(pipe).from_pipe(pipe, transformer_2=pipe.transformer, boundary_ratio=0.5)
     with pytest.raises(SoftPAGError, match="transformer_2"):
         run(two, "wan", pag_heads="L0H0")
+
+
+@pytest.mark.parametrize("name", ["flux2", "qwenimage", "chroma", "wan"])
+def test_image_identity_where_the_token_order_is_known(name, loaded):
+    """[text, image] families: the image identity differs from the joint one; Wan's self-attention sees image
+    tokens only, so there the two are the same map."""
+    pipe = loaded(name)
+    joint = run(pipe, name, pag_heads="L0H0,L1H1", pag_scale=3.0)
+    image = run(pipe, name, pag_heads="L0H0,L1H1", pag_scale=3.0, pag_identity="image")
+    if name == "wan":
+        torch.testing.assert_close(image, joint, atol=1e-5, rtol=0)
+    else:
+        assert (image - joint).abs().max() > 1e-4
