@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pipelines.batch as batch_module
 from pipelines.batch import JobFileError, plan
 from pipelines.cli import main
+from pipelines.settings import save_png
 
 LAYOUT = {"attn": {layer: 4 for layer in range(4)}, "attn2": {}}
 
@@ -140,3 +142,144 @@ def test_two_ranks_split_items_and_merge_manifests(tiny_folder, tmp_path):
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in records) == sorted({r["id"] for r in records}) and len(records) == 6
     assert not list(out.glob("manifest.rank*.jsonl"))
+
+
+# -- fault injection: a run stopped at chosen points, then resumed -------------------------------------------
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so the runner's per-group error handling does not catch it."""
+
+
+def _kill_on(calls: int, real):
+    """A wrapper of `real` that raises Killed on its `calls`-th call (1-based)."""
+    count = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise Killed
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def _tmp_left_behind(image, path, *args):
+    """save_png killed after writing its temporary file, before the rename."""
+    path.with_name(f".{path.name}.tmp").write_bytes(b"partial")
+    raise Killed
+
+
+def _half_record(self, record):
+    """A manifest line cut by a kill: half the JSON, no newline."""
+    with self.manifest.open("a") as f:
+        f.write(json.dumps(record)[:20])
+    raise Killed
+
+
+KILL_POINTS = {
+    "before the first group": lambda mp, runner: mp.setattr(
+        runner, "_generate", _kill_on(1, runner._generate)
+    ),
+    "before the second group": lambda mp, runner: mp.setattr(
+        runner, "_generate", _kill_on(2, runner._generate)
+    ),
+    "inside a partly written group": lambda mp, _: mp.setattr(
+        batch_module, "save_png", _kill_on(2, save_png)
+    ),
+    "between temporary file and rename": lambda mp, _: mp.setattr(
+        "pipelines.batch.save_png", _tmp_left_behind
+    ),
+    "after a PNG, before its manifest line": lambda mp, runner: mp.setattr(
+        runner, "_record", _kill_on(3, runner._record)
+    ),
+    "halfway through a manifest line": lambda mp, runner: mp.setattr(
+        runner, "_record", lambda record: _half_record(runner, record)
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    from pipelines.headhunter import HeadHunterPipeline
+    from pipelines.tiny import TINY_PIPELINES
+
+    pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def fault_plan(tmp_path_factory, tiny_pipe):
+    """Six items in groups of three (two settings), and the images of an uninterrupted run."""
+    from pipelines.batch import BatchRunner
+
+    folder = tmp_path_factory.mktemp("faults")
+    jobs = write_jobs(folder / "jobs.jsonl", [
+        {"prompt": f"a red circle {i}", "seed": i, **({"pag_heads": "L1H1"} if i >= 3 else {})} for i in range(6)
+    ])  # fmt: skip
+    items, _ = plan(jobs, {"num_inference_steps": 1, "height": 32, "width": 32}, LAYOUT)
+    BatchRunner(tiny_pipe, "tiny", folder / "reference", 3).run(items, progress=False)
+    return items, {i.file: np.asarray(Image.open(folder / "reference" / i.file)) for i in items}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_run_resumes_to_the_uninterrupted_images(point, fault_plan, tiny_pipe, tmp_path, monkeypatch):
+    """Every item exactly once, no temporary files, manifest equal to the files, images bit-identical."""
+    from pipelines.batch import BatchRunner
+
+    items, reference = fault_plan
+    runner = BatchRunner(tiny_pipe, "tiny", tmp_path, 3)
+    with monkeypatch.context() as mp:
+        KILL_POINTS[point](mp, runner)
+        with pytest.raises(Killed):
+            runner.run(items, progress=False)
+    counts = BatchRunner(tiny_pipe, "tiny", tmp_path, 3).run(items, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    ok = [r["id"] for r in records if r["status"] == "ok"]
+    assert sorted(ok) == sorted(i.id for i in items) and len(records) == len(items), point
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(r["file"] for r in records)
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert counts["ok"] + counts["done_before"] == len(items)
+    for file, image in reference.items():
+        assert np.array_equal(np.asarray(Image.open(tmp_path / file)), image), (point, file)
+
+
+def test_batch_size_changes_pixels_by_at_most_one_level(fault_plan, tiny_pipe, tmp_path):
+    """The documented tolerance (docs/reliability.md): another batch size moves 8-bit pixels by at most 1."""
+    from pipelines.batch import BatchRunner
+
+    items, reference = fault_plan
+    BatchRunner(tiny_pipe, "tiny", tmp_path, 1).run(items, progress=False)
+    for file, image in reference.items():
+        alone = np.asarray(Image.open(tmp_path / file), dtype=int)
+        assert np.abs(alone - image.astype(int)).max() <= 1, file
+
+
+def test_csv_keeps_strings_and_converts_numeric_fields(tmp_path):
+    csv = tmp_path / "jobs.csv"
+    csv.write_text('id,prompt,negative_prompt,seed,guidance_scale\n007,1984,0,12,4\n"x.1","a, b",,,\n')
+    items, _ = plan(csv, {}, LAYOUT)
+    first, second = items[0], items[1]
+    assert (
+        first.id == "007-0"
+        and first.settings["prompt"] == "1984"
+        and first.settings["negative_prompt"] == "0"
+    )
+    assert first.seed == 12 and first.settings["guidance_scale"] == 4.0
+    assert second.id == "x.1-0" and second.settings["prompt"] == "a, b"
+
+
+def test_job_file_problems_are_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import pipelines.cli as cli
+
+    monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model must not load"))
+    for content, message in [(None, "no such file"), ("", "holds no jobs"), (b"\0\1", "a binary file")]:
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.unlink(missing_ok=True)
+        if content is not None:
+            jobs.write_bytes(content if isinstance(content, bytes) else content.encode())
+        assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{jobs}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

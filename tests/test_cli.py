@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from PIL import Image
 
 from pipelines.cli import main
@@ -76,3 +75,90 @@ def test_search_command_writes_preset_heatmap_report(tiny_folder, tmp_path):
     # The found preset drives generation.
     assert main(["generate", "x", "--model", tiny_folder("sd3"), "--out", str(tmp_path / "g.png"), "--steps", "1",
                  "--height", "32", "--width", "32", "--pag-heads", str(out / "preset.json")]) == 0  # fmt: skip
+
+
+def _gen(tiny, *extra):
+    return [
+        "generate",
+        "a red circle",
+        "--model",
+        tiny,
+        "--steps",
+        "1",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        *extra,
+    ]
+
+
+def test_generate_never_overwrites_without_asking(tiny_folder, tmp_path, capsys):
+    folder = str(tmp_path / "outs")
+    assert main(_gen(tiny_folder("sd3"), "--out", folder)) == 0
+    assert main(_gen(tiny_folder("sd3"), "--out", folder)) == 0
+    assert sorted(p.name for p in (tmp_path / "outs").iterdir()) == ["image-1.png", "image.png"]
+    assert main(_gen(tiny_folder("sd3"), "--out", folder, "--name", "cat")) == 0
+    assert main(_gen(tiny_folder("sd3"), "--out", folder, "--name", "cat")) == 2
+    assert "'cat.png' exists; pass --overwrite" in capsys.readouterr().err.replace(folder + "/", "")
+    before = (tmp_path / "outs" / "cat.png").stat().st_mtime_ns
+    assert main(_gen(tiny_folder("sd3"), "--out", folder, "--name", "cat", "--overwrite", "--seed", "3")) == 0
+    assert (tmp_path / "outs" / "cat.png").stat().st_mtime_ns != before
+    assert json.loads(Image.open(tmp_path / "outs" / "cat.png").text["headhunter"])["seed"] == 3
+
+
+def test_debug_shows_the_traceback_and_errors_are_one_line(tiny_folder, capsys):
+    assert main(_gen(tiny_folder("sd3"), "--steps", "0")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--steps=0 is out of range" in err
+    assert main(_gen(tiny_folder("sd3"), "--steps", "0", "--debug")) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_relative_model_that_is_not_a_folder_fails_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for value in ("models/toy-sd3", "./toy-sd3", "assets/toy-sd3/"):
+        assert main(["generate", "x", "--model", value]) == 2
+        assert f"--model {value!r}: no such folder" in capsys.readouterr().err
+
+
+def test_long_head_lists_are_heads_not_paths(tiny_folder, tmp_path):
+    """All 16 heads of the tiny model in three groups: over 250 characters, read as heads (not a file name)."""
+    heads = ", ".join(f"L{layer}H{head}=0.5" for layer in range(4) for head in range(4))
+    grouped = "; ".join(f"group{i}: {heads}" for i in range(3))
+    assert len(grouped) > 250
+    assert main(_gen(tiny_folder("sd3"), "--out", str(tmp_path / "a.png"), "--pag-heads", grouped)) == 0
+    assert json.loads(Image.open(tmp_path / "a.png").text["headhunter"])["pag_heads"] == grouped
+
+
+def test_presets_list_is_an_aligned_table_without_cut_words(capsys):
+    from pipelines.cli import _presets_list
+
+    assert _presets_list(width=80) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "heads", "layers", "x", "heads", "model"]
+    rows = [line for line in lines[1:] if not line.startswith("    ")]
+    assert len(rows) == len(list_presets())
+    column = lines[0].index("model")
+    assert all(row[column - 2 : column] == "  " for row in rows)  # aligned
+    sources = " ".join(line.strip() for line in lines[1:] if line.startswith("    "))
+    assert "Fine-Grained Perturbation Guidance via Attention Head Selection" in sources  # wrapped whole words
+    assert all(len(line) <= 80 for line in lines if line.startswith("    "))
+
+
+def test_presets_show_is_a_table(capsys):
+    assert main(["presets", "show", "sd3-paper-golden-hour"]) == 0
+    out = capsys.readouterr().out
+    assert "layers x heads  24 x 24" in out and "source" in out
+    header = next(line for line in out.splitlines() if line.startswith("group"))
+    assert header.split() == ["group", "head", "u", "scale", "w"]
+    assert sum(line.split()[1].startswith("L") for line in out.splitlines() if line.startswith("golden")) == 3
+
+
+def test_device_cuda_without_cuda_is_refused_before_loading(tiny_folder, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(_gen(tiny_folder("sd3"), "--device", "cuda")) == 2
+    assert "--device 'cuda': cuda is not available on this machine" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from guidance.heads import HeadEntry, HeadSelection, HeadSelectionError
+from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError
 
 LAYOUT = {"attn": {layer: 4 for layer in range(6)}, "attn2": {0: 4, 1: 4}}
 
@@ -84,3 +84,60 @@ def test_bad_preset_json(tmp_path):
     path.write_text('{"heads": []}')
     with pytest.raises(HeadSelectionError, match="needs a 'groups' list"):
         HeadSelection.parse(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("L０H０", "cannot read 'L０H０'"),
+        ("L1H1=٠.٥", "strength '٠.٥' is not a number"),
+        ("L" + "7" * 10_000 + "H0", "layer index has 10000 digits"),
+        ({"groups": None}, "'groups'=None must be a JSON list"),
+        (
+            {"groups": [{"heads": ["L1H1"], "scale": 1e6}]},
+            r"scale=1000000.0 must be a finite number in \[-100, 100\]",
+        ),
+        ({"groups": [{"heads": ["L1H1"]}], "extra": 1}, "unknown preset key 'extra'"),
+        ({"groups": [{"heads": ["L1H1"]}], "model": 5}, "preset key 'model'=5 must be a JSON string"),
+        (
+            HeadSelection((HeadGroup((HeadEntry(1, 1, 5.0),)),)),
+            r"strength u=5.0 must be a number in \[0, 1\]",
+        ),
+        (HeadSelection((HeadGroup((HeadEntry(1, 1),), "", None),)), "group name '' must be printable"),
+    ],
+)
+def test_strict_notation_schema_and_direct_selections(value, message):
+    with pytest.raises(HeadSelectionError, match=message):
+        HeadSelection.parse(value)
+
+
+@pytest.mark.parametrize("content", ["42", "[1, 2]", '{"groups": null}', "null"])
+def test_non_object_preset_files_are_named(tmp_path, content):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(HeadSelectionError, match="pag_heads: "):
+        HeadSelection.parse(path)
+
+
+def test_a_preset_for_another_model_says_which():
+    from pipelines.settings import PRESETS
+
+    selection = HeadSelection.parse(str(PRESETS / "sd3-paper-dark.json"))
+    with pytest.raises(HeadSelectionError, match=r"this preset is for stabilityai/stable-diffusion-3-medium-diffusers"
+                       r" \(24 layers x 24 heads\); the loaded model has 6 layers x 4 heads"):  # fmt: skip
+        selection.validate(LAYOUT)
+    selection.validate({"attn": {layer: 24 for layer in range(24)}, "attn2": {}})
+
+
+def test_heads_then_preset_name_then_path(tmp_path):
+    from pipelines.settings import PRESETS, resolve_heads
+
+    long_heads = ", ".join(f"L{i}H{j}" for i in range(10) for j in range(10))
+    assert len(long_heads) > 250 and resolve_heads(long_heads) == long_heads
+    assert resolve_heads("sd3-paper-dark") == str(PRESETS / "sd3-paper-dark.json")
+    assert resolve_heads("my/preset.json") == "my/preset.json"
+    assert resolve_heads("L1") == "L1"  # notation with a mistake: parse names it
+    with pytest.raises(HeadSelectionError, match="'sd3-paper-drak' is neither heads .* nor a preset name"):
+        resolve_heads("sd3-paper-drak")
+    with pytest.raises(HeadSelectionError, match="preset file .* cannot be read|does not exist"):
+        HeadSelection.parse("/" + "x" * 300 + ".json")

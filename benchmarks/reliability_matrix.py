@@ -1,0 +1,81 @@
+"""The reliability matrix: every bad-input case of tests/test_fuzz.py, classified, counted per surface.
+
+    python benchmarks/reliability_matrix.py      # prints the table, writes results/reliability_matrix.json
+
+Outcomes: clear (our error, naming the input, no traceback, nothing written, processors restored), unclear (an
+error that does not say what was wrong), silently accepted (no error), crash (a traceback or a foreign exception).
+The Gradio cases are counted by tests/test_app.py (see docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _fuzz_module():
+    """tests/test_fuzz.py as a module (its case tables and classifiers)."""
+    spec = importlib.util.spec_from_file_location("test_fuzz", ROOT / "tests" / "test_fuzz.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _classified(fuzz, root: Path) -> dict[str, list[tuple[str, str, str]]]:
+    """{surface: [(case, outcome, message)]} for the Python API, the CLI and batch job files."""
+    from pipelines.headhunter import HeadHunterPipeline
+    from pipelines.tiny import TINY_PIPELINES
+
+    pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
+    pipe.set_progress_bar_config(disable=True)
+    model = root / "tiny-sd3"
+    pipe.save_pretrained(model, safe_serialization=True)
+    results: dict[str, list] = {"Python API": [], "CLI": [], "batch": []}
+    runs = [
+        ("Python API", fuzz.PYTHON_CASES, lambda case, tmp: fuzz.classify_python(pipe, case, tmp)),
+        ("CLI", fuzz.CLI_CASES, lambda case, tmp: fuzz.classify_cli(case, str(model), tmp)),
+        ("batch", fuzz.BATCH_CASES, fuzz.classify_batch),
+    ]
+    for surface, cases, classify in runs:
+        for i, case in enumerate(cases):
+            tmp = root / f"{surface.replace(' ', '-')}-{i}"
+            tmp.mkdir()
+            outcome, message = classify(case, tmp)
+            results[surface].append((case.name, outcome, " ".join(message.split())[-300:]))
+    return results
+
+
+def main() -> None:
+    fuzz = _fuzz_module()
+    with tempfile.TemporaryDirectory() as folder:
+        results = _classified(fuzz, Path(folder))
+    print(f"| surface | cases | {' | '.join(fuzz.OUTCOMES)} |")
+    print("|---|---|" + "---|" * len(fuzz.OUTCOMES))
+    table = {}
+    for surface, rows in results.items():
+        counts = Counter(outcome for _, outcome, _ in rows)
+        table[surface] = {outcome: counts.get(outcome, 0) for outcome in fuzz.OUTCOMES}
+        print(
+            f"| {surface} | {len(rows)} | " + " | ".join(str(table[surface][o]) for o in fuzz.OUTCOMES) + " |"
+        )
+    for surface, rows in results.items():
+        for name, outcome, message in rows:
+            if outcome != "clear":
+                print(f"{surface}: {name}: {outcome}: {message[-160:]}")
+    out = ROOT / "results" / "reliability_matrix.json"
+    out.parent.mkdir(exist_ok=True)
+    cases = {s: [{"case": n, "outcome": o, "message": m} for n, o, m in rows] for s, rows in results.items()}
+    out.write_text(json.dumps({"counts": table, "cases": cases}, indent=1, ensure_ascii=False) + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
