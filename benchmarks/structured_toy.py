@@ -4,8 +4,10 @@ colour-shape pairings, for the plain pipeline and each structured mode, with ste
     python benchmarks/structured_toy.py --model assets/toy-sd3 [--prompts 100] [--seeds 2]
     python benchmarks/structured_toy.py --model assets/toy-sd15 --attend-and-excite
 
-Variants: plain; key-value; conjunction (UNets); the MMDiT port (SD3, key-value); diffusers' Attend-and-Excite
-(`--attend-and-excite`, SD1.x only). Writes results/structured_<model>.json and prints a table.
+Variants: plain; key-value; conjunction (the official code's, UNets) and conjunction-plain (our earlier variant);
+the MMDiT port (SD3, key-value); diffusers' Attend-and-Excite (`--attend-and-excite`, SD1.x only). Writes
+results/structured_<model>.json and prints a table, then each variant's paired difference against plain on the
+same prompt-seed pairs with a 95% bootstrap interval (`guidance.stats`; * = the interval excludes 0).
 
 Besides binding (the share of the prompt's colour-shape pairs found in the image), the table gives leakage: the
 share of the prompt's objects whose shape was drawn in the *other* object's colour ("a red circle and a blue
@@ -61,6 +63,7 @@ def main() -> None:
 
     import torch
 
+    from guidance.stats import paired_difference
     from pipelines.headhunter import StructuredDiffusionPipeline
     from pipelines.settings import recommended_call
     from toyworld.evaluator import detect, evaluate
@@ -73,6 +76,7 @@ def main() -> None:
     variants = {"plain": {}, "key-value": {"structured": "key-value"}}
     if not is_sd3:
         variants["conjunction"] = {"structured": "conjunction"}
+        variants["conjunction-plain"] = {"structured": "conjunction-plain"}
     if args.attend_and_excite and not is_sd3:
         variants["attend-and-excite"] = None
 
@@ -110,6 +114,7 @@ def main() -> None:
         "seeds": args.seeds,
         "first_seed": args.first_seed,
     }
+    per_item: dict = {}
     for split in ("train", "heldout"):
         specs = scenes(split, args.prompts, 1 if split == "train" else 2)
         items = [
@@ -132,14 +137,18 @@ def main() -> None:
                 for image, (_, scene, _) in zip(images, chunk, strict=True):
                     binding.append(evaluate(image, scene)["binding"])
                     leaks.append(leakage(detect(image)[0], scene))
-            leaks = [x for x in leaks if x is not None]
+            per_item[name, split] = (binding, leaks)
+            defined = [x for x in leaks if x is not None]
             results.setdefault(name, {})[split] = {
                 "binding": float(np.mean(binding)),
                 "n": len(binding),
-                "leakage": float(np.mean(leaks)) if leaks else None,
-                "n_leakage": len(leaks),
+                "leakage": float(np.mean(defined)) if defined else None,
+                "n_leakage": len(defined),
                 "seconds_per_image": seconds / len(items),
             }
+            if name != "plain":
+                results[name][split].update(_paired(per_item, name, split, paired_difference))
+            leaks = defined
             print(
                 f"{split:<8}{name:<20}binding {np.mean(binding):.3f}  leakage {np.mean(leaks) if leaks else 0:.3f}"
                 f"  ({seconds / len(items):.3f} s/image)",
@@ -163,9 +172,38 @@ def main() -> None:
         r = results[name]
         print(f"{name:<20}{r['train']['binding']:>11.3f}{r['heldout']['binding']:>12.3f}"
               f"{r['train']['leakage'] or 0:>9.3f}{r['heldout']['leakage'] or 0:>10.3f}{r['time_vs_plain']:>14.2f}")  # fmt: skip
+    print("\npaired differences against plain (same prompt-seed pairs), mean [95% bootstrap interval]:")
+    for name in variants:
+        if name == "plain":
+            continue
+        for split in ("train", "heldout"):
+            r = results[name][split]
+            print(
+                f"{name:<20}{split:<8} binding {_fmt(r['binding_vs_plain'])}  leakage {_fmt(r['leakage_vs_plain'])}"
+            )
     out = Path(args.out or f"results/structured_{Path(args.model).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _paired(per_item: dict, name: str, split: str, paired_difference) -> dict:
+    """Binding and leakage of `name` minus plain on the same prompt-seed pairs (leakage where both defined)."""
+    binding, leaks = per_item[name, split]
+    plain_binding, plain_leaks = per_item["plain", split]
+    both = [(a, b) for a, b in zip(leaks, plain_leaks, strict=True) if a is not None and b is not None]
+    return {
+        "binding_vs_plain": paired_difference(binding, plain_binding),
+        "leakage_vs_plain": paired_difference([a for a, _ in both], [b for _, b in both])
+        if len(both) > 1
+        else None,
+    }
+
+
+def _fmt(result: dict | None) -> str:
+    if result is None:
+        return "n/a"
+    mark = "*" if result["significant"] else " "
+    return f"{result['mean']:+.3f} [{result['low']:+.3f}, {result['high']:+.3f}]{mark} (n={result['n']})"
 
 
 if __name__ == "__main__":
