@@ -141,3 +141,63 @@ def test_diffusers_pag_perturbs_nothing_under_another_backend_ours_does(qwen):
     assert _perturbed_minus_plain(ours, transformer, inputs, "flex") > 1e-3
     assert all(type(p).__name__ != "GenericAttnProcessor" for p in transformer.attn_processors.values())
     assert generic_layout(transformer).family.name == "qwenimage"
+
+
+# -- other modular families ----------------------------------------------------------------------------------
+
+
+def _without_text_encoder(blocks, classic):
+    """A modular pipeline of `blocks` minus its text-encoder step (Wan's needs ftfy, Qwen's a Qwen2.5-VL
+    tokenizer; neither is available offline), with the classic pipeline's components."""
+    blocks.sub_blocks.pop("text_encoder")
+    modular = blocks.init_pipeline()
+    modular.update_components(**{k: v for k, v in classic.components.items() if v is not None})
+    modular.set_progress_bar_config(disable=True)
+    return modular
+
+
+def test_modular_wan_equals_classic_pipeline():
+    from diffusers.modular_pipelines.wan.modular_blocks_wan import WanBlocks
+
+    from pipelines.families import HeadHunterWanPipeline
+    from pipelines.tiny_families import tiny_wan
+
+    classic = HeadHunterWanPipeline.from_pipe(tiny_wan())
+    classic.set_progress_bar_config(disable=True)
+    modular = _without_text_encoder(WanBlocks(), classic)
+    embeds, negative = classic.encode_prompt("a red circle", "dark", max_sequence_length=8)
+    call = dict(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=2, height=16, width=16,
+                num_frames=5)  # fmt: skip
+    modular.update_components(
+        guider=SoftPAGGuidance(guidance_scale=3.0, pag_heads="L1H0,L0H1", pag_scale=2.0)
+    )
+    ours = modular(generator=torch.Generator().manual_seed(0), output="latents", **call)
+    reference = classic(generator=torch.Generator().manual_seed(0), output_type="latent", guidance_scale=3.0,
+                        pag_heads="L1H0,L0H1", pag_scale=2.0, **call).frames  # fmt: skip
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_modular_qwenimage_runs_and_perturbs():
+    """QwenImageModularPipeline rescales the guider's whole prediction to the cond norm, PAG term included (the
+    classic pipeline rescales CFG only and adds the PAG term after): equal to the classic one with CFG only."""
+    from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
+
+    from pipelines.families import HeadHunterQwenImagePipeline
+    from pipelines.tiny_families import prompt_embeds_for, tiny_qwenimage
+
+    classic = HeadHunterQwenImagePipeline.from_pipe(tiny_qwenimage())
+    classic.set_progress_bar_config(disable=True)
+    modular = _without_text_encoder(QwenImageAutoBlocks(), classic)
+    negative = prompt_embeds_for("qwenimage", seed=1)
+    call = dict(**prompt_embeds_for("qwenimage"), negative_prompt_embeds=negative["prompt_embeds"],
+                negative_prompt_embeds_mask=negative["prompt_embeds_mask"], num_inference_steps=2, height=16,
+                width=16)  # fmt: skip
+    outputs = {}
+    for heads in (None, "L1H0"):
+        modular.update_components(guider=SoftPAGGuidance(guidance_scale=2.0, pag_heads=heads, pag_scale=2.0))
+        outputs[heads] = modular(generator=torch.Generator().manual_seed(0), output="latents", **call)
+    reference = classic(generator=torch.Generator().manual_seed(0), output_type="latent", true_cfg_scale=2.0,
+                        **call).images  # fmt: skip
+    reference = classic._unpack_latents(reference, 16, 16, classic.vae_scale_factor)
+    torch.testing.assert_close(outputs[None], reference, atol=1e-5, rtol=0)
+    assert (outputs["L1H0"] - outputs[None]).abs().max() > 1e-3
