@@ -6,6 +6,10 @@ top k heads to S; R rounds. Candidates are evaluated as images of one batch (`pa
 forward pass evaluates many heads. Scores are cached per (candidate, pair) in a JSON file: an interrupted search
 resumes without recomputing what it finished. With several processes (`accelerate launch`) each rank takes its
 share of the candidates and writes its own cache file; every rank reads them all afterwards.
+
+Beyond the paper: a validation split of the pairs that stops the greedy rounds when they stop helping there
+(issue #18), successive halving for the single-head sweep, and named profiles (`SEARCH_PROFILES`: ours, and the
+official search's settings). See docs/search.md.
 """
 
 from __future__ import annotations
