@@ -17,7 +17,6 @@ from diffusers import (
     AutoencoderKLWan,
     ChromaPipeline,
     ChromaTransformer2DModel,
-    DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
     Flux2Pipeline,
     Flux2Transformer2DModel,
@@ -30,18 +29,11 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel
 
-from pipelines.tiny import t5_tokenizer
+from pipelines.tiny import _eval, t5_tokenizer
 
 # Text width (the transformer's joint_attention_dim / text_dim / cap_feat_dim) and tokens of the embeddings.
 TEXT_WIDTH = {"flux2": 16, "qwenimage": 16, "zimage": 16, "chroma": 32, "wan": 32}
 TEXT_TOKENS = 6
-
-
-def _eval(pipe: DiffusionPipeline) -> DiffusionPipeline:
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    return pipe
 
 
 def _tiny_t5(width: int = 32):
