@@ -189,14 +189,14 @@ def _perturbed(query, key, value, mask, attend: Callable, heads_dim: int) -> tor
     u = state.strength(site.name, query.shape[0])
     if u is None or not bool(u.any()):
         return attend(query, key, value, mask)
-    if query.shape[-3 if heads_dim == 2 else -2] != value.shape[-3 if heads_dim == 2 else -2]:
-        raise SoftPAGError(f"pag_heads: {site.name} is a cross-attention (query and key lengths differ)")
     if heads_dim == 2:  # (B, T, H, D) -> the (B, H, T, D) views softpag_attention works on; no copies
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))
-
-    rows = (
-        u.any(dim=-1).nonzero().flatten()
-    )  # the rows softpag_attention attends again for the "image" target
+    if query.shape[1:3] != value.shape[1:3]:  # the identity map needs one value per query token and head
+        raise SoftPAGError(
+            f"pag_heads: {site.name} has {tuple(query.shape[1:3])} query (heads, tokens) but "
+            f"{tuple(value.shape[1:3])} value ones (cross-attention or grouped-query attention)"
+        )
+    rows = u.any(dim=-1).nonzero().flatten()  # the rows whose "image" target softpag_attention computes
 
     def attention(q, k, v, identity_mask):
         m = mask if identity_mask is None else _combined(mask, identity_mask, rows, site.name)
