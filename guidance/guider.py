@@ -146,9 +146,9 @@ class SoftPAGGuidance(BaseGuidance):
         state = PerturbationState(self.softpag.identity)
 
         def publish(module, args, kwargs):  # per-row strengths for this call's batch; text length for "image"
-            first = kwargs.get("hidden_states", args[0] if args else None)
-            rows = len(first)
-            state.strengths = {name: u.to(first.device).expand(rows, -1) for name, u in group.items()}
+            first = kwargs.get("hidden_states", kwargs.get("x", args[0] if args else None))
+            device = (first[0] if isinstance(first, list) else first).device  # Z-Image: one tensor per sample
+            state.strengths = {name: u.to(device).expand(len(first), -1) for name, u in group.items()}
             context = kwargs.get("encoder_hidden_states")
             state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
 

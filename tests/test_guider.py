@@ -201,3 +201,25 @@ def test_modular_qwenimage_runs_and_perturbs():
     reference = classic._unpack_latents(reference, 16, 16, classic.vae_scale_factor)
     torch.testing.assert_close(outputs[None], reference, atol=1e-5, rtol=0)
     assert (outputs["L1H0"] - outputs[None]).abs().max() > 1e-3
+
+
+def test_modular_zimage_equals_classic_pipeline():
+    """Z-Image's classic loop computes cond + s (cond - uncond), i.e. CFG scale s + 1 in the guider's form, and
+    hands the scheduler the negated output; the modular loop negates before the guider. Both agree with SoftPAG."""
+    from diffusers.modular_pipelines.z_image.modular_blocks_z_image import ZImageAutoBlocks
+
+    from pipelines.families import HeadHunterZImagePipeline
+    from pipelines.tiny_families import prompt_embeds_for, tiny_zimage
+
+    classic = HeadHunterZImagePipeline.from_pipe(tiny_zimage())
+    classic.set_progress_bar_config(disable=True)
+    modular = _without_text_encoder(ZImageAutoBlocks(), classic)
+    call = dict(**prompt_embeds_for("zimage"), negative_prompt_embeds=prompt_embeds_for("zimage", seed=1)["prompt_embeds"],
+                num_inference_steps=2, height=32, width=32)  # fmt: skip
+    modular.update_components(
+        guider=SoftPAGGuidance(guidance_scale=3.0, pag_heads="L1H0,L0H1", pag_scale=2.0)
+    )
+    ours = modular(generator=torch.Generator().manual_seed(0), output="latents", **call)
+    reference = classic(generator=torch.Generator().manual_seed(0), output_type="latent", guidance_scale=2.0,
+                        pag_heads="L1H0,L0H1", pag_scale=2.0, **call).images  # fmt: skip
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
