@@ -308,7 +308,10 @@ class GenericAttnProcessor:
 
     def __call__(self, attn, *args, **kwargs):
         state = active_state() or _PLAIN
-        site = _Site(self.name, self.order, self._text_tokens(attn, args, kwargs))
+        text = (
+            self._text_tokens(attn, args, kwargs) if state.identity == "image" else None
+        )  # only "image" needs it
+        site = _Site(self.name, self.order, text)
         token = _SITE.set(site)
         try:
             out = self._call(attn, *args, **kwargs)
