@@ -14,7 +14,14 @@ from pipelines.tiny import tiny_sd3
 from pipelines.tiny_families import tiny_qwenimage
 
 # An explicit negative prompt: with none, modular SD3 0.42.1 encodes "" differently from StableDiffusion3Pipeline.
-CALL = dict(prompt="a red circle", negative_prompt="dark", num_inference_steps=3, height=32, width=32)
+CALL = dict(
+    prompt="a red circle",
+    negative_prompt="dark",
+    num_inference_steps=3,
+    height=32,
+    width=32,
+    max_sequence_length=8,
+)
 
 
 @pytest.fixture(scope="module")
