@@ -72,6 +72,22 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def loaded(tiny_folder):
+    """`loaded(name)`: the tiny pipeline `name` loaded with HeadHunterPipeline.from_pretrained, once per module."""
+    from pipelines import HeadHunterPipeline
+
+    cache = {}
+
+    def load(name: str):
+        if name not in cache:
+            cache[name] = HeadHunterPipeline.from_pretrained(tiny_folder(name))
+            cache[name].set_progress_bar_config(disable=True)
+        return cache[name]
+
+    return load
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

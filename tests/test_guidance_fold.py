@@ -15,26 +15,12 @@ import pytest
 import torch
 
 from guidance.layouts import layout_of
-from pipelines import HeadHunterPipeline
 
 CALL = dict(num_inference_steps=4, height=32, width=32, output_type="np")
 
 
 def generate(pipe, seed=0, prompt="a red circle on the left", **kwargs):
     return pipe(prompt, generator=torch.Generator().manual_seed(seed), **{**CALL, **kwargs}).images
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_folder):
-    cache = {}
-
-    def load(name):
-        if name not in cache:
-            cache[name] = HeadHunterPipeline.from_pretrained(tiny_folder(name))
-            cache[name].set_progress_bar_config(disable=True)
-        return cache[name]
-
-    return load
 
 
 class Recorder:

@@ -30,18 +30,6 @@ def generate(pipe, seed=0, prompt="a red circle on the left", **kwargs):
     return pipe(prompt, generator=torch.Generator().manual_seed(seed), **{**CALL, **kwargs}).images
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_folder):
-    cache = {}
-
-    def load(name):
-        if name not in cache:
-            cache[name] = HeadHunterPipeline.from_pretrained(tiny_folder(name))
-        return cache[name]
-
-    return load
-
-
 def _parent(tiny_folder, name):
     folder = tiny_folder(name)
     cls = getattr(diffusers, PARENTS[name])
