@@ -466,46 +466,59 @@ def test_batch_job_files(case, tmp_path):
     assert outcome == "clear", message
 
 
+# Seeded random fuzz (hypothesis is not installed here; a fixed seed keeps failures reproducible).
+
+
 @pytest.mark.slow
 def test_random_head_text_gives_a_selection_or_a_clear_error():
-    """Hypothesis: any text is either a selection or a HeadSelectionError naming pag_heads."""
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
+    """Random text over the notation's alphabet is either a selection or a HeadSelectionError naming pag_heads."""
+    import random
 
     from guidance.heads import HeadSelectionError
 
-    alphabet = st.sampled_from(list("LHlh0123456789=.,;: /attn2-eE") + ["０", "٥", "\u00a0", "\x00"])
-
-    @settings(max_examples=3000, deadline=None)
-    @given(st.text(alphabet, max_size=40))
-    def check(text):
+    alphabet = [*"LHlh0123456789=.,;: /attn2-eE", "０", "٥", "\u00a0", "\x00", "\udcff"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         try:
             HeadSelection.parse(text).validate(LAYOUT)
         except HeadSelectionError as error:
-            assert "pag_heads" in str(error)
-
-    check()
+            assert "pag_heads" in str(error), text
 
 
 @pytest.mark.slow
 def test_random_job_lines_give_items_or_line_numbers(tmp_path):
-    """Hypothesis: any JSON object as a job line plans or fails with its line number."""
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
+    """Random JSON objects as job lines either plan or fail with the line's number."""
+    import random
 
     from pipelines.batch import FIELDS, JobFileError, plan
 
-    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
-    jobs = st.dictionaries(st.sampled_from([*FIELDS, "other"]), values, max_size=6)
-
-    @settings(max_examples=1500, deadline=None)
-    @given(jobs)
-    def check(job):
-        path = tmp_path / "jobs.jsonl"
-        path.write_text(json.dumps(job) + "\n", errors="surrogatepass")
+    rng = random.Random(0)
+    values = [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1,
+        7,
+        2**64,
+        0.5,
+        -0.0,
+        1e308,
+        "",
+        "x",
+        "L1H1",
+        "7",
+        "nan",
+        "é",
+        "\x00",
+    ]
+    path = tmp_path / "jobs.jsonl"
+    for _ in range(3000):
+        job = {rng.choice([*FIELDS, "other"]): rng.choice(values) for _ in range(rng.randint(0, 6))}
+        path.write_text(json.dumps(job) + "\n")
         try:
             plan(path, {}, LAYOUT)
         except JobFileError as error:
-            assert error.problems and all(n == 1 for n, _ in error.problems)
-
-    check()
+            assert error.problems and all(n == 1 for n, _ in error.problems), job
