@@ -74,6 +74,9 @@ class SoftPAG:
 
     def _groups(self, selection: HeadSelection) -> None:
         """`pag_heads`: one perturbed copy of the cond rows per head group, each with its own scale."""
+        selection.validate(
+            self.layout.heads_per_layer, "pag_heads"
+        )  # whole: a preset's model shape is checked
         groups = selection.groups
         if isinstance(self.config.scale, tuple):
             if len(self.config.scale) != len(groups):

@@ -19,7 +19,7 @@ from diffusers import (
 )
 
 from guidance.batch_rows import Rescale
-from guidance.config import SoftPAGConfig
+from guidance.config import SoftPAGConfig, check_call_arguments
 from guidance.perturbation import CondRows, SoftPAG
 from guidance.swap import denoiser_of
 from pipelines.loading import absent_components, model_index
@@ -70,6 +70,7 @@ class SoftPAGMixin:
             num_images_per_prompt of them), each guiding only its own image; a head search evaluates many
             candidate head sets in one batch this way.
         """
+        check_call_arguments({**dict(zip(("prompt",), args)), **kwargs})
         if pag_heads is None and pag_heads_per_image is None:
             return super().__call__(*args, **kwargs)
         config = SoftPAGConfig(

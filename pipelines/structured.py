@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from guidance.config import STRUCTURED_MODES, STRUCTURED_SETTINGS, StructuredConfig, StructuredError
+from guidance.config import (
+    STRUCTURED_MODES,
+    STRUCTURED_SETTINGS,
+    StructuredConfig,
+    StructuredError,
+)
 from guidance.noun_phrases import Phrase, noun_phrases_batch, token_spans
 from guidance.structured import (
     JointStructuredState,

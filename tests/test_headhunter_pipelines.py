@@ -237,8 +237,8 @@ def test_generator_lists_and_images_per_prompt(loaded):
 
 
 def test_unsupported_pipeline_is_named(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-    with pytest.raises(ValueError, match="does not support 'WanPipeline'"):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    with pytest.raises(ValueError, match="does not support 'KandinskyPipeline'"):
         HeadHunterPipeline.from_pretrained(tmp_path)
 
 
