@@ -56,9 +56,8 @@ def test_search_ranks_the_planted_head_first(planted):
     full = search.sweep("full")
     scores = full["scores"]
     assert len(scores) == 16 and full["ranking"][0] == PLANTED and halving["ranking"][0] == PLANTED
-    runner_up = max(v for h, v in scores.items() if h != PLANTED)
-    assert (
-        scores[PLANTED] - search.baseline > 2 * (runner_up - search.baseline) > 0
-    )  # measured 0.011 vs 0.002
+    gain = scores[PLANTED] - search.baseline
+    other = max(v for h, v in scores.items() if h != PLANTED) - search.baseline
+    assert gain > 0.005 and gain > 2 * other  # measured 0.011 against 0.002
     assert halving["images"] == 16 * 1 + 8 * 1 + 4 * 2 < 16 * 4  # cached pairs are not generated again
     assert search.greedy(k=1, rounds=1)[-1]["selected"] == [PLANTED]
