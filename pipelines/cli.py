@@ -27,6 +27,7 @@ from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from pipelines.settings import (
     DEFAULT_MODEL,
     DTYPES,
+    UPFUSION_MODEL,
     OutputError,
     check_model,
     check_writable_folder,
@@ -442,12 +443,12 @@ def _debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(
+    parser: argparse.ArgumentParser, model: Path = DEFAULT_MODEL, what: str = "the toy SD3 model"
+) -> None:
     """Flags every model command has."""
     _debug(parser)
-    parser.add_argument(
-        "--model", default=str(DEFAULT_MODEL), help="hub id or folder (default: the toy SD3 model)"
-    )
+    parser.add_argument("--model", default=str(model), help=f"hub id or folder (default: {what})")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
 
@@ -514,6 +515,113 @@ def _batch_parser(sub) -> None:
     batch.set_defaults(func=_batch)
 
 
+# -------------------------------------------------------------------------------------------------------------
+# views (UpFusion)
+# -------------------------------------------------------------------------------------------------------------
+
+MAX_ORBIT = 360
+
+
+def _view_images(paths: list[str]) -> list:
+    """The input views as RGB PIL images (RGBA composited on white), each file checked before any model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not 1 <= len(paths) <= 6:
+        raise CLIError(f"views: give 1 to 6 images; got {len(paths)}")
+    images = []
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            raise CLIError(f"views: image {str(path)!r}: no such file")
+        try:
+            with Image.open(file) as opened:
+                image = opened.convert("RGBA")
+        except (UnidentifiedImageError, OSError) as error:
+            raise CLIError(f"views: image {str(path)!r} cannot be read as an image ({error})") from None
+        white = Image.new("RGBA", image.size, "white")
+        images.append(Image.alpha_composite(white, image).convert("RGB"))
+    if len({image.size for image in images}) > 1:
+        raise CLIError(f"views: the images must have one size; got {sorted({i.size for i in images})}")
+    return images
+
+
+def _view_cameras(args: argparse.Namespace) -> list[tuple[float, float]] | None:
+    """(azimuth, elevation) pairs from the flags (elevation broadcast when one is given), or None for --orbit."""
+    import math
+
+    if args.orbit is not None:
+        if args.azimuth:
+            raise CLIError("views: give --azimuth or --orbit, not both")
+        if not 1 <= args.orbit <= MAX_ORBIT:
+            raise CLIError(f"--orbit {args.orbit} is out of range; allowed: 1 to {MAX_ORBIT} frames")
+        return None
+    azimuths = args.azimuth or [0.0]
+    elevations = args.elevation or [0.0]
+    if len(elevations) == 1:
+        elevations = elevations * len(azimuths)
+    if len(elevations) != len(azimuths):
+        raise CLIError(
+            f"--elevation has {len(elevations)} values for {len(azimuths)} azimuths; give 1 or as many"
+        )
+    for flag, values, limit in (("--azimuth", azimuths, 360.0), ("--elevation", elevations, 89.0)):
+        for value in values:
+            if not math.isfinite(value) or abs(value) > limit:
+                raise CLIError(f"{flag} {value}: allowed: a finite angle in degrees within ±{limit:g}")
+    return list(zip(azimuths, elevations, strict=True))
+
+
+def _views(args: argparse.Namespace) -> int:
+    """Novel views of the object in the input images (UpFusion): one PNG per view, or an orbit and its GIF."""
+    import torch
+
+    images = _view_images(args.images)
+    cameras = _view_cameras(args)
+    steps = GENERATION_SETTINGS["num_inference_steps"].check(args.steps, CLIError, "--steps")
+    cfg = GENERATION_SETTINGS["guidance_scale"].check(args.guidance_scale, CLIError, "--guidance-scale")
+    out = check_writable_folder(args.out)
+    model = check_model(args.model)
+    device = _device(args.device)
+    from pipelines.upfusion import UpFusionPipeline, orbit
+
+    pipe = UpFusionPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_inference_steps=steps, guidance_scale=cfg, upsrt_only=args.upsrt_only,
+                generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    if cameras is None:
+        gif = out / "orbit.gif"
+        views = orbit(pipe, images, frames=args.orbit, elevation=args.orbit_elevation, gif_path=gif, **call)
+        names = [f"orbit-{i:03d}.png" for i in range(len(views))]
+        print(gif)
+    else:
+        views = pipe(images=images, query_cameras=cameras, **call).images
+        names = [f"view-az{a:g}-el{e:g}.png" for a, e in cameras]
+    for view, name in zip(views, names, strict=True):
+        view.save(out / name)
+        print(out / name)
+    return 0
+
+
+def _views_parser(sub) -> None:
+    views = sub.add_parser("views", help="novel views of an object from 1-6 unposed images (UpFusion)")
+    views.add_argument("images", nargs="+", help="1-6 images of one object, the first is the reference view")
+    _common(views, UPFUSION_MODEL, "the toy UpFusion model")
+    views.add_argument(
+        "--azimuth", type=float, nargs="+", help="degrees, relative to the first image (default 0)"
+    )
+    views.add_argument("--elevation", type=float, nargs="+", help="degrees (one for all, or one per azimuth)")
+    views.add_argument("--orbit", type=int, help="render a turntable of N frames (PNGs and orbit.gif)")
+    views.add_argument("--orbit-elevation", type=float, default=15.0, help="elevation of the orbit (degrees)")
+    views.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    views.add_argument(
+        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)"
+    )
+    views.add_argument("--seed", type=int, default=0)
+    views.add_argument("--upsrt-only", action="store_true", help="UpSRT's regression render, no diffusion")
+    views.add_argument("--out", default="outputs/views", help="a folder (default: outputs/views)")
+    views.set_defaults(func=_views)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `headhunter`."""
     parser = _Parser(prog="headhunter", description="Attention-head guidance for diffusers.")
@@ -522,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_parser(sub)
     _search_parser(sub)
     _batch_parser(sub)
+    _views_parser(sub)
     presets = sub.add_parser("presets", help="list or show head presets")
     presets.add_argument("action", choices=("list", "show"))
     presets.add_argument("name", nargs="?", help="preset name or path (for show)")

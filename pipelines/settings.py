@@ -11,7 +11,7 @@ from pathlib import Path
 from guidance.heads import HeadSelectionError, is_notation, short_repr
 
 __all__ = [
-    "ASSETS", "DEFAULT_MODEL", "DTYPES", "PRESETS", "OutputError", "assets_folder", "check_model",
+    "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "assets_folder", "check_model",
     "check_writable_folder", "list_presets", "model_call_extras", "png_parameters", "png_target",
     "recommended_call", "recommended_settings", "resolve_heads", "save_png",
 ]  # fmt: skip
@@ -44,6 +44,7 @@ def require_assets() -> Path:
 
 ASSETS = assets_folder()
 DEFAULT_MODEL = ASSETS / "toy-sd3"
+UPFUSION_MODEL = ASSETS / "toy-upfusion"
 PRESETS = ASSETS / "presets"
 SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to a toy model's weights
 DTYPES = ("float32", "float16", "bfloat16")

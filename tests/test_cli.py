@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from pipelines.cli import main
@@ -162,3 +163,66 @@ def test_device_cuda_without_cuda_is_refused_before_loading(tiny_folder, capsys,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(_gen(tiny_folder("sd3"), "--device", "cuda")) == 2
     assert "--device 'cuda': cuda is not available on this machine" in capsys.readouterr().err
+
+
+# -- views (UpFusion) ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upfusion_folder(tmp_path_factory):
+    from pipelines.upfusion import build_upfusion
+
+    folder = tmp_path_factory.mktemp("upfusion") / "tiny"
+    build_upfusion("tiny", seed=0).save_pretrained(folder)
+    return str(folder)
+
+
+def _view_file(tmp_path, name="view.png", size=32, mode="RGB"):
+    from PIL import Image
+
+    path = tmp_path / name
+    Image.new(mode, (size, size), "red").save(path)
+    return str(path)
+
+
+def test_views_writes_one_png_per_camera_and_an_orbit_gif(upfusion_folder, tmp_path, capsys):
+    image = _view_file(tmp_path)
+    out = tmp_path / "out"
+    base = ["views", image, image, "--model", upfusion_folder, "--steps", "2", "--out", str(out)]
+    assert main([*base, "--azimuth", "0", "90", "--elevation", "10"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["view-az0-el10.png", "view-az90-el10.png"]
+    assert main([*base, "--orbit", "3", "--upsrt-only"]) == 0
+    assert (out / "orbit.gif").is_file() and len(list(out.glob("orbit-*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--orbit", "0"], "--orbit 0 is out of range"),
+        (["--azimuth", "0", "90", "--elevation", "1", "2", "3"], "--elevation has 3 values for 2 azimuths"),
+        (["--azimuth", "nan"], "--azimuth nan"),
+        (["--orbit", "4", "--azimuth", "10"], "give --azimuth or --orbit, not both"),
+        (["--steps", "0"], "--steps=0"),
+    ],
+)
+def test_views_bad_flags_fail_before_loading(upfusion_folder, tmp_path, capsys, extra, message):
+    image = _view_file(tmp_path)
+    out = tmp_path / "out"
+    code = main(["views", image, "--model", upfusion_folder, "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_views_bad_images_are_named(tmp_path, capsys):
+    good, small = _view_file(tmp_path), _view_file(tmp_path, "small.png", size=16)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for images, message in (
+        ([good] * 7, "give 1 to 6 images; got 7"),
+        ([str(text)], "cannot be read as an image"),
+        ([good, small], "the images must have one size"),
+        ([str(tmp_path / "missing.png")], "no such file"),
+    ):
+        assert main(["views", *images, "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
