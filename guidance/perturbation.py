@@ -17,7 +17,8 @@ Flow of a denoiser call while `SoftPAG.applied(...)` is active (pieces in `guida
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 
@@ -51,8 +52,8 @@ CondRows = Callable[[int], slice]  # batch size B -> the cond rows among them
 class SoftPAG:
     """A SoftPAG config resolved against one denoiser: per head group {module: strengths}, scales, split block."""
 
-    def __init__(self, denoiser: torch.nn.Module, config: SoftPAGConfig):
-        self.denoiser, self.config = denoiser, config
+    def __init__(self, denoiser: torch.nn.Module, config: SoftPAGConfig, model_name: str | None = None):
+        self.denoiser, self.config, self.model_name = denoiser, config, model_name
         self.layout: ModelLayout = layout_of(denoiser)
         if config.heads_per_image is not None:
             self._per_image(config.heads_per_image)
@@ -74,9 +75,9 @@ class SoftPAG:
 
     def _groups(self, selection: HeadSelection) -> None:
         """`pag_heads`: one perturbed copy of the cond rows per head group, each with its own scale."""
-        selection.validate(
-            self.layout.heads_per_layer, "pag_heads"
-        )  # whole: a preset's model shape is checked
+        # The whole selection: a preset's recorded model and shape are checked before it is split into groups.
+        selection.validate(self.layout.heads_per_layer, "pag_heads")
+        _warn_other_model(selection, self.model_name, self.layout)
         groups = selection.groups
         if isinstance(self.config.scale, tuple):
             if len(self.config.scale) != len(groups):
@@ -143,6 +144,21 @@ class SoftPAG:
             token = _CALL.set(call)
             stack.callback(_CALL.reset, token)
             yield stack.enter_context(perturbing(call.state))
+
+
+def _warn_other_model(selection: HeadSelection, loaded: str | None, layout: ModelLayout) -> None:
+    """A preset found on another model of the same shape (SD3-medium heads on SD3.5-medium) runs, with a warning
+    that names both; another shape was already refused by `HeadSelection.validate`."""
+    found_on = selection.metadata.get("model") if isinstance(selection.metadata, Mapping) else None
+    if not found_on or not loaded or str(found_on).rstrip("/").rsplit("/", 1)[-1] in str(loaded):
+        return
+    shape = f"{layout.num_layers} layers x {max(layout.heads_per_layer['attn'].values())} heads"
+    warnings.warn(
+        f"pag_heads: this preset was found on {found_on}; the loaded model is {loaded} (the same shape, {shape}). "
+        "Heads of another model need not do the same thing: check the result or search heads for this model.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 # -- the hooks of one call ---------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class SoftPAGMixin:
             pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_shared_prefix,
             pag_heads_per_image,
         )  # fmt: skip
-        pag = SoftPAG(denoiser_of(self), config)
+        pag = SoftPAG(denoiser_of(self), config, getattr(self, "name_or_path", None))
         with pag.applied(self, self._cond_rows(kwargs), self._rescale):
             return super().__call__(*args, **kwargs)
 

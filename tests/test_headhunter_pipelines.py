@@ -302,3 +302,23 @@ def test_heads_per_image_equal_images_one_by_one(name, loaded):
         generate(pipe, pag_heads="L1H0", pag_heads_per_image=selections)
     with pytest.raises(HeadSelectionError, match=r"pag_heads_per_image\[1\]: entry L9H0"):
         generate(pipe, pag_heads_per_image=["L1H0", "L9H0"])
+
+
+def test_preset_of_another_model_warns_on_same_shape_and_fails_on_another(loaded, tmp_path):
+    """A preset records its model and layers x heads: same shape warns with both names, another shape fails."""
+    pipe = loaded("sd3")
+    layout = layout_of(pipe.transformer)
+    shape = [layout.num_layers, max(layout.heads_per_layer["attn"].values())]
+    preset = {"format": "headhunter-preset", "version": 1, "model": "stabilityai/stable-diffusion-3-medium-diffusers",
+              "layers_x_heads": shape, "groups": [{"name": "g", "heads": ["L1H0"]}]}  # fmt: skip
+    path = tmp_path / "medium.json"
+    path.write_text(json.dumps(preset))
+    with pytest.warns(
+        UserWarning, match=r"found on stabilityai/stable-diffusion-3-medium-diffusers; the loaded model"
+    ):
+        generate(pipe, pag_heads=str(path))
+    path.write_text(json.dumps({**preset, "layers_x_heads": [38, 38]}))
+    with pytest.raises(
+        HeadSelectionError, match=r"this preset is for stabilityai/stable-diffusion-3-medium-diffusers"
+    ):
+        generate(pipe, pag_heads=str(path))

@@ -1,0 +1,172 @@
+"""The HeadHunter claim where a layer gain exists: searched heads vs the best whole layer (L5) on the toy SD1.5.
+
+    python benchmarks/headhunter_sd15.py [--search-prompts 8] [--eval-prompts 400] [--seeds 2]
+
+1. Search (toy-fidelity, u = 1, w = 1, CFG 3, a 25% validation split with the validation stop) on held-in
+   prompt-seed pairs from one scene seed: the single-head map, then greedy rounds over its best heads.
+2. Evaluation on >= 800 other pairs (scenes from another seed, disjoint from the search's): unguided, whole-layer
+   PAG on L5 (all heads, u = 1, w = 1: the best layer measured before), the searched heads (u = 1, w = 1) and a
+   random head set of the same size. Each row is paired with the unguided images of the same pairs: mean
+   difference with a 95% bootstrap interval (`guidance.stats`); `*` marks an interval that excludes 0.
+
+Writes results/headhunter_sd15.json (with the machine) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+METRICS = ("score", "binding", "correct")
+
+
+def captions(count: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, object]]:
+    """(caption, scene) of `count` distinct held-in two-object scenes without style words, deterministic from
+    `seed`, none of whose captions is in `exclude` (so evaluation pairs never repeat a search pair)."""
+    from toyworld.scenes import canonical_caption, sample_scene
+
+    rng, found, seen = random.Random(seed), [], set(exclude)
+    while len(found) < count:
+        scene = sample_scene(rng.randrange(10**9), "train", n_objects=2, style_prob=0.0)
+        caption = canonical_caption(scene)
+        if caption not in seen:
+            seen.add(caption)
+            found.append((caption, scene))
+    return found
+
+
+def evaluate_rows(pipe, call: dict, items: list, seeds: list[int], extra: dict, batch: int) -> dict:
+    """Evaluator metrics per prompt-seed pair for one configuration."""
+    import torch
+
+    from toyworld.evaluator import evaluate
+
+    pairs = [(caption, scene, seed) for caption, scene in items for seed in seeds]
+    values: dict = {m: [] for m in METRICS}
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        generators = [torch.Generator().manual_seed(seed) for _, _, seed in chunk]
+        images = pipe([c for c, _, _ in chunk], generator=generators, **call, **extra).images
+        for image, (_, scene, _) in zip(images, chunk, strict=True):
+            result = evaluate(image, scene)
+            for m in METRICS:
+                values[m].append(float(result[m] or 0.0))
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="assets/toy-sd15")
+    parser.add_argument("--search-prompts", type=int, default=8)
+    parser.add_argument("--eval-prompts", type=int, default=400)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="PAG scale w for every guided row")
+    parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--out", default="results/headhunter_sd15.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from guidance.layouts import layout_of
+    from guidance.objectives import get_objective
+    from guidance.search import HeadSearch, SearchSettings, label
+    from guidance.stats import paired_difference
+    from pipelines import HeadHunterPipeline
+    from pipelines.settings import recommended_call
+
+    pipe = HeadHunterPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    call = recommended_call(args.model)
+    layout = layout_of(pipe.unet)
+    seeds = list(range(args.seeds))
+
+    t0 = time.perf_counter()
+    search_items = captions(args.search_prompts, seed=11)
+    settings = SearchSettings(
+        prompts=[c for c, _ in search_items], seeds=seeds, steps=call["num_inference_steps"],
+        guidance_scale=call["guidance_scale"], pag_scale=args.scale, strength=1.0, batch=args.batch,
+        model=args.model, objective="toy-fidelity", k=args.k, rounds=args.rounds,
+        extra={k: v for k, v in call.items() if k not in ("num_inference_steps", "guidance_scale")},
+    )  # fmt: skip
+    search = HeadSearch(pipe, get_objective("toy-fidelity"), settings)
+    head_map = search.head_map()
+    pool = sorted(head_map, key=lambda h: -head_map[h])[:8]
+    search.greedy(pool=pool)
+    found = [tuple(h) for h in search.result["selected"]]
+    search_seconds = time.perf_counter() - t0
+
+    rng = random.Random(5)
+    all_heads = [(site.layer, h) for site in layout.sites.values() for h in range(site.heads)]
+    random_set = sorted(rng.sample(all_heads, len(found)))
+    layer5 = [(5, h) for h in range(layout.sites[5, "attn"].heads)]
+    rows = {
+        "unguided": {},
+        "L5 (whole layer)": {"pag_heads": layer5},
+        f"searched {label(tuple(found))}": {"pag_heads": found},
+        f"random {label(tuple(random_set))}": {"pag_heads": random_set},
+    }
+    eval_items = captions(args.eval_prompts, seed=23, exclude={c for c, _ in search_items})
+    results, t1 = {}, time.perf_counter()
+    for name, extra in rows.items():
+        guided = dict(extra, pag_scale=args.scale, pag_strength=1.0) if extra else {}
+        results[name] = evaluate_rows(pipe, call, eval_items, seeds, guided, args.batch)
+        print(f"evaluated {name}", flush=True)
+    eval_seconds = time.perf_counter() - t1
+
+    table = {}
+    for name in rows:
+        if name == "unguided":
+            continue
+        table[name] = {m: paired_difference(results[name][m], results["unguided"][m]) for m in METRICS}
+    report = {
+        "model": args.model,
+        "call": call,
+        "search": {
+            "pairs": args.search_prompts * args.seeds,
+            "result": search.result,
+            "seconds": search_seconds,
+            "images": search.images,
+            "head_map": {label((h,)): v for h, v in head_map.items()},
+            "unguided": search.baseline,
+        },  # fmt: skip
+        "evaluation": {
+            "pairs": len(eval_items) * len(seeds),
+            "seconds": eval_seconds,
+            "unguided": {m: sum(v) / len(v) for m, v in results["unguided"].items()},
+        },  # fmt: skip
+        "differences_vs_unguided": table,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },  # fmt: skip
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"\ntoy SD1.5, {report['evaluation']['pairs']} evaluation pairs (disjoint from the "
+          f"{report['search']['pairs']} search pairs), w {args.scale}, u 1; difference vs unguided [95% CI]")  # fmt: skip
+    print(f"{'row':<34}" + "".join(f"{m:>32}" for m in METRICS))
+    for name, metrics in table.items():
+        cells = "".join(
+            f"{r['mean']:>+10.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{'*' if r['significant'] else ' '}"
+            for r in metrics.values()
+        )
+        print(f"{name:<34}{cells}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
