@@ -368,12 +368,16 @@ class GenericSoftPAG(SoftPAG):
     """SoftPAG on a `GenericLayout`: no shared prefix; every batch-sized input of the denoiser grows."""
 
     def __init__(
-        self, denoiser: torch.nn.Module, config: SoftPAGConfig, to_prediction: Callable | None = None
+        self,
+        denoiser: torch.nn.Module,
+        config: SoftPAGConfig,
+        model_name: str | None = None,
+        to_prediction: Callable | None = None,
     ):
         """to_prediction: maps the PAG term from the denoiser's output to what the pipeline hands `scheduler.step`
         (Z-Image negates and squeezes its output); None where they are the same."""
         # SoftPAG.__init__ with `generic_layout` in place of `layout_of` (hook 1 in docs/families.md)
-        self.denoiser, self.config = denoiser, config
+        self.denoiser, self.config, self.model_name = denoiser, config, model_name
         self.to_prediction = to_prediction or (lambda delta: delta)
         self.layout: GenericLayout = generic_layout(denoiser)
         if config.heads_per_image is not None:

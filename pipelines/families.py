@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from diffusers import ChromaPipeline, Flux2Pipeline, QwenImagePipeline, WanPipeline, ZImagePipeline
 
-from guidance.config import SoftPAGConfig, SoftPAGError
+from guidance.config import SoftPAGConfig, SoftPAGError, check_call_arguments
 from guidance.generic import GenericSoftPAG
 from guidance.perturbation import CondRows
 from guidance.swap import denoiser_of
@@ -43,11 +43,13 @@ class GenericSoftPAGMixin(SoftPAGMixin):
     def __call__(self, *args, **kwargs):
         """Generate with the parent pipeline's arguments plus SoftPAG guidance (see `SoftPAGMixin.__call__`)."""
         pag = {name: kwargs.pop(name, default) for name, default in _DEFAULTS.items()}
+        check_call_arguments({**dict(zip(("prompt",), args)), **kwargs})
         if pag["pag_heads"] is None and pag["pag_heads_per_image"] is None:
             return super(SoftPAGMixin, self).__call__(*args, **kwargs)
         self._check_call(kwargs)
         config = SoftPAGConfig.from_call(**pag)
-        softpag = GenericSoftPAG(denoiser_of(self), config, self._to_prediction())
+        model_name = getattr(self, "name_or_path", None)
+        softpag = GenericSoftPAG(denoiser_of(self), config, model_name, self._to_prediction())
         with softpag.applied(self, self._cond_rows(kwargs), self._rescale):
             return super(SoftPAGMixin, self).__call__(*args, **kwargs)
 
