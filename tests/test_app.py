@@ -230,8 +230,24 @@ def test_api_endpoints_and_outputs_are_named(client):
         assert all(r["label"] and not r["label"].startswith("value_") for r in endpoint["returns"])
 
 
-def test_novel_views_without_weights_say_so(client):
-    from gradio_client.exceptions import AppError
+def test_novel_views_without_weights_say_so(tmp_path):
+    app = demo_app
 
-    with pytest.raises(AppError, match="Novel views need the UpFusion weights"):
-        client.predict(None, "views", "90, 0", 12, 15, 2, 3, 0, api_name="/novel_views")
+    with pytest.raises(app.InputError, match="Novel views need the UpFusion weights"):
+        app.NovelViews(tmp_path / "missing").run(None, "views", "90, 0", 12, 15, 2, 3, 0)
+
+
+def test_novel_views_with_the_shipped_toy_model(tmp_path):
+    """The tab renders one view per camera and an orbit GIF with the shipped toy UpFusion model."""
+    app = demo_app
+
+    views = app.NovelViews()
+    if views.unavailable():
+        pytest.skip(views.unavailable())
+    image = tmp_path / "front.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    gallery, gif = views.run([str(image)], "views", "90, 0; 180, 10", 12, 15, 2, 2, 0)
+    assert [caption for _, caption in gallery] == ["azimuth 90°, elevation 0°", "azimuth 180°, elevation 10°"]
+    assert gif is None and gallery[0][0].size == (32, 32)
+    gallery, gif = views.run([str(image)], "orbit", "", 3, 15, 2, 2, 0)
+    assert len(gallery) == 3 and Path(gif).is_file()
