@@ -1,6 +1,6 @@
 """UpFusion on held-out toy objects: PSNR, SSIM and sharpness of novel views from N = 1, 2, 3, 6 unposed inputs.
 
-    python -m benchmarks.upfusion_toy --model assets/toy-upfusion --objects 100 --queries 4 --steps 10
+    python -m benchmarks.upfusion_toy --model assets/toy-upfusion --objects 100 --queries 4 --steps 5 --guidance 2.5
 
 For every held-out object: `6 + queries` views are ray-cast (toyworld.views, the benchmark's own seed); the
 first N of the 6 input views are the inputs, the query views are rendered relative to the first input view and
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--objects", type=int, default=100)
     parser.add_argument("--offset", type=int, default=0, help="skip this many held-out objects (tuning runs)")
     parser.add_argument("--queries", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--guidance", type=float, default=2.5)
     parser.add_argument(
         "--counts", default="1,2,3,6", help="input-view counts N to run (a partial run: a subset)"
     )
