@@ -112,10 +112,12 @@ def test_upsrt_only_and_diffusion_agree_in_shape_and_range(pipe):
 
 def test_angles_and_matrices_name_the_same_camera(pipe):
     distance = pipe.upsrt.config.distance
-    by_angle = run(pipe, query_cameras=[(40, 10)])
-    by_matrix = run(pipe, query_cameras=query_camera(40, 10, distance)[None])
-    by_list = run(pipe, query_cameras=[query_camera(40, 10, distance).tolist()])
-    by_nested = run(pipe, query_cameras=query_camera(40, 10, distance).tolist())
+    pose = query_camera(40, 10, distance)
+    by_angle = run(pipe, query_cameras=[(40, 10)], upsrt_only=True)
+    by_matrix = run(pipe, query_cameras=pose[None], upsrt_only=True)
+    by_list = run(pipe, query_cameras=[pose.tolist()], upsrt_only=True)
+    by_nested = run(pipe, query_cameras=pose.tolist(), upsrt_only=True)
+    assert not torch.allclose(by_angle, run(pipe, query_cameras=[(100, 10)], upsrt_only=True))
     torch.testing.assert_close(by_angle, by_nested)
     torch.testing.assert_close(by_angle, by_matrix)
     torch.testing.assert_close(by_angle, by_list)

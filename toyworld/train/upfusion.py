@@ -278,12 +278,13 @@ def train_stage(pipe, stage: str, args, accelerator: Accelerator, pool: dict, st
         if ema is not None and (checkpoint / "ema.safetensors").exists():
             ema = load_file(checkpoint / "ema.safetensors")
     else:
-        state.update(stage=stage, step=0, seconds=0.0)
+        state.update(stage=stage, step=0, seconds=0.0, cpu_seconds=0.0)
     budget = args.minutes * 60 * (args.upsrt_share if stage == "upsrt" else 1 - args.upsrt_share)
     if args.stage != "both":
         budget = args.minutes * 60
     bar = tqdm(desc=stage, initial=state["step"], disable=not accelerator.is_main_process, mininterval=10)
     start, last_save, running = time.time() - state["seconds"], time.time(), None
+    cpu_start = time.process_time() - state.get("cpu_seconds", 0.0)  # CPU time of this process (all threads)
     named = {f"{k}.{n}": p for k, m in modules.items() for n, p in m.named_parameters()}
     while time.time() - start < budget and (args.max_steps == 0 or state["step"] < args.max_steps):
         rng, gen = step_rng(args.seed, stage, state["step"], accelerator.process_index)
@@ -310,7 +311,7 @@ def train_stage(pipe, stage: str, args, accelerator: Accelerator, pool: dict, st
             for key, p in named.items():
                 ema[key].lerp_(p.detach(), 1 - decay)
         state["step"] += 1
-        state["seconds"] = time.time() - start
+        state["seconds"], state["cpu_seconds"] = time.time() - start, time.process_time() - cpu_start
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update()
         bar.set_postfix(loss=f"{running:.4f}")
@@ -335,6 +336,7 @@ def train_stage(pipe, stage: str, args, accelerator: Accelerator, pool: dict, st
     state[f"{stage}_steps"], state[f"{stage}_seconds"], state[f"{stage}_final_loss"] = (
         state["step"], round(state["seconds"], 1), running,
     )  # fmt: skip
+    state[f"{stage}_cpu_seconds"] = round(state.get("cpu_seconds", 0.0), 1)
     if accelerator.is_main_process:
         save_checkpoint(checkpoint, pipe, optimizer, None, {**state, "stage": f"{stage}-done"})
 
