@@ -818,6 +818,7 @@ class Demo:
             SEARCH_USE_STRENGTH,
             {"unguided": search.baseline, "rounds": rounds_json},
             objective,
+            layout=search.layout,
         )
         path = found.save(out / f"preset-{objective}.json")
         w = effective_scales(found, settings.pag_scale)[0]

@@ -45,7 +45,10 @@ def label(candidate: Candidate) -> str:
 # Settings and named profiles
 # -------------------------------------------------------------------------------------------------------------
 
-ARCHS = ("sd3", "flux", "unet")  # `layout_of(denoiser).arch`
+# `layout_of(denoiser).arch`, and the families the generic adapter supports (`guidance.generic.FAMILIES`).
+GENERIC_ARCHS = ("flux2", "chroma", "qwenimage", "zimage", "wan")
+ARCHS = ("sd3", "flux", "unet", *GENERIC_ARCHS)
+FLUX_LIKE = ("flux", "flux2", "chroma")  # guidance-distilled or FLUX-sized: the paper's FLUX search settings
 # Fields that leave a candidate's per-pair scores unchanged (not in the cache key).
 NOT_SCORED = ("batch", "k", "rounds", "validation", "early_stop", "profile")
 
@@ -87,7 +90,10 @@ _PAPER = SearchProfile(guidance_scale=0.0, pag_scale=3.0, k=3, rounds=5, validat
                        clip_prefix="A photo depicts ", min_scores={"pickscore": 20.0, "aesthetic": 6.0})  # fmt: skip
 SEARCH_PROFILES: dict[str, dict[str, SearchProfile]] = {
     "ours": {arch: _OURS for arch in ARCHS},
-    "paper": {"sd3": _PAPER, "flux": replace(_PAPER, pag_scale=8.0, steps=15, size=512), "unet": _PAPER},
+    "paper": {
+        arch: replace(_PAPER, pag_scale=8.0, steps=15, size=512) if arch in FLUX_LIKE else _PAPER
+        for arch in ARCHS
+    },
 }
 
 
@@ -162,7 +168,8 @@ class HeadSearch:
                  progress: bool = True):  # fmt: skip
         self.pipe, self.objective, self.settings = pipe, objective, settings
         denoiser = denoiser_of(pipe)
-        self.heads_per_layer = layout_of(denoiser).heads_per_layer["attn"]
+        self.layout = search_layout(denoiser)
+        self.heads_per_layer = self.layout.heads_per_layer["attn"]
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
         self.search_pairs, self.validation_pairs = split_pairs(len(self.pairs), settings.validation)
         self.progress = progress
@@ -398,13 +405,27 @@ def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | P
     return path
 
 
+def search_layout(denoiser):
+    """The model's layout: a hand-written one (SD3, FLUX.1, UNets) or the generic adapter's (newer families)."""
+    try:
+        return layout_of(denoiser)
+    except TypeError:
+        from guidance.generic import generic_layout
+
+        return generic_layout(denoiser)
+
+
 def preset(selected: Sequence[tuple[int, int]], settings: SearchSettings, use_strength: float, scores: dict,
-           name: str = "searched") -> HeadSelection:  # fmt: skip
-    """The found heads as a preset: heads at the use strength, the search settings and scores as metadata."""
+           name: str = "searched", layout=None) -> HeadSelection:  # fmt: skip
+    """The found heads as a preset: heads at the use strength, the search settings and scores as metadata; with the
+    searched model's `layout`, its architecture and layers x heads (checked when the preset is applied)."""
     group = HeadGroup(
         tuple(HeadEntry(layer, head, use_strength) for layer, head in selected), name, settings.pag_scale
     )
     meta = {"model": settings.model, "objective": settings.objective, "source": "headhunter search (measured)",
             "search": {k: v for k, v in asdict(settings).items() if k not in ("prompts", "model", "objective")},
             "prompts": settings.prompts, "scores": scores}  # fmt: skip
+    if layout is not None:
+        meta["architecture"] = layout.arch
+        meta["layers_x_heads"] = [layout.num_layers, max(layout.heads_per_layer["attn"].values())]
     return HeadSelection((group,), meta)

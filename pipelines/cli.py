@@ -299,7 +299,9 @@ def _search(args: argparse.Namespace) -> int:
     if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
         return 0
     selected = history[-1]["selected"]
-    preset(selected, settings, args.use_strength, scores, name=args.objective).save(out / "preset.json")
+    preset(selected, settings, args.use_strength, scores, name=args.objective, layout=search.layout).save(
+        out / "preset.json"
+    )
     (out / "report.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
     print(out / "preset.json")

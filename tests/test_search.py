@@ -262,3 +262,34 @@ def test_two_processes_with_accelerate_split_candidates(tiny_folder, tmp_path):
     assert two["groups"] == one["groups"]
     for head, value in one["scores"]["head_map"].items():
         assert two["scores"]["head_map"][head] == pytest.approx(value, abs=1e-6)
+
+
+def test_search_on_a_generic_family_enumerates_its_heads_and_presets_record_the_shape(tmp_path):
+    """A head search on a newer family (Chroma, through the generic adapter): its heads, a profile, and a preset that
+    records the family and layers x heads, refused on a model of another shape."""
+    from guidance.heads import HeadSelectionError
+    from guidance.search import SEARCH_PROFILES
+    from pipelines import HeadHunterPipeline
+    from pipelines.tiny_families import tiny_chroma
+
+    tiny_chroma().save_pretrained(tmp_path / "chroma")
+    pipe = HeadHunterPipeline.from_pretrained(tmp_path / "chroma")
+    pipe.set_progress_bar_config(disable=True)
+    settings = SearchSettings(prompts=["a red circle"], seeds=[0], steps=2, size=16, guidance_scale=1.0,
+                              validation=0.0, extra={"max_sequence_length": 8})  # fmt: skip
+    search = HeadSearch(pipe, Objective("brightness", lambda images, prompts: [0.0] * len(images)), settings)
+    layout = search.layout
+    assert layout.arch == "chroma" and "chroma" in SEARCH_PROFILES["paper"]
+    assert search.all_heads() == [
+        (site.layer, h) for site in layout.sites.values() for h in range(site.heads)
+    ]
+    found = preset([(1, 0)], settings, 0.5, {}, layout=layout)
+    assert found.metadata["architecture"] == "chroma"
+    assert found.metadata["layers_x_heads"] == [
+        layout.num_layers,
+        max(layout.heads_per_layer["attn"].values()),
+    ]
+    found.validate(layout.heads_per_layer)
+    other = {"attn": {i: 8 for i in range(layout.num_layers + 1)}}
+    with pytest.raises(HeadSelectionError, match="this preset is for"):
+        found.validate(other)
