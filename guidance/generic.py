@@ -22,8 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -31,21 +30,16 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from guidance.batch_rows import RowLayout, split_guidance, strength_table
-from guidance.config import SoftPAGConfig, SoftPAGError
-from guidance.heads import HeadSelection
+from guidance.batch_rows import RowLayout
+from guidance.config import SoftPAGError
 from guidance.layouts import AttentionSite, ModelLayout
 from guidance.perturbation import (
-    _CALL,
-    CondRows,
     SoftPAG,
-    _register_denoiser_hooks,
     _SoftPAGCall,
-    _wrapped_step,
 )
 from guidance.processors import PerturbationState, active_state, perturbing
 from guidance.softpag import softpag_attention
-from guidance.swap import shared_hooks, swapped_processors
+from guidance.swap import swapped_processors
 
 __all__ = [
     "FAMILIES", "Family", "GenericAttnProcessor", "GenericLayout", "GenericSoftPAG", "expand_batch",
@@ -364,92 +358,26 @@ def expand_batch(value, layout: RowLayout, rows: int):
     return value
 
 
-class GenericSoftPAG(SoftPAG):
-    """SoftPAG on a `GenericLayout`: no shared prefix; every batch-sized input of the denoiser grows."""
-
-    def __init__(
-        self,
-        denoiser: torch.nn.Module,
-        config: SoftPAGConfig,
-        model_name: str | None = None,
-        to_prediction: Callable | None = None,
-    ):
-        """to_prediction: maps the PAG term from the denoiser's output to what the pipeline hands `scheduler.step`
-        (Z-Image negates and squeezes its output); None where they are the same."""
-        # SoftPAG.__init__ with `generic_layout` in place of `layout_of` (hook 1 in docs/families.md)
-        self.denoiser, self.config, self.model_name = denoiser, config, model_name
-        self.to_prediction = to_prediction or (lambda delta: delta)
-        self.layout: GenericLayout = generic_layout(denoiser)
-        if config.heads_per_image is not None:
-            self._per_image(config.heads_per_image)
-        else:
-            self._groups(HeadSelection.parse(config.heads, "pag_heads"))
-        self.modules = sorted({name for table in self.group_strengths for name in table})
-        self.split_block = None
-
-    @contextmanager
-    def applied(self, pipe, cond_rows: CondRows, rescale=None) -> Iterator[PerturbationState]:
-        """Install the wrappers and hooks for one pipeline call; restore everything afterwards, also on errors."""
-        call = _GenericCall(self, pipe.scheduler, cond_rows, rescale)
-        processors = {name: self.layout.processor(name) for name in self.modules}
-        with ExitStack() as stack:
-            stack.enter_context(
-                swapped_processors(
-                    self.denoiser, processors, self.layout.replaceable, "pag_heads", SoftPAGError
-                )
-            )
-            stack.enter_context(
-                shared_hooks(self.denoiser, "softpag", lambda: _register_denoiser_hooks(self.denoiser))
-            )
-            stack.enter_context(_wrapped_step(pipe.scheduler, call))
-            token = _CALL.set(call)
-            stack.callback(_CALL.reset, token)
-            yield stack.enter_context(perturbing(call.state))
-
-
 class _GenericCall(_SoftPAGCall):
-    """`_SoftPAGCall` for the generic layout: expands all batch inputs (tensors and per-sample lists)."""
+    """`_SoftPAGCall` for the generic layout: every batch-sized input grows (tensors and per-sample lists)."""
 
-    def before(self, args, kwargs):
-        """Denoiser pre-hook: on a perturbed main call, B -> B + G*C rows for every batch-sized input."""
-        bound = self.signature.bind(*args, **kwargs)
-        inputs = bound.arguments
-        self.layout, self.state.strengths = None, {}
-        if not (self._is_main_call(inputs) and self.window.advance()):
-            return None
+    def _batch(self, inputs: dict) -> tuple[int, torch.device]:
         first = next(iter(inputs.values()))
-        rows = len(first)
-        layout = RowLayout.of(rows, self.cond_rows(rows), len(self.pag.group_strengths))
-        if self.pag.images is not None and self.pag.images != layout.size:
-            raise SoftPAGError(
-                f"pag_heads_per_image has {self.pag.images} selections but the call generates {layout.size} images"
-            )
-        if self.built_for != (rows, layout.size):
-            heads = {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
-            device = (first[0] if isinstance(first, list) else first).device
-            self.strengths = strength_table(layout, self.pag.group_strengths, heads, device)
-            self.built_for = (rows, layout.size)
-        self.layout, self.state.strengths = layout, self.strengths
+        return len(first), (first[0] if isinstance(first, list) else first).device
+
+    def _expand(self, inputs: dict, layout: RowLayout) -> None:
         skip = self.pag.layout.family.unbatched
         for name, value in inputs.items():
             if name not in skip:
-                inputs[name] = expand_batch(value, layout, rows)
+                inputs[name] = expand_batch(value, layout, layout.rows)
         context = inputs.get("encoder_hidden_states")
         self.state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
-        return bound.args, bound.kwargs
 
-    def after(self, output):
-        """Denoiser hook: the pipeline's rows untouched (a per-sample list stays a list); keep the PAG term."""
-        if self.layout is None:
-            return output
-        layout, self.layout, self.state.strengths = self.layout, None, {}
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        listed = isinstance(sample, list)
-        pure, delta = split_guidance(torch.stack(sample) if listed else sample, layout, self.pag.scales)
-        self.pending = (self.pag.to_prediction(delta), pure)
-        if listed:
-            pure = list(pure.unbind(0))
-        if isinstance(output, tuple):
-            return (pure, *output[1:])
-        output.sample = pure
-        return output
+
+class GenericSoftPAG(SoftPAG):
+    """SoftPAG on a `GenericLayout`: no shared prefix; every batch-sized input of the denoiser grows."""
+
+    call_class = _GenericCall
+
+    def _layout_of(self, denoiser: torch.nn.Module) -> GenericLayout:
+        return generic_layout(denoiser)

@@ -52,9 +52,18 @@ CondRows = Callable[[int], slice]  # batch size B -> the cond rows among them
 class SoftPAG:
     """A SoftPAG config resolved against one denoiser: per head group {module: strengths}, scales, split block."""
 
-    def __init__(self, denoiser: torch.nn.Module, config: SoftPAGConfig, model_name: str | None = None):
+    def __init__(
+        self,
+        denoiser: torch.nn.Module,
+        config: SoftPAGConfig,
+        model_name: str | None = None,
+        to_prediction: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        """model_name: the loaded model's name (a preset found on another model warns). to_prediction: maps the
+        PAG term from the denoiser's output to what the pipeline hands `scheduler.step` (None: the same)."""
         self.denoiser, self.config, self.model_name = denoiser, config, model_name
-        self.layout: ModelLayout = layout_of(denoiser)
+        self.to_prediction = to_prediction or (lambda delta: delta)
+        self.layout: ModelLayout = self._layout_of(denoiser)
         if config.heads_per_image is not None:
             self._per_image(config.heads_per_image)
         else:
@@ -62,6 +71,12 @@ class SoftPAG:
         self.modules = sorted({name for table in self.group_strengths for name in table})
         shared = config.shared_prefix and self.layout.blocks
         self.split_block = min(self.layers) if shared else None
+
+    call_class: type = None  # the per-call hooks' class (`_SoftPAGCall`, set below)
+
+    def _layout_of(self, denoiser: torch.nn.Module) -> ModelLayout:
+        """The denoiser's hand-written layout (the generic adapter overrides this)."""
+        return layout_of(denoiser)
 
     def _strengths(self, selection: HeadSelection, parameter: str) -> dict[str, torch.Tensor]:
         """{module name: strengths (heads,)} of all entries of a selection, checked against the model."""
@@ -126,14 +141,13 @@ class SoftPAG:
 
         cond_rows: where the cond rows sit in a denoiser batch of B rows. rescale: asked at each step how the
         parent rescales its guided prediction (None: it does not)."""
-        call = _SoftPAGCall(self, pipe.scheduler, cond_rows, rescale)
+        call = self.call_class(self, pipe.scheduler, cond_rows, rescale)
         processors = {name: self.layout.processor(name) for name in self.modules}
         denoiser, blocks = self.denoiser, self.layout.blocks
+        replaceable = getattr(self.layout, "replaceable", ()) or REPLACEABLE[self.layout.arch]
         with ExitStack() as stack:
             stack.enter_context(
-                swapped_processors(
-                    denoiser, processors, REPLACEABLE[self.layout.arch], "pag_heads", SoftPAGError
-                )
+                swapped_processors(denoiser, processors, replaceable, "pag_heads", SoftPAGError)
             )
             stack.enter_context(shared_hooks(denoiser, "softpag", lambda: _register_denoiser_hooks(denoiser)))
             if blocks:
@@ -197,9 +211,18 @@ class _SoftPAGCall:
         self.layout, self.state.strengths = None, {}
         if not (self._is_main_call(inputs) and self.window.advance()):
             return None
-        arch = self.pag.layout.arch
-        first = inputs["sample" if arch == "unet" else "hidden_states"]
-        rows = first.shape[0]
+        rows, device = self._batch(inputs)
+        self.layout = self._row_layout(rows, device)
+        self._expand(inputs, self.layout)
+        return bound.args, bound.kwargs
+
+    def _batch(self, inputs: dict) -> tuple[int, torch.device]:
+        """B and the device, from the denoiser's first stream input."""
+        first = inputs["sample" if self.pag.layout.arch == "unet" else "hidden_states"]
+        return first.shape[0], first.device
+
+    def _row_layout(self, rows: int, device: torch.device) -> RowLayout:
+        """The call's row layout; publishes each perturbed module's strengths (built once per batch shape)."""
         layout = RowLayout.of(rows, self.cond_rows(rows), len(self.pag.group_strengths))
         if self.pag.images is not None and self.pag.images != layout.size:
             raise SoftPAGError(
@@ -207,9 +230,14 @@ class _SoftPAGCall:
             )
         if self.built_for != (rows, layout.size):  # the same every step of a call: build once, on the device
             heads = {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
-            self.strengths = strength_table(layout, self.pag.group_strengths, heads, first.device)
+            self.strengths = strength_table(layout, self.pag.group_strengths, heads, device)
             self.built_for = (rows, layout.size)
-        self.layout, self.state.strengths = layout, self.strengths
+        self.state.strengths = self.strengths
+        return layout
+
+    def _expand(self, inputs: dict, layout: RowLayout) -> None:
+        """Grow the inputs that carry one row per batch item (with a shared prefix, only the time inputs)."""
+        arch = self.pag.layout.arch
         if arch == "unet":
             names = UNET_INPUTS
         elif self.pag.split_block is None:
@@ -221,7 +249,6 @@ class _SoftPAGCall:
                 inputs[name] = expand_rows(inputs[name], layout)
         if arch == "flux" and "encoder_hidden_states" in inputs:
             self.state.text_tokens = inputs["encoder_hidden_states"].shape[1]
-        return bound.args, bound.kwargs
 
     def block(self, index: int, kwargs: dict) -> dict:
         """Block pre-hook (shared prefix): blocks before the split see the B rows; the split block expands."""
@@ -241,8 +268,11 @@ class _SoftPAGCall:
             return output
         layout, self.layout, self.state.strengths = self.layout, None, {}
         sample = output[0] if isinstance(output, tuple) else output.sample
-        pure, delta = split_guidance(sample, layout, self.pag.scales)
-        self.pending = (delta, pure)
+        listed = isinstance(sample, list)  # per-sample outputs (Z-Image) stay a list
+        pure, delta = split_guidance(torch.stack(sample) if listed else sample, layout, self.pag.scales)
+        self.pending = (self.pag.to_prediction(delta), pure)
+        if listed:
+            pure = list(pure.unbind(0))
         if isinstance(output, tuple):
             return (pure, *output[1:])
         output.sample = pure
@@ -255,6 +285,9 @@ class _SoftPAGCall:
             return model_output
         (delta, pure), self.pending = self.pending, None
         return fold_guidance(model_output, delta, pure, self.rescale() if self.rescale else None)
+
+
+SoftPAG.call_class = _SoftPAGCall
 
 
 def _register_denoiser_hooks(denoiser: torch.nn.Module) -> list:

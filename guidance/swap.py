@@ -161,6 +161,16 @@ def shared_hooks(module: torch.nn.Module, key: str, register: Callable[[], list]
                 del _HOOKS[slot]
 
 
+_COMPONENT_LOCKS: dict[int, threading.RLock] = {}
+
+
+def component_lock(component: object) -> threading.RLock:
+    """One lock per shared component (e.g. a tokenizer): fast tokenizers keep their padding and truncation settings
+    in shared state, so pipelines sharing one (`from_pipe`) must not encode at the same moment."""
+    with _LOCK:
+        return _COMPONENT_LOCKS.setdefault(id(component), threading.RLock())
+
+
 class StepWindow:
     """Counts one pipeline call's main denoiser evaluations and tells whether each lies in [start, stop).
 

@@ -7,6 +7,7 @@ generator lists, offloading) and adds the `pag_*` arguments; see `SoftPAGMixin._
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ from diffusers import (
 from guidance.batch_rows import Rescale
 from guidance.config import SoftPAGConfig, check_call_arguments
 from guidance.perturbation import CondRows, SoftPAG
-from guidance.swap import denoiser_of
+from guidance.swap import component_lock, denoiser_of
 from pipelines.loading import absent_components, model_index
 from pipelines.structured import StructuredMixin, StructuredSD3Mixin
 
@@ -42,6 +43,22 @@ class SoftPAGMixin:
     def _rescale(self) -> Rescale | None:
         """How the parent rescales its guided prediction (`guidance_rescale`); None where it does not."""
         return None
+
+    def __init_subclass__(cls, **kwargs):
+        """Each pipeline's `encode_prompt` is its parent's (same signature), one call at a time per tokenizer:
+        pipelines made with `from_pipe` share tokenizers, whose padding settings are shared state, so two threads
+        encoding at once could get each other's padding."""
+        super().__init_subclass__(**kwargs)
+        parent = getattr(super(), "encode_prompt", None)
+        if parent is None or "encode_prompt" in cls.__dict__:
+            return
+
+        @functools.wraps(parent)
+        def encode_prompt(self, *args, **kwargs):
+            with component_lock(getattr(self, "tokenizer", None)):
+                return parent(self, *args, **kwargs)
+
+        cls.encode_prompt = encode_prompt
 
     def __call__(
         self,
