@@ -17,41 +17,20 @@ from __future__ import annotations
 
 from diffusers import ChromaPipeline, Flux2Pipeline, QwenImagePipeline, WanPipeline, ZImagePipeline
 
-from guidance.config import SoftPAGConfig, SoftPAGError, check_call_arguments
+from guidance.config import SoftPAGError
 from guidance.generic import GenericSoftPAG
 from guidance.perturbation import CondRows
-from guidance.swap import denoiser_of
 from pipelines.headhunter import SoftPAGMixin, register_pipeline
-
-_DEFAULTS = SoftPAGConfig.call_defaults()
 
 
 class GenericSoftPAGMixin(SoftPAGMixin):
     """`SoftPAGMixin` on the generic adapter: the same `pag_*` arguments, the call run by `GenericSoftPAG`."""
 
+    _softpag_class = GenericSoftPAG
+
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """Families that run cond and uncond as separate calls, cond first: every row of the main call is cond."""
         return lambda n: slice(0, n)
-
-    def _to_prediction(self):
-        """How the PAG term maps from the denoiser's output to the prediction `scheduler.step` gets (None: same)."""
-        return None
-
-    def _check_call(self, call_kwargs: dict) -> None:
-        """Refuse call settings under which the perturbed branch would not be what the user asked for."""
-
-    def __call__(self, *args, **kwargs):
-        """Generate with the parent pipeline's arguments plus SoftPAG guidance (see `SoftPAGMixin.__call__`)."""
-        pag = {name: kwargs.pop(name, default) for name, default in _DEFAULTS.items()}
-        check_call_arguments({**dict(zip(("prompt",), args)), **kwargs})
-        if pag["pag_heads"] is None and pag["pag_heads_per_image"] is None:
-            return super(SoftPAGMixin, self).__call__(*args, **kwargs)
-        self._check_call(kwargs)
-        config = SoftPAGConfig.from_call(**pag)
-        model_name = getattr(self, "name_or_path", None)
-        softpag = GenericSoftPAG(denoiser_of(self), config, model_name, self._to_prediction())
-        with softpag.applied(self, self._cond_rows(kwargs), self._rescale):
-            return super(SoftPAGMixin, self).__call__(*args, **kwargs)
 
 
 class HeadHunterFlux2Pipeline(GenericSoftPAGMixin, Flux2Pipeline):

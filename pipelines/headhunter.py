@@ -40,9 +40,18 @@ class SoftPAGMixin:
 
         return rows
 
+    _softpag_class = SoftPAG  # the generic adapter's families use GenericSoftPAG
+
     def _rescale(self) -> Rescale | None:
         """How the parent rescales its guided prediction (`guidance_rescale`); None where it does not."""
         return None
+
+    def _to_prediction(self):
+        """How the PAG term maps from the denoiser's output to the prediction `scheduler.step` gets (None: same)."""
+        return None
+
+    def _check_call(self, call_kwargs: dict) -> None:
+        """Refuse call settings under which the perturbed branch would not be what the user asked for."""
 
     def __init_subclass__(cls, **kwargs):
         """Each pipeline's `encode_prompt` is its parent's (same signature), one call at a time per tokenizer:
@@ -94,7 +103,9 @@ class SoftPAGMixin:
             pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_shared_prefix,
             pag_heads_per_image,
         )  # fmt: skip
-        pag = SoftPAG(denoiser_of(self), config, getattr(self, "name_or_path", None))
+        self._check_call(kwargs)
+        name = getattr(self, "name_or_path", None)
+        pag = self._softpag_class(denoiser_of(self), config, name, self._to_prediction())
         with pag.applied(self, self._cond_rows(kwargs), self._rescale):
             return super().__call__(*args, **kwargs)
 
