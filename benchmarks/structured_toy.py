@@ -4,7 +4,7 @@ colour-shape pairings, for the plain pipeline and each structured mode, with ste
     python benchmarks/structured_toy.py --model assets/toy-sd3 [--prompts 100] [--seeds 2]
     python benchmarks/structured_toy.py --model assets/toy-sd15 --attend-and-excite
 
-Variants: plain; key-value; conjunction (the official code's, UNets) and conjunction-plain (our earlier variant);
+Variants: plain; key-value; conjunction (the official code's, UNets);
 the MMDiT port (SD3, key-value); diffusers' Attend-and-Excite (`--attend-and-excite`, SD1.x only). Writes
 results/structured_<model>.json and prints a table, then each variant's paired difference against plain on the
 same prompt-seed pairs with a 95% bootstrap interval (`guidance.stats`; * = the interval excludes 0).
@@ -76,7 +76,6 @@ def main() -> None:
     variants = {"plain": {}, "key-value": {"structured": "key-value"}}
     if not is_sd3:
         variants["conjunction"] = {"structured": "conjunction"}
-        variants["conjunction-plain"] = {"structured": "conjunction-plain"}
     if args.attend_and_excite and not is_sd3:
         variants["attend-and-excite"] = None
 

@@ -5,8 +5,8 @@ Aligned sequences: W̄_i = W_p (the full prompt's encoding) with phrase i's toke
 encoding W_i. Key-value mode (the paper's default): keys from W_p, output = mean_i A V(W̄_i) over
 [W_p, W̄_1..W̄_k]; attention is linear in the values, so this is one attention with the mean value context.
 Conjunction mode (the official code's): one value set V(S), key sets K(S), K(W̄_1).., output =
-mean_i softmax(Q K_i) V(S), where S is W_p with every phrase span replaced at once (`single_aligned`);
-"conjunction-plain" keeps W_p in place of S (our earlier variant).
+mean_i softmax(Q K_i) V(S), where S is W_p with every phrase span replaced at once (`single_aligned`). Our
+earlier variant (W_p in place of S) measured no better and was removed.
 
 How contexts travel: the pipeline passes, per batch row, one tensor that holds every context the processor needs,
 concatenated along the token axis, so any batch reordering (CFG, SoftPAG's copies) carries them along:

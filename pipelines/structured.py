@@ -68,7 +68,7 @@ class EncodeOptions:
 class StructuredMixin:
     """Adds `structured`, `noun_phrases`, `structured_layers`, `structured_start/stop` to a UNet pipeline."""
 
-    _structured_modes = (*STRUCTURED_MODES, "conjunction-plain")
+    _structured_modes = STRUCTURED_MODES
 
     def _encode(self, prompts: list[str], cfg: bool, negative=None, options: EncodeOptions | None = None):
         """(prompt_embeds, negative_prompt_embeds, extra) as the parent pipeline computes them.
@@ -148,7 +148,7 @@ class StructuredMixin:
             name: StructuredCrossAttnProcessor(config.layers is None or i in config.layers)
             for i, name in enumerate(names)
         }
-        state = StructuredState("key-value" if config.mode == "key-value" else "conjunction", length, sets)
+        state = StructuredState(config.mode, length, sets)
         with (
             swapped_processors(self.unet, processors, CROSS_REPLACEABLE, "structured", StructuredError),
             self._structured_call(state, config),
@@ -197,10 +197,9 @@ class StructuredMixin:
         negative = [negative] * len(prompts) if isinstance(negative, str) else negative
         full, neg, extra = self._encode(prompts, True, negative, options)
         stacks = self.aligned_stacks(prompts, phrases, full, options, config.mode)
-        layout = "key-value" if config.mode == "key-value" else "conjunction"
-        sets = max(len(s) for s in stacks) if layout == "conjunction" else 1
-        packed = torch.stack([pack(s, layout, sets) for s in stacks])
-        neg_packed = torch.stack([pack(n[None], layout, sets) for n in neg])
+        sets = max(len(s) for s in stacks) if config.mode == "conjunction" else 1
+        packed = torch.stack([pack(s, config.mode, sets) for s in stacks])
+        neg_packed = torch.stack([pack(n[None], config.mode, sets) for n in neg])
         if kwargs.get("callback_on_step_end") is not None:
             kwargs["callback_on_step_end"] = _unpacked_callback(kwargs["callback_on_step_end"], full.shape[1])
         with self._structured_installed(config, full.shape[1], sets, options):
