@@ -135,7 +135,7 @@ class SoftPAG:
 
     @contextmanager
     def applied(
-        self, pipe, cond_rows: CondRows, rescale: Rescale | None = None
+        self, pipe, cond_rows: CondRows, rescale: Callable[[], Rescale | None] | None = None
     ) -> Iterator[PerturbationState]:
         """Install processors and hooks for one pipeline call; restore everything afterwards, also on errors.
 
