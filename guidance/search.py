@@ -319,7 +319,9 @@ class HeadSearch:
 
         Round r = 1..R ranks S ∪ {h} for every remaining h on the search pairs and tries S plus the top k. With
         `early_stop`, the tried set is adopted only if its validation score (search score without a validation
-        split) beats the best earlier selection; else the search stops. Round 1 is always adopted. Each record:
+        split) beats the best earlier selection, the unguided images before round 1; else the search stops, and
+        if round 1 is not adopted the selection is empty (no heads helped). Without `early_stop` every round is
+        adopted. Each record:
         `round`, `added`, `tried`, `score` / `validation` (of the tried set), `adopted`, `selected` / `heads` (the
         adopted selection after the round: `history[-1]["selected"]` is the final one), `images` (so far).
         `self.result` holds the final selection, its scores, the unguided scores and the images generated."""
@@ -338,7 +340,7 @@ class HeadSearch:
             tried = tuple(sorted([*selected, *added]))
             record = {"round": r, "added": [label((h,)) for h in added], "tried": list(tried),
                       **self._scores_of(tried)}  # fmt: skip
-            record["adopted"] = r == 1 or not self.settings.early_stop or _beats(record, best)
+            record["adopted"] = not self.settings.early_stop or _beats(record, best)
             if record["adopted"]:
                 selected, best = list(tried), record
             record.update(selected=sorted(selected), heads=label(tuple(sorted(selected))), images=self.images)

@@ -294,17 +294,27 @@ def _search(args: argparse.Namespace) -> int:
         scores["layers"] = {f"L{layer}": v for layer, v in layers.items()}
     history = search.greedy()
     for record in history:
-        report.append(f"round {record['round']}: +{', '.join(record['added'])} -> {record['score']:.4f}")
+        validation = "" if record["validation"] is None else f", validation {record['validation']:.4f}"
+        adopted = "adopted" if record["adopted"] else "not adopted"
+        report.append(
+            f"round {record['round']}: +{', '.join(record['added'])} -> {record['score']:.4f}{validation} ({adopted})"
+        )
     scores["rounds"] = history
     if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
         return 0
     selected = history[-1]["selected"]
-    preset(selected, settings, args.use_strength, scores, name=args.objective, layout=search.layout).save(
-        out / "preset.json"
-    )
+    if not selected:  # round 1 did not beat the unguided images on the validation pairs
+        report += ["", "no round beat the unguided images on the validation pairs: no heads help this "
+                   "objective here, so no preset.json is written"]  # fmt: skip
+        (out / "preset.json").unlink(missing_ok=True)  # a preset from an earlier run in this folder is stale
+    else:
+        preset(selected, settings, args.use_strength, scores, name=args.objective, layout=search.layout).save(
+            out / "preset.json"
+        )
     (out / "report.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
-    print(out / "preset.json")
+    if selected:
+        print(out / "preset.json")
     return 0
 
 

@@ -57,6 +57,27 @@ def test_presets_list_and_show(capsys):
     assert (PRESETS / "sd3-paper-dark.json").is_file()
 
 
+def test_search_that_finds_no_helpful_head_writes_no_preset(tiny_folder, tmp_path, monkeypatch, capsys):
+    from guidance.search import HeadSearch
+
+    def nothing_helps(self, k=None, rounds=None, pool=None):  # round 1 tried and, worse than unguided, refused
+        record = {"round": 1, "added": ["L0H0"], "tried": [(0, 0)], "score": 0.1, "validation": 0.1,
+                  "adopted": False, "selected": [], "heads": "", "images": self.images}  # fmt: skip
+        self.result = {"selected": [], "heads": "", "round": 0, "history": [record]}
+        return [record]
+
+    monkeypatch.setattr(HeadSearch, "greedy", nothing_helps)
+    out = tmp_path / "search"
+    (out).mkdir()
+    (out / "preset.json").write_text("{}")  # from an earlier run into the same folder: stale now
+    args = ["search", "--model", tiny_folder("sd3"), "--objective", "saturation", "--prompt", "a red circle",
+            "--seeds", "0", "--steps", "1", "--size", "32", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "round 1: +L0H0 -> 0.1000, validation 0.1000 (not adopted)" in report
+    assert "no preset.json is written" in capsys.readouterr().out and not (out / "preset.json").exists()
+
+
 def test_out_must_be_a_folder_or_png(tiny_folder, capsys):
     assert main(["generate", "x", "--model", tiny_folder("sd3"), "--out", "a.jpg"]) == 2
     assert "--out 'a.jpg' must be a folder or a .png file" in capsys.readouterr().err

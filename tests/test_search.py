@@ -108,6 +108,7 @@ def test_greedy_stops_when_validation_stops_improving(pipe):
         return {c: sum({**general, **overfit}.get(h, 0.0) for h in c) for c in candidates}
 
     search.evaluate = fake
+    search.baseline = search.baseline_validation = 0.0  # unguided scores 0, so the fake scores are gains
     history = search.greedy(k=2, rounds=3, pool=[(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)])
     assert [r["round"] for r in history] == [1, 2] and [r["adopted"] for r in history] == [True, False]
     assert history[0]["added"] == ["L0H0", "L0H1"] and history[0]["validation"] == pytest.approx(0.5)
@@ -116,6 +117,22 @@ def test_greedy_stops_when_validation_stops_improving(pipe):
     assert history[1]["validation"] == pytest.approx(-0.5)  # better on the search pairs, worse on validation
     assert history[-1]["selected"] == [(0, 0), (0, 1)] == search.result["selected"]
     assert search.result["round"] == 1 and search.result["validation"] == pytest.approx(0.5)
+
+
+def test_greedy_adopts_nothing_when_round_one_is_worse_than_unguided(pipe):
+    """Every head lowers the validation score: round 1 is tried, not adopted, and the selection is empty."""
+    search = HeadSearch(pipe, Counting(), settings(), progress=False)
+    unguided = search.baseline_validation
+
+    def fake(candidates, pairs="search"):
+        gain = 0.1 if pairs == "search" else -0.1  # helps the search pairs, harms the held-out ones
+        return {c: (search.baseline if pairs == "search" else unguided) + gain * len(c) for c in candidates}
+
+    search.evaluate = fake
+    history = search.greedy(k=2, rounds=3, pool=[(0, 0), (0, 1), (1, 0)])
+    assert [r["adopted"] for r in history] == [False] and history[0]["tried"] == [(0, 0), (0, 1)]
+    assert search.result["selected"] == [] and search.result["round"] == 0
+    assert search.result["validation"] == pytest.approx(unguided)
 
 
 def test_successive_halving_rungs_and_image_count(pipe):
