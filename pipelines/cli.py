@@ -267,8 +267,11 @@ def _search(args: argparse.Namespace) -> int:
     recommended = recommended_settings(model)
     defaults = dict(steps=recommended.get("num_inference_steps", 28), size=recommended.get("height"),
                     guidance_scale=recommended.get("guidance_scale", 5.0))  # fmt: skip
-    objective = get_objective(args.objective, args.guard, args.max_drop, profile.min_score(args.guard),
-                              profile.clip_prefix)  # fmt: skip
+    min_score = profile.min_score(args.guard)
+    max_drop = args.max_drop
+    if max_drop is None and min_score is None:  # the profile has no absolute threshold for this guard
+        max_drop = SEARCH_SETTINGS["max_drop"].default
+    objective = get_objective(args.objective, args.guard, max_drop, min_score, profile.clip_prefix)
     settings = SearchSettings.from_profile(
         args.profile, arch, prompts, args.seeds, defaults, steps=args.num_inference_steps, size=args.size,
         guidance_scale=args.guidance_scale, pag_scale=args.pag_scale, strength=args.search_strength,
@@ -492,15 +495,18 @@ def _search_parser(sub) -> None:
     search.add_argument(
         "--objective", default="toy-quality", help="toy-quality, toy-dark, saturation, clip:<model>, ..."
     )
-    search.add_argument("--guard", help="keep this objective within --max-drop of the unguided images")
+    search.add_argument("--guard", help="keep this objective within --max-drop (default 0.05) of the unguided "
+                        "images; under --profile paper, at or above the paper's absolute threshold instead")  # fmt: skip
     search.add_argument("--profile", choices=sorted(SEARCH_PROFILES), default="ours",
                         help="named search settings ('paper': the official search's)")  # fmt: skip
     search.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     search.add_argument("--prompts", help="a text file, one prompt per line")
     search.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     for setting in SEARCH_SETTINGS.values():
-        defaults = setting.name in ("search_strength", "use_strength", "batch", "max_drop")
-        add_setting_flags(search, [setting], defaults=defaults)  # k, rounds, size: the profile's / model's
+        # k, rounds, size: the profile's / model's; max_drop: 0.05 unless the profile gives the guard an
+        # absolute threshold (the paper's), which then stands alone unless --max-drop is given too
+        defaults = setting.name in ("search_strength", "use_strength", "batch")
+        add_setting_flags(search, [setting], defaults=defaults)
     add_setting_flags(search, GENERATION_FLAGS[:2], defaults=False)
     add_setting_flags(search, [SOFTPAG_SETTINGS["pag_scale"], SOFTPAG_SETTINGS["pag_identity"]])
     search.add_argument("--sweep", action="store_true", help="also score every head alone (the head map)")

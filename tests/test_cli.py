@@ -78,6 +78,38 @@ def test_search_that_finds_no_helpful_head_writes_no_preset(tiny_folder, tmp_pat
     assert "no preset.json is written" in capsys.readouterr().out and not (out / "preset.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], (0.05, None)),  # ours: the relative threshold
+        (["--profile", "paper"], (None, 20.0)),  # the paper's absolute PickScore threshold alone
+        (["--profile", "paper", "--max-drop", "0.1"], (0.1, 20.0)),  # both when asked for
+        (["--profile", "paper", "--guard", "saturation"], (0.05, None)),  # no paper threshold for this guard
+    ],
+)
+def test_search_guard_thresholds_follow_the_profile(tiny_folder, tmp_path, monkeypatch, flags, expected):
+    import guidance.objectives as objectives
+
+    seen = []
+    real = objectives.get_objective
+
+    class Stop(Exception):
+        pass
+
+    def spy(spec, guard=None, max_drop=None, min_score=None, prefix=""):
+        if guard is None:
+            return real(spec)
+        seen.append((max_drop, min_score))
+        raise Stop
+
+    monkeypatch.setattr(objectives, "get_objective", spy)
+    guard = [] if "--guard" in flags else ["--guard", "pickscore:some/model"]
+    args = ["search", "--model", tiny_folder("sd3"), "--objective", "saturation", "--prompt", "p",
+            "--out", str(tmp_path / "s"), *guard, *flags]  # fmt: skip
+    assert main(args) != 0  # the spy stops the command once the objective is built
+    assert seen == [expected]
+
+
 def test_out_must_be_a_folder_or_png(tiny_folder, capsys):
     assert main(["generate", "x", "--model", tiny_folder("sd3"), "--out", "a.jpg"]) == 2
     assert "--out 'a.jpg' must be a folder or a .png file" in capsys.readouterr().err
