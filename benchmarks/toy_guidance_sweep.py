@@ -77,7 +77,9 @@ def parse_config(text: str) -> dict:
             start, _, stop = value.partition(":")
             config[key] = (float(start), float(stop))
         else:
-            raise SystemExit(f"--configs: unknown key {key!r} in {text!r}; allowed: layer heads w u identity window cfg")
+            raise SystemExit(
+                f"--configs: unknown key {key!r} in {text!r}; allowed: layer heads w u identity window cfg"
+            )
     return config
 
 
@@ -117,7 +119,9 @@ def grid(name: str, layout) -> list[dict]:
         layer = int(name.split(":", 1)[1])
         site = next(s for s in layout.sites.values() if s.layer == layer)
         return [parse_config(f"heads=L{layer}H{h}") for h in range(site.heads)]
-    raise SystemExit(f"--grids: unknown grid {name!r}; allowed: layers identity scale strength window cfg1 heads:N")
+    raise SystemExit(
+        f"--grids: unknown grid {name!r}; allowed: layers identity scale strength window cfg1 heads:N"
+    )
 
 
 def pag_arguments(config: dict, layout) -> dict:
@@ -172,23 +176,23 @@ def trajectory(pipe, call: dict, pairs: list, batch: int) -> dict:
     steps = call["num_inference_steps"]
     per_step = {m: [[] for _ in range(steps)] for m in ("binding", "correct", "n_detected", "score")}
     agree = {m: [[] for _ in range(steps)] for m in ("binding", "correct")}
-    original = scheduler.step
+    original, predicted = scheduler.step, []
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        if flow:  # x_t = (1 - s) x0 + s eps, the model predicts eps - x0
+            sigma = (timestep.float() / scheduler.config.num_train_timesteps).reshape(-1, 1, 1, 1)
+            predicted.append(sample - sigma * model_output)
+        else:  # DDIM's alphas
+            alpha = scheduler.alphas_cumprod[int(timestep)].to(sample.dtype)
+            if scheduler.config.prediction_type == "v_prediction":
+                predicted.append(alpha.sqrt() * sample - (1 - alpha).sqrt() * model_output)
+            else:
+                predicted.append((sample - (1 - alpha).sqrt() * model_output) / alpha.sqrt())
+        return original(model_output, timestep, sample, *args, **kwargs)
+
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        predicted: list = []
-
-        def step(model_output, timestep, sample, *args, **kwargs):
-            if flow:  # x_t = (1 - s) x0 + s eps, the model predicts eps - x0
-                sigma = (timestep.float() / scheduler.config.num_train_timesteps).reshape(-1, 1, 1, 1)
-                predicted.append(sample - sigma * model_output)
-            else:  # v-prediction on DDIM's alphas
-                alpha = scheduler.alphas_cumprod[int(timestep)].to(sample.dtype)
-                if scheduler.config.prediction_type == "v_prediction":
-                    predicted.append(alpha.sqrt() * sample - (1 - alpha).sqrt() * model_output)
-                else:
-                    predicted.append((sample - (1 - alpha).sqrt() * model_output) / alpha.sqrt())
-            return original(model_output, timestep, sample, *args, **kwargs)
-
+        predicted.clear()
         scheduler.step = step
         try:
             generators = [torch.Generator().manual_seed(seed) for _, _, seed in chunk]
@@ -201,13 +205,17 @@ def trajectory(pipe, call: dict, pairs: list, batch: int) -> dict:
             scaled = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
             with torch.no_grad():
                 images = pipe.image_processor.postprocess(vae.decode(scaled).sample, output_type="pil")
-            results.append([evaluate(image, scene) for image, (_, scene, _) in zip(images, chunk, strict=True)])
+            results.append(
+                [evaluate(image, scene) for image, (_, scene, _) in zip(images, chunk, strict=True)]
+            )
         final = results[-1]
         for i, row in enumerate(results):
             for m in per_step:
                 per_step[m][i].extend(float(r[m] or 0.0) for r in row)
             for m in agree:
-                agree[m][i].extend(float((r[m] or 0.0) == (f[m] or 0.0)) for r, f in zip(row, final, strict=True))
+                agree[m][i].extend(
+                    float((r[m] or 0.0) == (f[m] or 0.0)) for r, f in zip(row, final, strict=True)
+                )
     return {
         "pairs": len(pairs),
         "mean": {m: [float(np.mean(v)) for v in per_step[m]] for m in per_step},
@@ -223,8 +231,21 @@ def main() -> None:
     parser.add_argument("--scene-seed", type=int, default=101)
     parser.add_argument("--grids", nargs="*", default=[])
     parser.add_argument("--configs", nargs="*", default=[])
-    parser.add_argument("--trajectory", type=int, default=0, help="pairs for the per-step diagnosis (0: none)")
+    parser.add_argument(
+        "--trajectory", type=int, default=0, help="pairs for the per-step diagnosis (0: none)"
+    )
     parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the unguided rows (a second process; `--merge` its output into the first's)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        help="outputs of other runs on the same pairs whose rows to copy into --out",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -265,15 +286,25 @@ def main() -> None:
         save()
         traj = report["trajectory"]
         print(f"\nper-step prediction of the clean image, {traj['pairs']} unguided pairs")
-        print(f"{'step':>5}{'binding':>9}{'correct':>9}{'objects':>9}{'= final binding':>17}{'= final correct':>17}")
+        print(
+            f"{'step':>5}{'binding':>9}{'correct':>9}{'objects':>9}{'= final binding':>17}{'= final correct':>17}"
+        )
         for i in range(len(traj["mean"]["binding"])):
             print(f"{i:>5}{traj['mean']['binding'][i]:>9.3f}{traj['mean']['correct'][i]:>9.3f}"
                   f"{traj['mean']['n_detected'][i]:>9.2f}{traj['agrees_with_final']['binding'][i]:>17.3f}"
                   f"{traj['agrees_with_final']['correct'][i]:>17.3f}")  # fmt: skip
 
+    for other in map(Path, args.merge):
+        data = json.loads(other.read_text())
+        if {k: data.get(k) for k in key} != key:
+            raise SystemExit(f"--merge {other}: other pairs ({ {k: data.get(k) for k in key} }), not {key}")
+        for name, values in data["values"].items():
+            report["values"].setdefault(name, values)
+            report["configs"].setdefault(name, data["configs"][name])
     configs = [c for g in args.grids for c in grid(g, layout)] + [parse_config(c) for c in args.configs]
     cfgs = sorted({c["cfg"] for c in configs})
-    wanted = [parse_config(f"cfg={cfg}") | {"unguided": True} for cfg in cfgs] + configs
+    baselines = [] if args.no_baseline else [parse_config(f"cfg={cfg}") | {"unguided": True} for cfg in cfgs]
+    wanted = baselines + configs
     for config in wanted:
         name = f"unguided cfg{config['cfg']:g}" if config.get("unguided") else config_name(config)
         if name in report["values"]:
@@ -297,7 +328,10 @@ def main() -> None:
         if name in baselines:
             continue
         cfg = report["configs"][name]["cfg"]
-        baseline = baselines[f"unguided cfg{cfg:g}"]
+        baseline = baselines.get(f"unguided cfg{cfg:g}")
+        if baseline is None:
+            print(f"{name:<28}(no unguided row at CFG {cfg:g} yet)")
+            continue
         table[name] = {m: paired_difference(values[m], baseline[m]) for m in values}
         cells = "".join(
             f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"

@@ -60,7 +60,9 @@ def test_presets_list_and_show(capsys):
 def test_search_that_finds_no_helpful_head_writes_no_preset(tiny_folder, tmp_path, monkeypatch, capsys):
     from guidance.search import HeadSearch
 
-    def nothing_helps(self, k=None, rounds=None, pool=None):  # round 1 tried and, worse than unguided, refused
+    def nothing_helps(
+        self, k=None, rounds=None, pool=None
+    ):  # round 1 tried and, worse than unguided, refused
         record = {"round": 1, "added": ["L0H0"], "tried": [(0, 0)], "score": 0.1, "validation": 0.1,
                   "adopted": False, "selected": [], "heads": "", "images": self.images}  # fmt: skip
         self.result = {"selected": [], "heads": "", "round": 0, "history": [record]}
