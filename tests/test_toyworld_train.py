@@ -10,7 +10,7 @@ import torch
 
 from toyworld.inference import RepeatedTokenJointAttnProcessor
 from toyworld.scenes import caption, sample_scene, vocabulary
-from toyworld.train.sd3 import SD3_ARCHS, build_null_t5, build_transformer
+from toyworld.train.sd3 import SD3_ARCHS, build_null_t5, build_transformer, deepen, inserted_positions
 from toyworld.train.tokenizer import build_clip_tokenizer, learn_bpe
 
 MODEL = Path(__file__).resolve().parents[1] / "assets" / "toy-sd3"
@@ -86,6 +86,32 @@ def test_repeated_token_processor_takes_one_count_per_row():
 
 
 @pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="assets/toy-sd3 not trained yet")
+@pytest.mark.parametrize(("old", "new", "expected"), [(8, 12, [2, 4, 7, 9]), (3, 5, [1, 3]), (8, 8, [])])
+def test_inserted_blocks_are_spread_and_never_last(old, new, expected):
+    assert inserted_positions(old, new) == expected
+
+
+def test_a_deepened_transformer_computes_what_the_trained_one_does():
+    """Identity blocks (adaLN-Zero) inserted between trained ones leave the output unchanged (1e-5), and the
+    inserted blocks can learn (their modulation gets gradients)."""
+    cfg = SD3_ARCHS["sd3"]
+    torch.manual_seed(0)
+    shallow = build_transformer({**cfg, "transformer": {**cfg["transformer"], "num_layers": 3}}).eval()
+    deep = build_transformer({**cfg, "transformer": {**cfg["transformer"], "num_layers": 5}}).eval()
+    for p in shallow.parameters():  # not the zero-initialised output layers of a fresh model
+        torch.nn.init.normal_(p, std=0.05)
+    assert deepen(shallow, deep) == [1, 3]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    context, pooled = torch.randn(2, 7, 128, generator=g), torch.randn(2, 64, generator=g)
+    t = torch.tensor([300.0, 800.0])
+    expected = shallow(x, context, pooled, t).sample
+    torch.testing.assert_close(deep(x, context, pooled, t).sample, expected, atol=1e-5, rtol=1e-5)
+    assert expected.abs().mean() > 0.01  # a non-trivial output
+    deep(x, context, pooled, t).sample.square().mean().backward()
+    assert deep.transformer_blocks[1].norm1.linear.weight.grad.abs().sum() > 0
+
+
 def test_trained_sd3_loads_offline_and_generates_at_its_resolution():
     from diffusers import StableDiffusion3Pipeline
 

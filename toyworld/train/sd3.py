@@ -71,6 +71,10 @@ SD3_ARCHS: dict[str, dict] = {
         "sampling": {"num_inference_steps": 20, "guidance_scale": 4.0},
     },
 }
+# The same model 1.5x as deep: 12 MMDiT blocks, meant to start from a trained `sd3` with --init-from (its 8
+# blocks kept, 4 identity blocks inserted between them), for the depth question of docs/toyworld.md.
+SD3_ARCHS["sd3-deep"] = copy.deepcopy(SD3_ARCHS["sd3"])
+SD3_ARCHS["sd3-deep"]["transformer"]["num_layers"] = 12
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,6 +130,46 @@ def build_transformer(cfg: dict):
         pos_embed_max_size=2 * latent // t["patch_size"],
         **t,
     )
+
+
+def inserted_positions(old: int, new: int) -> list[int]:
+    """Where the `new - old` inserted blocks go in a `new`-block stack that keeps `old` trained blocks in order:
+    spread evenly, never last (SD3's last block alone is `context_pre_only`, so the old last block stays last)."""
+    if not 0 < old <= new:
+        raise ValueError(f"cannot deepen {old} blocks to {new}")
+    after = sorted({min(old - 2, round((k + 1) * old / (new - old + 1)) - 1) for k in range(new - old)})
+    after += [a for a in range(old - 1) if a not in after][: new - old - len(after)]  # rounding collisions
+    positions, index = [], 0
+    for block in range(old):
+        index += 1
+        if block in after:
+            positions.append(index)
+            index += 1
+    return positions
+
+
+def deepen(source, target) -> list[int]:
+    """Load a trained SD3Transformer2DModel `source` into the deeper, otherwise identical `target`: every
+    non-block weight and every trained block in order, plus identity blocks (adaLN-Zero, as DiT initialises:
+    the modulation of the image and text streams is zero, so shift, scale and both gates are 0 and the block
+    adds nothing). At initialisation `target` computes exactly what `source` does. Returns the new blocks'
+    indices."""
+    old, new = len(source.transformer_blocks), len(target.transformer_blocks)
+    inserted = inserted_positions(old, new)
+    kept = [i for i in range(new) if i not in inserted]
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("transformer_blocks.")}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("transformer_blocks.") for k in missing):
+        raise ValueError(f"deepen: the models differ beyond depth (missing {missing}, unexpected {unexpected})")
+    with torch.no_grad():
+        for source_block, index in zip(source.transformer_blocks, kept, strict=True):
+            target.transformer_blocks[index].load_state_dict(source_block.state_dict())
+        for index in inserted:
+            block = target.transformer_blocks[index]
+            for norm in (block.norm1, block.norm1_context):
+                norm.linear.weight.zero_()
+                norm.linear.bias.zero_()
+    return inserted
 
 
 def build_null_t5(joint_attention_dim: int):
@@ -362,6 +406,16 @@ def save_pipeline(out: Path, modules, vae, tokenizer, args, log: LossLog, status
     write_pipeline(pipe, out, files, ("tokenizer", "tokenizer_2"))
 
 
+def initialise_from(folder: Path, transformer, text_encoders) -> list[int]:
+    """Load a trained toy SD3 pipeline's text encoders and (deepened) transformer; returns inserted blocks."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    for encoder, sub in zip(text_encoders, ("text_encoder", "text_encoder_2"), strict=True):
+        encoder.load_state_dict(CLIPTextModelWithProjection.from_pretrained(folder, subfolder=sub).state_dict())
+    return deepen(SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer"), transformer)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line of this trainer."""
     parser = argparse.ArgumentParser(
@@ -384,6 +438,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decoder-steps", type=int, default=0, help="decoder fine-tuning steps (0: by time)")
     parser.add_argument("--decoder-lr", type=float, default=3e-4)
     parser.add_argument(
+        "--init-from", type=Path, default=None,
+        help="start the denoiser and text encoders from this toy SD3 pipeline (deepened to --arch's depth)",
+    )  # fmt: skip
+    parser.add_argument(
         "--decoder-fraction", type=float, default=0.05, help="share of --minutes for the decoder stage"
     )
     parser.set_defaults(minutes=50.0, lr=1e-3, pool=24000, save_every=10.0, threads=2)
@@ -403,6 +461,9 @@ def main(argv: list[str] | None = None) -> None:
     scenes, latents = normalised_pool(vae, args, log)
     transformer = build_transformer(cfg)
     text_encoders = [build_text_encoder(cfg, tokenizer) for _ in range(2)]
+    if args.init_from:
+        inserted = initialise_from(args.init_from, transformer, text_encoders)
+        log.write(stage="init", source=str(args.init_from), inserted_blocks=inserted)
     remaining = budget * (1 - args.decoder_fraction) - (time.time() - args.t0) - 30  # 30 s: the final save
 
     def save_fn(modules, status: str, steps: int) -> None:
