@@ -160,7 +160,9 @@ def deepen(source, target) -> list[int]:
     state = {k: v for k, v in source.state_dict().items() if not k.startswith("transformer_blocks.")}
     missing, unexpected = target.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("transformer_blocks.") for k in missing):
-        raise ValueError(f"deepen: the models differ beyond depth (missing {missing}, unexpected {unexpected})")
+        raise ValueError(
+            f"deepen: the models differ beyond depth (missing {missing}, unexpected {unexpected})"
+        )
     with torch.no_grad():
         for source_block, index in zip(source.transformer_blocks, kept, strict=True):
             target.transformer_blocks[index].load_state_dict(source_block.state_dict())
@@ -412,7 +414,9 @@ def initialise_from(folder: Path, transformer, text_encoders) -> list[int]:
     from transformers import CLIPTextModelWithProjection
 
     for encoder, sub in zip(text_encoders, ("text_encoder", "text_encoder_2"), strict=True):
-        encoder.load_state_dict(CLIPTextModelWithProjection.from_pretrained(folder, subfolder=sub).state_dict())
+        encoder.load_state_dict(
+            CLIPTextModelWithProjection.from_pretrained(folder, subfolder=sub).state_dict()
+        )
     return deepen(SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer"), transformer)
 
 
