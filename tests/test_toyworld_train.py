@@ -176,3 +176,12 @@ def test_short_run_reproduces_the_recorded_losses(arch, tmp_path):
         assert row[field] == pytest.approx(value, rel=1e-5, abs=2e-5), (stage, step, field)
     training = json.loads((tmp_path / "m" / "training.json").read_text())
     assert training["command"] == f"python -m toyworld.train.{arch} " + " ".join(argv)
+
+
+def test_a_spent_time_budget_runs_no_steps():
+    from toyworld.train.loop import run_loop
+
+    calls = []
+    assert run_loop(lambda progress: calls.append(progress) or 0.0, 0, -5.0, "x", lambda *a: None) == 0
+    assert run_loop(lambda progress: calls.append(progress) or 0.0, 3, -5.0, "x", lambda *a: None) == 3
+    assert calls == [0.0, 1 / 3, 2 / 3]

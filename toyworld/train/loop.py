@@ -125,6 +125,8 @@ def run_loop(step_fn, steps: int, seconds: float, desc: str, on_step) -> int:
     the schedule completes however fast the shared CPU happens to be; `--steps N` reproduces a run exactly.
     """
     start, step = time.time(), 0
+    if not steps and seconds <= 0:  # the budget is spent (progress would never reach 1)
+        return 0
     bar = tqdm(total=steps or None, desc=desc, mininterval=10, file=sys.stdout)
     while True:
         progress = step / steps if steps else (time.time() - start) / seconds
