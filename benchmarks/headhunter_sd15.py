@@ -29,18 +29,11 @@ METRICS = ("score", "binding", "correct")
 
 
 def captions(count: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, object]]:
-    """(caption, scene) of `count` distinct held-in two-object scenes without style words, deterministic from
-    `seed`, none of whose captions is in `exclude` (so evaluation pairs never repeat a search pair)."""
-    from toyworld.scenes import canonical_caption, sample_scene
+    """(caption, scene) of `count` distinct held-in two-object scenes without style words (see
+    `toyworld.scenes.distinct_captions`)."""
+    from toyworld.scenes import distinct_captions
 
-    rng, found, seen = random.Random(seed), [], set(exclude)
-    while len(found) < count:
-        scene = sample_scene(rng.randrange(10**9), "train", n_objects=2, style_prob=0.0)
-        caption = canonical_caption(scene)
-        if caption not in seen:
-            seen.add(caption)
-            found.append((caption, scene))
-    return found
+    return distinct_captions(count, seed, 2, exclude)
 
 
 def evaluate_rows(pipe, call: dict, items: list, seeds: list[int], extra: dict, batch: int) -> dict:

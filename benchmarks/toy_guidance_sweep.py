@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -46,16 +45,9 @@ DEFAULT_CFG = 3.0
 
 def captions(count: int, seed: int) -> list[tuple[str, object]]:
     """(caption, scene) of `count` distinct held-in two-object scenes without style words, from `seed`."""
-    from toyworld.scenes import canonical_caption, sample_scene
+    from toyworld.scenes import distinct_captions
 
-    rng, found, seen = random.Random(seed), [], set()
-    while len(found) < count:
-        scene = sample_scene(rng.randrange(10**9), "train", n_objects=2, style_prob=0.0)
-        caption = canonical_caption(scene)
-        if caption not in seen:
-            seen.add(caption)
-            found.append((caption, scene))
-    return found
+    return distinct_captions(count, seed, 2)
 
 
 def parse_config(text: str) -> dict:

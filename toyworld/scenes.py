@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from itertools import permutations
 
@@ -275,6 +276,22 @@ def canonical_caption(scene: Scene) -> str:
         parts.append(phrase)
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" and {parts[-1]}"
     return text + (" " + DARK_PHRASES[0] if scene.dark else "")
+
+
+def distinct_captions(
+    count: int, seed: int, n_objects: int = 2, exclude: Iterable[str] = ()
+) -> list[tuple[str, Scene]]:
+    """(canonical caption, scene) of `count` distinct held-in scenes of `n_objects` objects without style words,
+    deterministic from `seed`, none of whose captions is in `exclude` (so an evaluation never repeats a search's
+    prompt). The benchmarks' prompt sets."""
+    rng, found, seen = random.Random(seed), [], set(exclude)
+    while len(found) < count:
+        scene = sample_scene(rng.randrange(10**9), "train", n_objects=n_objects, style_prob=0.0)
+        text = canonical_caption(scene)
+        if text not in seen:
+            seen.add(text)
+            found.append((text, scene))
+    return found
 
 
 def vocabulary() -> list[str]:
