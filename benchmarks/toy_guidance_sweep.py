@@ -13,7 +13,8 @@ screening run and a confirmation run use different scene seeds, so the confirmat
 ones the configurations were picked on. Every guided configuration is paired with the unguided images (same CFG)
 of the same pairs: mean difference with a 95% bootstrap interval (`guidance.stats`), `*` where it excludes 0.
 
-A configuration is a comma list of `key=value`: `layer=3` (all heads of layer 3) or `heads=L1H0+L7H7`, `w=1`
+A configuration without a layer or heads is unguided at its CFG (`cfg=1`): it is compared with the unguided
+images at CFG 3 of the same pairs. A configuration is a comma list of `key=value`: `layer=3` (all heads of layer 3) or `heads=L1H0+L7H7`, `w=1`
 (pag_scale), `u=1` (pag_strength), `identity=joint|image`, `window=0:0.3` (pag_start:pag_stop), `cfg=3`.
 Grids (`--grids`) expand to configurations over every layer of the model: layers (w 1, u 1), identity (image),
 scale (w 0.5 and 3), strength (u 0.25 and 0.5), window (first 30% / last 70% of steps), cfg1 (CFG 1, w 1),
@@ -294,7 +295,10 @@ def main() -> None:
             report["values"].setdefault(name, values)
             report["configs"].setdefault(name, data["configs"][name])
     configs = [c for g in args.grids for c in grid(g, layout)] + [parse_config(c) for c in args.configs]
-    cfgs = sorted({c["cfg"] for c in configs})
+    cfgs = {c["cfg"] for c in configs}
+    if any("layer" not in c and "heads" not in c for c in configs):  # unguided at another CFG: vs the default
+        cfgs.add(DEFAULT_CFG)
+    cfgs = sorted(cfgs)
     baselines = [] if args.no_baseline else [parse_config(f"cfg={cfg}") | {"unguided": True} for cfg in cfgs]
     wanted = baselines + configs
     for config in wanted:
@@ -330,6 +334,17 @@ def main() -> None:
             for r in (table[name][m] for m in shown)
         )
         print(f"{name:<28}{cells}")
+    default = baselines.get(f"unguided cfg{DEFAULT_CFG:g}")
+    for name, values in baselines.items():  # unguided at another CFG against the default CFG, same pairs
+        if default is not None and values is not default:
+            table[f"{name} vs cfg{DEFAULT_CFG:g}"] = {
+                m: paired_difference(values[m], default[m]) for m in values
+            }
+            cells = "".join(
+                f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"
+                for r in (table[f"{name} vs cfg{DEFAULT_CFG:g}"][m] for m in shown)
+            )
+            print(f"{name + ' - cfg' + format(DEFAULT_CFG, 'g'):<28}{cells}")
     report["differences_vs_unguided"] = table
     save()
     print(out)
