@@ -55,25 +55,37 @@ _CHARS = string.ascii_lowercase + string.digits + string.punctuation
 def clip_tokenizer(words: Iterable[str] = BASE_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
     """A byte-pair CLIP tokenizer in which each listed word is one token; other words split into characters.
 
-    The merges are learned with the `tokenizers` library's BPE trainer on the word list, so applying them in rank
-    order rebuilds every listed word (a hand-made chain of merges would not: earlier merges take priority)."""
-    import json
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000, min_frequency=0, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=list(_CHARS), end_of_word_suffix="</w>", show_progress=False,
-    )  # fmt: skip
-    bpe.train_from_iterator([w.lower() for w in words], trainer)
-    model = json.loads(bpe.to_str())["model"]
-    vocab = dict(model["vocab"])
-    for ch in _CHARS:  # a word's last character carries the end-of-word mark
-        vocab.setdefault(ch + "</w>", len(vocab))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
+    The merges come from BPE training on the word list (the most frequent adjacent pair first, ties broken by the
+    pair itself, until every word is one token), so applying them in rank order rebuilds every listed word, and
+    the same words always give the same ids (the `tokenizers` trainer breaks ties differently from run to run,
+    which made tiny pipelines differ between processes)."""
+    segments = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in dict.fromkeys(w.lower() for w in words) if w}
+    tokens = ["<|startoftext|>", "<|endoftext|>", *_CHARS, *(ch + "</w>" for ch in _CHARS)]
+    merges: list[tuple[str, str]] = []
+    while any(len(seg) > 1 for seg in segments.values()):
+        counts: dict[tuple[str, str], int] = {}
+        for seg in segments.values():
+            for pair in zip(seg, seg[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        tokens.append(best[0] + best[1])
+        segments = {w: _merged(seg, best) for w, seg in segments.items()}
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _merged(segment: list[str], pair: tuple[str, str]) -> list[str]:
+    """`segment` with every adjacent occurrence of `pair` joined, left to right."""
+    out, i = [], 0
+    while i < len(segment):
+        if i + 1 < len(segment) and (segment[i], segment[i + 1]) == pair:
+            out.append(segment[i] + segment[i + 1])
+            i += 2
+        else:
+            out.append(segment[i])
+            i += 1
+    return out
 
 
 def t5_tokenizer(words: Iterable[str] = BASE_WORDS, model_max_length: int = 64) -> T5Tokenizer:
