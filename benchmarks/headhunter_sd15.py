@@ -28,14 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 METRICS = ("score", "binding", "correct")
 
 
-def captions(count: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[str, object]]:
-    """(caption, scene) of `count` distinct held-in two-object scenes without style words (see
-    `toyworld.scenes.distinct_captions`)."""
-    from toyworld.scenes import distinct_captions
-
-    return distinct_captions(count, seed, 2, exclude)
-
-
 def evaluate_rows(pipe, call: dict, items: list, seeds: list[int], extra: dict, batch: int) -> dict:
     """Evaluator metrics per prompt-seed pair for one configuration."""
     import torch
@@ -76,6 +68,7 @@ def main() -> None:
     from guidance.stats import paired_difference
     from pipelines import HeadHunterPipeline
     from pipelines.settings import recommended_call
+    from toyworld.scenes import distinct_captions
 
     pipe = HeadHunterPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -84,7 +77,7 @@ def main() -> None:
     seeds = list(range(args.seeds))
 
     t0 = time.perf_counter()
-    search_items = captions(args.search_prompts, seed=11)
+    search_items = distinct_captions(args.search_prompts, 11)
     settings = SearchSettings(
         prompts=[c for c, _ in search_items], seeds=seeds, steps=call["num_inference_steps"],
         guidance_scale=call["guidance_scale"], pag_scale=args.scale, strength=1.0, batch=args.batch,
@@ -105,10 +98,13 @@ def main() -> None:
     rows = {
         "unguided": {},
         "L5 (whole layer)": {"pag_heads": layer5},
-        f"searched {label(tuple(found))}": {"pag_heads": found},
-        f"random {label(tuple(random_set))}": {"pag_heads": random_set},
     }
-    eval_items = captions(args.eval_prompts, seed=23, exclude={c for c, _ in search_items})
+    if found:  # an empty selection: no round beat the unguided images on the validation pairs
+        rows[f"searched {label(tuple(found))}"] = {"pag_heads": found}
+        rows[f"random {label(tuple(random_set))}"] = {"pag_heads": random_set}
+    else:
+        print("the search adopted no heads (none beat the unguided images on its validation pairs)")
+    eval_items = distinct_captions(args.eval_prompts, 23, exclude={c for c, _ in search_items})
     results, t1 = {}, time.perf_counter()
     for name, extra in rows.items():
         guided = dict(extra, pag_scale=args.scale, pag_strength=1.0) if extra else {}

@@ -44,13 +44,6 @@ METRICS = ("score", "binding", "correct", "presence", "count", "dark_background"
 DEFAULT_CFG = 3.0
 
 
-def captions(count: int, seed: int) -> list[tuple[str, object]]:
-    """(caption, scene) of `count` distinct held-in two-object scenes without style words, from `seed`."""
-    from toyworld.scenes import distinct_captions
-
-    return distinct_captions(count, seed, 2)
-
-
 def parse_config(text: str) -> dict:
     """`layer=3,w=1,u=0.5,identity=image,window=0:0.3,cfg=1` -> a normalised dict (see the module doc)."""
     config = {"w": 1.0, "u": 1.0, "identity": "joint", "window": (0.0, 1.0), "cfg": DEFAULT_CFG}
@@ -249,12 +242,13 @@ def main() -> None:
     from guidance.swap import denoiser_of
     from pipelines import HeadHunterPipeline
     from pipelines.settings import recommended_call
+    from toyworld.scenes import distinct_captions
 
     pipe = HeadHunterPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     call = dict(recommended_call(args.model), guidance_scale=DEFAULT_CFG)
     layout = layout_of(denoiser_of(pipe))
-    items = captions(args.prompts, args.scene_seed)
+    items = distinct_captions(args.prompts, args.scene_seed)
     pairs = [(caption, scene, seed) for caption, scene in items for seed in range(args.seeds)]
 
     out = Path(args.out)

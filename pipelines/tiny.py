@@ -59,8 +59,16 @@ def clip_tokenizer(words: Iterable[str] = BASE_WORDS, model_max_length: int = 77
     pair itself, until every word is one token), so applying them in rank order rebuilds every listed word, and
     the same words always give the same ids (the `tokenizers` trainer breaks ties differently from run to run,
     which made tiny pipelines differ between processes)."""
-    segments = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in dict.fromkeys(w.lower() for w in words) if w}
+    merges = learn_merges(dict.fromkeys(w.lower() for w in words if w))
     tokens = ["<|startoftext|>", "<|endoftext|>", *_CHARS, *(ch + "</w>" for ch in _CHARS)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*tokens, *(a + b for a, b in merges)]))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+    """BPE merges learned on `words` (the most frequent adjacent pair first, ties broken by the pair itself) until
+    every word is one `word</w>` token; deterministic."""
+    segments = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
     merges: list[tuple[str, str]] = []
     while any(len(seg) > 1 for seg in segments.values()):
         counts: dict[tuple[str, str], int] = {}
@@ -69,10 +77,8 @@ def clip_tokenizer(words: Iterable[str] = BASE_WORDS, model_max_length: int = 77
                 counts[pair] = counts.get(pair, 0) + 1
         best = min(counts, key=lambda pair: (-counts[pair], pair))
         merges.append(best)
-        tokens.append(best[0] + best[1])
         segments = {w: _merged(seg, best) for w, seg in segments.items()}
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return merges
 
 
 def _merged(segment: list[str], pair: tuple[str, str]) -> list[str]:

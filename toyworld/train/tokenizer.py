@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines.tiny import learn_merges
 from toyworld.scenes import vocabulary
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -30,34 +31,11 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def merge_pair(segment: list[str], pair: tuple[str, str]) -> list[str]:
-    """`segment` with every adjacent occurrence of `pair` joined into one symbol."""
-    merged, i = [], 0
-    while i < len(segment):
-        if i + 1 < len(segment) and (segment[i], segment[i + 1]) == pair:
-            merged.append(segment[i] + segment[i + 1])
-            i += 2
-        else:
-            merged.append(segment[i])
-            i += 1
-    return merged
-
-
 def learn_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocabulary and merges (BPE training on `words`) until every word is a single `word</w>` token."""
     chars = list(bytes_to_unicode().values())
-    vocab = [BOS, EOS] + chars + [c + "</w>" for c in chars]
-    segments = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
-    merges: list[tuple[str, str]] = []
-    while any(len(s) > 1 for s in segments.values()):
-        counts: dict[tuple[str, str], int] = {}
-        for seg in segments.values():
-            for pair in zip(seg, seg[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        best = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(best)
-        vocab.append(best[0] + best[1])
-        segments = {word: merge_pair(seg, best) for word, seg in segments.items()}
+    merges = learn_merges(words)
+    vocab = [BOS, EOS] + chars + [c + "</w>" for c in chars] + [a + b for a, b in merges]
     return {token: i for i, token in enumerate(dict.fromkeys(vocab))}, merges
 
 
