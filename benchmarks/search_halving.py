@@ -1,6 +1,8 @@
 """Successive halving against the full single-head sweep on the toy SD3 (same model, objective, pairs).
 
     python benchmarks/search_halving.py [--prompts 2] [--seeds 2] [--steps 5] [--start 1] [--keep 0.5] [--k 4]
+    python benchmarks/search_halving.py --model assets/toy-sd15 --objective toy-fidelity --prompts 16 --seeds 2 \
+        --steps 20 --start 4 --pag-scale 1 --out results/search_halving-sd15-fidelity.json
 
 Each method runs in a fresh `HeadSearch` without a cache, so its image count is its own. Prints the top-k of
 each, their overlap, the images generated and the wall time; writes results/search_halving.json with the machine.
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=1, help="pairs of the first halving rung")
     parser.add_argument("--keep", type=float, default=0.5, help="share of heads kept per rung")
     parser.add_argument("--k", type=int, default=4, help="top-k compared (halving keeps at least 2k)")
+    parser.add_argument("--pag-scale", type=float, default=3.0, help="w while scoring heads")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default="results/search_halving.json")
     args = parser.parse_args()
@@ -62,7 +65,7 @@ def main() -> None:
     settings = SearchSettings(prompts=prompts(args.prompts, 1), seeds=list(range(args.seeds)), steps=args.steps,
                               guidance_scale=recommended_settings(model).get("guidance_scale", 4.0), batch=args.batch,
                               model=model, objective=objective.name, extra=model_call_extras(model),
-                              validation=0)  # fmt: skip
+                              pag_scale=args.pag_scale, validation=0)  # fmt: skip
     full = run(pipe, objective, settings, "full")
     halving = run(pipe, objective, settings, "halving", start=args.start, keep=args.keep, min_keep=2 * args.k)
     top_full, top_halving = full["ranking"][: args.k], halving["ranking"][: args.k]

@@ -8,7 +8,7 @@ window and CFG over whole layers and single heads, plus a diagnosis of where the
     python benchmarks/toy_guidance_sweep.py --model assets/toy-sd3 --trajectory 100 --out ...
 
 Prompts are two-object held-in scenes without style words (the setting of the evidence review and of
-benchmarks/headhunter_sd15.py), `--prompts` x `--seeds` prompt-seed pairs from scene seed `--scene-seed`; a
+benchmarks/headhunter_heldout.py), `--prompts` x `--seeds` prompt-seed pairs from scene seed `--scene-seed`; a
 screening run and a confirmation run use different scene seeds, so the confirmation pairs are disjoint from the
 ones the configurations were picked on. Every guided configuration is paired with the unguided images (same CFG)
 of the same pairs: mean difference with a 95% bootstrap interval (`guidance.stats`), `*` where it excludes 0.
@@ -41,12 +41,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METRICS = ("score", "binding", "correct", "presence", "count", "dark_background", "quality")
-DEFAULT_CFG = 3.0
+DEFAULT_CFG = 3.0  # where the model folder recommends none
 
 
-def parse_config(text: str) -> dict:
+def cfg_keyword(call: dict) -> str:
+    """The call argument that is CFG for this model: `true_cfg_scale` where the model samples with true CFG (the
+    toy FLUX, not guidance-distilled: its `guidance_scale` does nothing), else `guidance_scale`."""
+    return "true_cfg_scale" if "true_cfg_scale" in call else "guidance_scale"
+
+
+def parse_config(text: str, default_cfg: float = DEFAULT_CFG) -> dict:
     """`layer=3,w=1,u=0.5,identity=image,window=0:0.3,cfg=1` -> a normalised dict (see the module doc)."""
-    config = {"w": 1.0, "u": 1.0, "identity": "joint", "window": (0.0, 1.0), "cfg": DEFAULT_CFG}
+    config = {"w": 1.0, "u": 1.0, "identity": "joint", "window": (0.0, 1.0), "cfg": default_cfg}
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = item.partition("=")
         if key == "layer":
@@ -69,7 +75,7 @@ def parse_config(text: str) -> dict:
     return config
 
 
-def config_name(config: dict) -> str:
+def config_name(config: dict, default_cfg: float = DEFAULT_CFG) -> str:
     """A stable, readable key: the target, then only the settings that differ from the defaults."""
     parts = [f"L{config['layer']}" if "layer" in config else config.get("heads", "unguided")]
     if config.get("w", 1.0) != 1.0:
@@ -80,31 +86,35 @@ def config_name(config: dict) -> str:
         parts.append(config["identity"])
     if tuple(config.get("window", (0.0, 1.0))) != (0.0, 1.0):
         parts.append("steps{:g}-{:g}".format(*config["window"]))
-    if config.get("cfg", DEFAULT_CFG) != DEFAULT_CFG:
+    if config.get("cfg", default_cfg) != default_cfg:
         parts.append(f"cfg{config['cfg']:g}")
     return " ".join(parts)
 
 
-def grid(name: str, layout) -> list[dict]:
+def grid(name: str, layout, default_cfg: float = DEFAULT_CFG) -> list[dict]:
     """The configurations of one named grid over every layer of `layout`."""
     layers = sorted({site.layer for site in layout.sites.values()})
     base = [{"layer": layer} for layer in layers]
     if name == "layers":
-        return [parse_config(f"layer={b['layer']}") for b in base]
+        return [parse_config(f"layer={b['layer']}", default_cfg) for b in base]
     if name == "identity":
-        return [parse_config(f"layer={b['layer']},identity=image") for b in base]
+        return [parse_config(f"layer={b['layer']},identity=image", default_cfg) for b in base]
     if name == "scale":
-        return [parse_config(f"layer={b['layer']},w={w}") for w in (0.5, 3) for b in base]
+        return [parse_config(f"layer={b['layer']},w={w}", default_cfg) for w in (0.5, 3) for b in base]
     if name == "strength":
-        return [parse_config(f"layer={b['layer']},u={u}") for u in (0.25, 0.5) for b in base]
+        return [parse_config(f"layer={b['layer']},u={u}", default_cfg) for u in (0.25, 0.5) for b in base]
     if name == "window":
-        return [parse_config(f"layer={b['layer']},window={s}") for s in ("0:0.3", "0.3:1") for b in base]
+        return [
+            parse_config(f"layer={b['layer']},window={s}", default_cfg)
+            for s in ("0:0.3", "0.3:1")
+            for b in base
+        ]
     if name == "cfg1":
-        return [parse_config(f"layer={b['layer']},cfg=1") for b in base]
+        return [parse_config(f"layer={b['layer']},cfg=1", default_cfg) for b in base]
     if name.startswith("heads:"):
         layer = int(name.split(":", 1)[1])
         site = next(s for s in layout.sites.values() if s.layer == layer)
-        return [parse_config(f"heads=L{layer}H{h}") for h in range(site.heads)]
+        return [parse_config(f"heads=L{layer}H{h}", default_cfg) for h in range(site.heads)]
     raise SystemExit(
         f"--grids: unknown grid {name!r}; allowed: layers identity scale strength window cfg1 heads:N"
     )
@@ -140,7 +150,10 @@ def run_config(pipe, call: dict, pairs: list, arguments: dict, cfg: float, batch
         chunk = pairs[start : start + batch]
         generators = [torch.Generator().manual_seed(seed) for _, _, seed in chunk]
         images = pipe(
-            [c for c, _, _ in chunk], generator=generators, **dict(call, guidance_scale=cfg), **arguments
+            [c for c, _, _ in chunk],
+            generator=generators,
+            **dict(call, **{cfg_keyword(call): cfg}),
+            **arguments,
         ).images
         for image, (_, scene, _) in zip(images, chunk, strict=True):
             result = evaluate(image, scene)
@@ -246,7 +259,8 @@ def main() -> None:
 
     pipe = HeadHunterPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    call = dict(recommended_call(args.model), guidance_scale=DEFAULT_CFG)
+    call = recommended_call(args.model, guidance_scale=DEFAULT_CFG)
+    default_cfg = float(call[cfg_keyword(call)])  # the unguided baseline: the model's recommended CFG
     layout = layout_of(denoiser_of(pipe))
     items = distinct_captions(args.prompts, args.scene_seed)
     pairs = [(caption, scene, seed) for caption, scene in items for seed in range(args.seeds)]
@@ -288,15 +302,20 @@ def main() -> None:
         for name, values in data["values"].items():
             report["values"].setdefault(name, values)
             report["configs"].setdefault(name, data["configs"][name])
-    configs = [c for g in args.grids for c in grid(g, layout)] + [parse_config(c) for c in args.configs]
+    configs = [c for g in args.grids for c in grid(g, layout, default_cfg)]
+    configs += [parse_config(c, default_cfg) for c in args.configs]
     cfgs = {c["cfg"] for c in configs}
     if any("layer" not in c and "heads" not in c for c in configs):  # unguided at another CFG: vs the default
-        cfgs.add(DEFAULT_CFG)
+        cfgs.add(default_cfg)
     cfgs = sorted(cfgs)
-    baselines = [] if args.no_baseline else [parse_config(f"cfg={cfg}") | {"unguided": True} for cfg in cfgs]
+    baselines = (
+        [] if args.no_baseline else [parse_config(f"cfg={c}", default_cfg) | {"unguided": True} for c in cfgs]
+    )
     wanted = baselines + configs
     for config in wanted:
-        name = f"unguided cfg{config['cfg']:g}" if config.get("unguided") else config_name(config)
+        name = (
+            f"unguided cfg{config['cfg']:g}" if config.get("unguided") else config_name(config, default_cfg)
+        )
         if name in report["values"]:
             continue
         t0 = time.perf_counter()
@@ -328,17 +347,17 @@ def main() -> None:
             for r in (table[name][m] for m in shown)
         )
         print(f"{name:<28}{cells}")
-    default = baselines.get(f"unguided cfg{DEFAULT_CFG:g}")
+    default = baselines.get(f"unguided cfg{default_cfg:g}")
     for name, values in baselines.items():  # unguided at another CFG against the default CFG, same pairs
         if default is not None and values is not default:
-            table[f"{name} vs cfg{DEFAULT_CFG:g}"] = {
+            table[f"{name} vs cfg{default_cfg:g}"] = {
                 m: paired_difference(values[m], default[m]) for m in values
             }
             cells = "".join(
                 f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"
-                for r in (table[f"{name} vs cfg{DEFAULT_CFG:g}"][m] for m in shown)
+                for r in (table[f"{name} vs cfg{default_cfg:g}"][m] for m in shown)
             )
-            print(f"{name + ' - cfg' + format(DEFAULT_CFG, 'g'):<28}{cells}")
+            print(f"{name + ' - cfg' + format(default_cfg, 'g'):<28}{cells}")
     report["differences_vs_unguided"] = table
     save()
     print(out)

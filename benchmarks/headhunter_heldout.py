@@ -1,15 +1,21 @@
-"""The HeadHunter claim where a layer gain exists: searched heads vs the best whole layer (L5) on the toy SD1.5.
+"""The HeadHunter claim on held-out pairs: searched heads against whole layers, unguided and random heads.
 
-    python benchmarks/headhunter_sd15.py [--search-prompts 8] [--eval-prompts 400] [--seeds 2]
+    python benchmarks/headhunter_heldout.py                  # toy SD1.5, 16 search pairs, L5 as the layer row
+    python benchmarks/headhunter_heldout.py --model assets/toy-sd3 --search-prompts 64 --halving 6 --layers \
+        --k 2 --rounds 2 --pool 4                            # toy SD3, a powered search by successive halving
 
-1. Search (toy-fidelity, u = 1, w = 1, CFG 3, a 25% validation split with the validation stop) on held-in
-   prompt-seed pairs from one scene seed: the single-head map, then greedy rounds over its best heads.
-2. Evaluation on >= 800 other pairs (scenes from another seed, disjoint from the search's): unguided, whole-layer
-   PAG on L5 (all heads, u = 1, w = 1: the best layer measured before), the searched heads (u = 1, w = 1) and a
-   random head set of the same size. Each row is paired with the unguided images of the same pairs: mean
-   difference with a 95% bootstrap interval (`guidance.stats`); `*` marks an interval that excludes 0.
+1. Search (toy-fidelity, u = 1, w = `--scale`, the model's CFG, a 25% validation split with the validation stop)
+   on two-object prompt-seed pairs from one scene seed: the single-head map over every head (`--halving N`:
+   by successive halving from N pairs, so many more pairs are affordable), then greedy rounds of `--k` heads over
+   its best `--pool` heads.
+2. Evaluation on >= 800 other pairs (scenes from another seed, captions disjoint from the search's): unguided,
+   whole-layer PAG on each of `--layers` (default L5, the toy SD1.5's best layer measured before), the searched
+   heads and a random head set of the same size (u = 1, w = `--scale`). Each row is paired with the unguided
+   images of the same pairs: mean difference with a 95% bootstrap interval (`guidance.stats`); `*` marks an
+   interval that excludes 0.
 
-Writes results/headhunter_sd15.json (with the machine) and prints the table.
+Writes results/headhunter_<model folder>.json (per-pair values, the search's report, the machine) and prints the
+table.
 """
 
 from __future__ import annotations
@@ -51,13 +57,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="assets/toy-sd15")
     parser.add_argument("--search-prompts", type=int, default=8)
+    parser.add_argument(
+        "--halving", type=int, default=0, help="head map by successive halving from this many pairs (0: full)"
+    )
+    parser.add_argument(
+        "--pool", type=int, default=8, help="best heads of the map the greedy rounds draw from"
+    )
+    parser.add_argument(
+        "--layers", type=int, nargs="*", default=[5], help="whole layers evaluated as rows (default: 5)"
+    )
     parser.add_argument("--eval-prompts", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="PAG scale w for every guided row")
     parser.add_argument("--batch", type=int, default=25)
-    parser.add_argument("--out", default="results/headhunter_sd15.json")
+    parser.add_argument("--out", default=None, help="default: results/headhunter_<model folder>.json")
     args = parser.parse_args()
 
     import torch
@@ -66,6 +81,7 @@ def main() -> None:
     from guidance.objectives import get_objective
     from guidance.search import HeadSearch, SearchSettings, label
     from guidance.stats import paired_difference
+    from guidance.swap import denoiser_of
     from pipelines import HeadHunterPipeline
     from pipelines.settings import recommended_call
     from toyworld.scenes import distinct_captions
@@ -73,7 +89,7 @@ def main() -> None:
     pipe = HeadHunterPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     call = recommended_call(args.model)
-    layout = layout_of(pipe.unet)
+    layout = layout_of(denoiser_of(pipe))
     seeds = list(range(args.seeds))
 
     t0 = time.perf_counter()
@@ -85,8 +101,10 @@ def main() -> None:
         extra={k: v for k, v in call.items() if k not in ("num_inference_steps", "guidance_scale")},
     )  # fmt: skip
     search = HeadSearch(pipe, get_objective("toy-fidelity"), settings)
-    head_map = search.head_map()
-    pool = sorted(head_map, key=lambda h: -head_map[h])[:8]
+    sweep = (
+        search.sweep("halving", start=args.halving, min_keep=args.pool) if args.halving else search.sweep()
+    )
+    head_map, pool = sweep["scores"], sweep["ranking"][: args.pool]
     search.greedy(pool=pool)
     found = [tuple(h) for h in search.result["selected"]]
     search_seconds = time.perf_counter() - t0
@@ -94,11 +112,12 @@ def main() -> None:
     rng = random.Random(5)
     all_heads = [(site.layer, h) for site in layout.sites.values() for h in range(site.heads)]
     random_set = sorted(rng.sample(all_heads, len(found)))
-    layer5 = [(5, h) for h in range(layout.sites[5, "attn"].heads)]
-    rows = {
-        "unguided": {},
-        "L5 (whole layer)": {"pag_heads": layer5},
-    }
+    heads_of = {site.layer: site.heads for site in layout.sites.values()}
+    rows = {"unguided": {}}
+    for layer in args.layers:
+        if layer not in heads_of:
+            raise SystemExit(f"--layers: no layer {layer} in {args.model}; layers: {sorted(heads_of)}")
+        rows[f"L{layer} (whole layer)"] = {"pag_heads": [(layer, h) for h in range(heads_of[layer])]}
     if found:  # an empty selection: no round beat the unguided images on the validation pairs
         rows[f"searched {label(tuple(found))}"] = {"pag_heads": found}
         rows[f"random {label(tuple(random_set))}"] = {"pag_heads": random_set}
@@ -122,16 +141,22 @@ def main() -> None:
         "call": call,
         "search": {
             "pairs": args.search_prompts * args.seeds,
+            "method": f"halving from {args.halving} pairs" if args.halving else "full",
+            "rungs": sweep["rungs"],
+            "pool": [label((h,)) for h in pool],
+            "report": search.report(),
             "result": search.result,
             "seconds": search_seconds,
             "images": search.images,
             "head_map": {label((h,)): v for h, v in head_map.items()},
+            "head_map_pairs": {label((h,)): n for h, n in sweep["pairs"].items()},
             "unguided": search.baseline,
         },  # fmt: skip
         "evaluation": {
             "pairs": len(eval_items) * len(seeds),
             "seconds": eval_seconds,
             "unguided": {m: sum(v) / len(v) for m, v in results["unguided"].items()},
+            "values": results,
         },  # fmt: skip
         "differences_vs_unguided": table,
         "machine": {
@@ -141,11 +166,11 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         },  # fmt: skip
     }
-    out = Path(args.out)
+    out = Path(args.out or f"results/headhunter_{Path(args.model).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\ntoy SD1.5, {report['evaluation']['pairs']} evaluation pairs (disjoint from the "
+    print(f"\n{args.model}, {report['evaluation']['pairs']} evaluation pairs (disjoint from the "
           f"{report['search']['pairs']} search pairs), w {args.scale}, u 1; difference vs unguided [95% CI]")  # fmt: skip
     print(f"{'row':<34}" + "".join(f"{m:>32}" for m in METRICS))
     for name, metrics in table.items():
