@@ -185,3 +185,19 @@ def test_a_spent_time_budget_runs_no_steps():
     assert run_loop(lambda progress: calls.append(progress) or 0.0, 0, -5.0, "x", lambda *a: None) == 0
     assert run_loop(lambda progress: calls.append(progress) or 0.0, 3, -5.0, "x", lambda *a: None) == 3
     assert calls == [0.0, 1 / 3, 2 / 3]
+
+
+def test_decoder_fraction_zero_runs_no_decoder_stage(tmp_path):
+    from toyworld.train import sd3
+
+    log = tmp_path / "loss.jsonl"
+    argv = ["--out", str(tmp_path / "m"), "--log", str(log), "--steps", "2", "--pool", "16", "--batch", "2",
+            "--threads", "1", "--seed", "7", "--vae-steps", "2", "--vae-batch", "4", "--minutes", "0.6",
+            "--decoder-fraction", "0"]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        sd3.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    stages = {json.loads(line)["stage"] for line in log.read_text().splitlines()}
+    assert "denoiser" in stages and "decoder" not in stages

@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     modules = torch.nn.ModuleList([transformer, *text_encoders])
     loss_fn = rectified_flow_loss(transformer, text_encoders, tokenizer, cfg, args.batch)
     ema, steps = train_denoiser(modules, loss_fn, scenes, latents, args, log, remaining, save_fn)
-    finetune_decoder(vae, args, log, budget - (time.time() - args.t0) - 20)
+    if args.decoder_steps or args.decoder_fraction > 0:  # --decoder-fraction 0: no decoder stage at all
+        finetune_decoder(vae, args, log, budget - (time.time() - args.t0) - 20)
     save_fn(ema, status="complete", steps=steps)
     print_saved(args, steps)
 
