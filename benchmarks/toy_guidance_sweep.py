@@ -7,7 +7,7 @@ window and CFG over whole layers and single heads, plus a diagnosis of where the
         --prompts 400 --seeds 2 --scene-seed 202 --out results/toyworld/confirm-sd3.json
     python benchmarks/toy_guidance_sweep.py --model assets/toy-sd3 --trajectory 100 --out ...
 
-Prompts are two-object held-in scenes without style words (the setting of the evidence review and of
+Prompts are two-object (`--objects`: 1-3) held-in scenes without style words (the setting of the evidence review and of
 benchmarks/headhunter_heldout.py), `--prompts` x `--seeds` prompt-seed pairs from scene seed `--scene-seed`; a
 screening run and a confirmation run use different scene seeds, so the confirmation pairs are disjoint from the
 ones the configurations were picked on. Every guided configuration is paired with the unguided images (same CFG)
@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=80)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--scene-seed", type=int, default=101)
+    parser.add_argument("--objects", type=int, default=2, choices=(1, 2, 3), help="objects per prompt")
     parser.add_argument("--grids", nargs="*", default=[])
     parser.add_argument("--configs", nargs="*", default=[])
     parser.add_argument(
@@ -262,11 +263,13 @@ def main() -> None:
     call = recommended_call(args.model, guidance_scale=DEFAULT_CFG)
     default_cfg = float(call[cfg_keyword(call)])  # the unguided baseline: the model's recommended CFG
     layout = layout_of(denoiser_of(pipe))
-    items = distinct_captions(args.prompts, args.scene_seed)
+    items = distinct_captions(args.prompts, args.scene_seed, n_objects=args.objects)
     pairs = [(caption, scene, seed) for caption, scene in items for seed in range(args.seeds)]
 
     out = Path(args.out)
     key = {"model": args.model, "prompts": args.prompts, "seeds": args.seeds, "scene_seed": args.scene_seed}
+    if args.objects != 2:  # two-object runs keep the key of the files written before --objects existed
+        key["objects"] = args.objects
     report = json.loads(out.read_text()) if out.exists() else {}
     if {k: report.get(k) for k in key} != key:
         report = dict(key, configs={}, values={})
