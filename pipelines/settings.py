@@ -78,12 +78,15 @@ def model_call_extras(model: str | Path) -> dict:
 
 
 def recommended_call(model: str | Path, steps: int = 20, guidance_scale: float = 5.0) -> dict:
-    """The call arguments a model folder recommends: steps, CFG (these defaults where it records none) and
+    """The call arguments a model folder recommends: steps, CFG (these defaults where it records none), its
+    recorded image size (FluxPipeline's default is 1024 px whatever the model was trained at) and
     `model_call_extras`."""
     settings = recommended_settings(model)
+    size = {k: settings[k] for k in ("height", "width") if k in settings}
     return dict(
         num_inference_steps=settings.get("num_inference_steps", steps),
         guidance_scale=settings.get("guidance_scale", guidance_scale),
+        **size,
         **model_call_extras(model),
     )
 
