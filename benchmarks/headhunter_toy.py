@@ -86,7 +86,8 @@ def main() -> None:
     def settings(prompt_list, seed_list, objective, strength=1.0, n_steps=None):
         return SearchSettings(prompts=prompt_list, seeds=seed_list, steps=n_steps or search_steps, guidance_scale=cfg,
                               pag_scale=args.pag_scale, strength=strength, batch=args.batch, model=shown,
-                              objective=objective, extra=model_call_extras(model))  # fmt: skip
+                              objective=objective, extra=model_call_extras(model),
+                              size=recommended_settings(model).get("height"))  # fmt: skip
 
     def evaluator(objective_name, strength=1.0, guard=None):
         objective = get_objective(objective_name, guard, 0.05)

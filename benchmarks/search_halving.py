@@ -65,7 +65,7 @@ def main() -> None:
     settings = SearchSettings(prompts=prompts(args.prompts, 1), seeds=list(range(args.seeds)), steps=args.steps,
                               guidance_scale=recommended_settings(model).get("guidance_scale", 4.0), batch=args.batch,
                               model=model, objective=objective.name, extra=model_call_extras(model),
-                              pag_scale=args.pag_scale, validation=0)  # fmt: skip
+                              pag_scale=args.pag_scale, validation=0, size=recommended_settings(model).get("height"))  # fmt: skip
     full = run(pipe, objective, settings, "full")
     halving = run(pipe, objective, settings, "halving", start=args.start, keep=args.keep, min_keep=2 * args.k)
     top_full, top_halving = full["ranking"][: args.k], halving["ranking"][: args.k]
