@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, nargs="*", default=[5], help="whole layers evaluated as rows (default: 5)"
     )
-    parser.add_argument("--eval-prompts", type=int, default=400)
+    parser.add_argument("--eval-prompts", type=int, default=400, help="0: search only, no evaluation rows")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -124,6 +124,8 @@ def main() -> None:
     else:
         print("the search adopted no heads (none beat the unguided images on its validation pairs)")
     eval_items = distinct_captions(args.eval_prompts, 23, exclude={c for c, _ in search_items})
+    if not eval_items:  # --eval-prompts 0: the search only (evaluate elsewhere, e.g. toy_guidance_sweep.py)
+        rows = {}
     results, t1 = {}, time.perf_counter()
     for name, extra in rows.items():
         guided = dict(extra, pag_scale=args.scale, pag_strength=1.0) if extra else {}
@@ -155,7 +157,7 @@ def main() -> None:
         "evaluation": {
             "pairs": len(eval_items) * len(seeds),
             "seconds": eval_seconds,
-            "unguided": {m: sum(v) / len(v) for m, v in results["unguided"].items()},
+            "unguided": {m: sum(v) / len(v) for m, v in results.get("unguided", {}).items()},
             "values": results,
         },  # fmt: skip
         "differences_vs_unguided": table,
