@@ -7,15 +7,17 @@ window and CFG over whole layers and single heads, plus a diagnosis of where the
         --prompts 400 --seeds 2 --scene-seed 202 --out results/toyworld/confirm-sd3.json
     python benchmarks/toy_guidance_sweep.py --model assets/toy-sd3 --trajectory 100 --out ...
 
-Prompts are two-object (`--objects`: 1-3) held-in scenes without style words (the setting of the evidence review and of
-benchmarks/headhunter_heldout.py), `--prompts` x `--seeds` prompt-seed pairs from scene seed `--scene-seed`; a
+Prompts are two-object (`--objects`: 1-3) held-in scenes without style words (the setting of the evidence
+review and of benchmarks/headhunter_heldout.py), `--prompts` x `--seeds` prompt-seed pairs from scene seed `--scene-seed`; a
 screening run and a confirmation run use different scene seeds, so the confirmation pairs are disjoint from the
 ones the configurations were picked on. Every guided configuration is paired with the unguided images (same CFG)
 of the same pairs: mean difference with a 95% bootstrap interval (`guidance.stats`), `*` where it excludes 0.
 
-A configuration without a layer or heads is unguided at its CFG (`cfg=1`): it is compared with the unguided
-images at CFG 3 of the same pairs. A configuration is a comma list of `key=value`: `layer=3` (all heads of layer 3) or `heads=L1H0+L7H7`, `w=1`
-(pag_scale), `u=1` (pag_strength), `identity=joint|image`, `window=0:0.3` (pag_start:pag_stop), `cfg=3`.
+A configuration is a comma list of `key=value`: `layer=3` (all heads of layer 3) or `heads=L1H0+L7H7`, `w=1`
+(pag_scale), `u=1` (pag_strength), `identity=joint|image`, `window=0:0.3` (pag_start:pag_stop), `cfg=3` (CFG:
+`true_cfg_scale` for a model that samples with true CFG, the toy FLUX; default: the model's recommended CFG). A
+configuration without a layer or heads is unguided at its CFG (`cfg=1`): it is compared with the unguided images
+at the model's recommended CFG of the same pairs.
 Grids (`--grids`) expand to configurations over every layer of the model: layers (w 1, u 1), identity (image),
 scale (w 0.5 and 3), strength (u 0.25 and 0.5), window (first 30% / last 70% of steps), cfg1 (CFG 1, w 1),
 heads:<layer> (each head of one layer alone, w 1).
@@ -31,6 +33,7 @@ Writes `--out` (with the machine) and prints the tables.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -93,28 +96,25 @@ def config_name(config: dict, default_cfg: float = DEFAULT_CFG) -> str:
 
 def grid(name: str, layout, default_cfg: float = DEFAULT_CFG) -> list[dict]:
     """The configurations of one named grid over every layer of `layout`."""
+    parse = functools.partial(parse_config, default_cfg=default_cfg)
     layers = sorted({site.layer for site in layout.sites.values()})
     base = [{"layer": layer} for layer in layers]
     if name == "layers":
-        return [parse_config(f"layer={b['layer']}", default_cfg) for b in base]
+        return [parse(f"layer={b['layer']}") for b in base]
     if name == "identity":
-        return [parse_config(f"layer={b['layer']},identity=image", default_cfg) for b in base]
+        return [parse(f"layer={b['layer']},identity=image") for b in base]
     if name == "scale":
-        return [parse_config(f"layer={b['layer']},w={w}", default_cfg) for w in (0.5, 3) for b in base]
+        return [parse(f"layer={b['layer']},w={w}") for w in (0.5, 3) for b in base]
     if name == "strength":
-        return [parse_config(f"layer={b['layer']},u={u}", default_cfg) for u in (0.25, 0.5) for b in base]
+        return [parse(f"layer={b['layer']},u={u}") for u in (0.25, 0.5) for b in base]
     if name == "window":
-        return [
-            parse_config(f"layer={b['layer']},window={s}", default_cfg)
-            for s in ("0:0.3", "0.3:1")
-            for b in base
-        ]
+        return [parse(f"layer={b['layer']},window={s}") for s in ("0:0.3", "0.3:1") for b in base]
     if name == "cfg1":
-        return [parse_config(f"layer={b['layer']},cfg=1", default_cfg) for b in base]
+        return [parse(f"layer={b['layer']},cfg=1") for b in base]
     if name.startswith("heads:"):
         layer = int(name.split(":", 1)[1])
         site = next(s for s in layout.sites.values() if s.layer == layer)
-        return [parse_config(f"heads=L{layer}H{h}", default_cfg) for h in range(site.heads)]
+        return [parse(f"heads=L{layer}H{h}") for h in range(site.heads)]
     raise SystemExit(
         f"--grids: unknown grid {name!r}; allowed: layers identity scale strength window cfg1 heads:N"
     )
@@ -161,6 +161,14 @@ def run_config(pipe, call: dict, pairs: list, arguments: dict, cfg: float, batch
                 values[m].append(float(result[m] or 0.0))
             values["darkness"].append(float(darkness(image)))
     return values
+
+
+def cells(row: dict, shown: tuple[str, ...]) -> str:
+    """One printed table row: mean [interval] per metric, `*` where the interval excludes 0."""
+    return "".join(
+        f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"
+        for r in (row[m] for m in shown)
+    )
 
 
 def trajectory(pipe, call: dict, pairs: list, batch: int) -> dict:
@@ -345,22 +353,16 @@ def main() -> None:
             print(f"{name:<28}(no unguided row at CFG {cfg:g} yet)")
             continue
         table[name] = {m: paired_difference(values[m], baseline[m]) for m in values}
-        cells = "".join(
-            f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"
-            for r in (table[name][m] for m in shown)
-        )
-        print(f"{name:<28}{cells}")
+        print(f"{name:<28}{cells(table[name], shown)}")
     default = baselines.get(f"unguided cfg{default_cfg:g}")
     for name, values in baselines.items():  # unguided at another CFG against the default CFG, same pairs
         if default is not None and values is not default:
             table[f"{name} vs cfg{default_cfg:g}"] = {
                 m: paired_difference(values[m], default[m]) for m in values
             }
-            cells = "".join(
-                f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"
-                for r in (table[f"{name} vs cfg{default_cfg:g}"][m] for m in shown)
+            print(
+                f"{name + ' - cfg' + format(default_cfg, 'g'):<28}{cells(table[f'{name} vs cfg{default_cfg:g}'], shown)}"
             )
-            print(f"{name + ' - cfg' + format(default_cfg, 'g'):<28}{cells}")
     report["differences_vs_unguided"] = table
     save()
     print(out)
