@@ -1,15 +1,32 @@
-"""UpFusion on held-out toy objects: PSNR, SSIM and sharpness of novel views from N = 1, 2, 3, 6 unposed inputs.
+"""UpFusion on held-out toy objects, against baselines that ignore or copy the input (N = 1, 2, 3, 6 unposed views).
 
-    python -m benchmarks.upfusion_toy --model assets/toy-upfusion --objects 100 --queries 4 --steps 5 --guidance 2.5
+    python -m benchmarks.upfusion_toy --model assets/toy-upfusion --objects 100 --queries 4 --samples 4
 
-For every held-out object: `6 + queries` views are ray-cast (toyworld.views, the benchmark's own seed); the
+For every held-out object `6 + queries` views are ray-cast (toyworld.views, the benchmark's own view seed); the
 first N of the 6 input views are the inputs, the query views are rendered relative to the first input view and
-scored against the ray-cast ground truth. Rows: the diffusion model, UpSRT alone (its regression render), and
-the diffusion model without scene-token attention (the ablation). Every row uses the same objects, views and
-noise seeds (one generator per object and query view), so differences are paired per object; intervals are
-95% percentile bootstrap intervals over objects. Sharpness: gradient energy of the output over that of the
-ground truth (1 = as sharp as the truth; a blurry regression is < 1). Writes results/upfusion_toy.json and,
-with --samples, results/upfusion_samples.png (inputs | UpSRT | diffusion | ground truth for 4 objects).
+scored against the ray-cast truth: PSNR, SSIM and foreground-silhouette IoU (pixels that differ from the white
+background). Every row uses the same objects, views and noise, so differences are paired per object (the mean
+over its query views); intervals are 95% percentile bootstrap intervals over objects (guidance.stats).
+
+Rows, for every N:
+- references that ignore the input: `white` (the background), `mean_training_image` (the mean render of
+  training-split objects); references that copy it: `mean_of_inputs` (the mean of the N input images) and
+  `nearest_input` (the input view whose camera is closest to the query's: it uses the poses, which the model
+  never gets, so it is an upper reference, not a fair baseline);
+- `upsrt`: UpSRT's regression render;
+- diffusion sampling (DDIM, `--steps`) at CFG 1 and at `--guidance`, `--samples` samples per query view:
+  the mean PSNR over the samples, the best of them (an oracle choice) and the PSNR of their average;
+  `diffusion_other_tokens`: sampled at `--guidance` with another object's scene tokens (the hint stays its own);
+- noise-free measures per condition (`full`, `no_scene_attention`, `other_object_tokens`, `no_hint`,
+  `unconditional`): the v-prediction loss on a fixed grid of timesteps with fixed noise, and the PSNR of the
+  clean-image prediction at the first sampling timestep (pure noise in, the model's mean guess out).
+A query view's covisibility (the share of its object pixels that some input view also sees,
+toyworld.views.covisibility) stratifies the PSNR of every row.
+
+`--no-diffusion` runs the references and UpSRT only (what the stage-1 gate needs: benchmarks/upfusion_gate.py).
+`--model` takes a pipeline folder or a training checkpoint folder (toyworld.train.upfusion's OUT/checkpoint).
+Writes `--out` (JSON with per-object values) and, with `--sheet`, a sample sheet (inputs | UpSRT | diffusion |
+truth for 4 objects at N = 1, 3, 6).
 """
 
 from __future__ import annotations
@@ -28,179 +45,398 @@ import torch
 from skimage.metrics import structural_similarity
 
 from guidance.cameras import relative_cameras
-from pipelines.upfusion import UpFusionPipeline, diffusion_hint
+from guidance.stats import paired_difference
+from guidance.upfusion import SceneCall
+from pipelines.upfusion import UpFusionPipeline, denoiser_output, diffusion_hint
 from toyworld.views import sample_views, split_seeds
 
 VIEW_COUNTS = (1, 2, 3, 6)
-METHODS = ("diffusion", "upsrt", "no_scene_attention")
+REFERENCES = ("white", "mean_training_image", "mean_of_inputs", "nearest_input")
+CONDITIONS = ("full", "no_scene_attention", "other_object_tokens", "no_hint", "unconditional")
+TIMESTEPS = (100, 300, 500, 700, 900)
+METRICS = ("psnr", "ssim", "iou")
+FOREGROUND = 0.1  # a pixel is object when some channel is this far below the white background
+COVISIBILITY_BINS = ((0.0, 0.5), (0.5, 0.9), (0.9, 1.0001))
+
+# ----------------------------------------------------------------------------------------------------------
+# Data and references
+# ----------------------------------------------------------------------------------------------------------
 
 
 def object_views(seed: int, queries: int, size: int, view_seed: int) -> dict[str, torch.Tensor]:
-    """Six input views and `queries` query views of one held-out object; query poses relative to input 0."""
+    """Six input views and `queries` query views of one object; poses relative to input 0."""
     data = sample_views(seed, 6 + queries, size, seed=view_seed)
+    relative = relative_cameras(data["c2w"], data["c2w"][0])
     return {
+        "seed": seed,
+        "object": data["object"],
+        "c2w": data["c2w"],
         "inputs": data["images"][:6],
         "truth": data["images"][6:],
-        "query_c2w": relative_cameras(data["c2w"][6:], data["c2w"][0]),
+        "input_c2w": relative[:6],
+        "query_c2w": relative[6:],
     }
 
 
-def gradient_energy(images: np.ndarray) -> np.ndarray:
-    """Mean squared finite difference of the grey image, per image (N, S, S, 3) -> (N,)."""
-    grey = images.mean(-1)
-    dx, dy = np.diff(grey, axis=-1), np.diff(grey, axis=-2)
-    return (dx**2).mean((-1, -2)) + (dy**2).mean((-1, -2))
+def mean_training_image(size: int, objects: int = 200, views: int = 8) -> torch.Tensor:
+    """The mean render (3, S, S) of training-split objects: a constant image that ignores the input."""
+    images = [sample_views(s, views, size, seed=0)["images"] for s in split_seeds("train", objects)]
+    return torch.cat(images).mean(0)
+
+
+def nearest_input(obj: dict, n: int) -> torch.Tensor:
+    """For each query, the input view (of the first n) whose viewing direction is closest: (Q, 3, S, S)."""
+    forward = lambda c2w: c2w[..., :3, 2]  # noqa: E731  OpenCV: the camera looks along +z
+    cosine = forward(obj["query_c2w"]) @ forward(obj["input_c2w"][:n]).T  # (Q, n)
+    return obj["inputs"][:n][cosine.argmax(dim=1)]
+
+
+def reference_outputs(obj: dict, n: int, mean_image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The four reference rows' images (Q, 3, S, S) for one object with n inputs."""
+    q = obj["truth"].shape[0]
+    return {
+        "white": torch.ones_like(obj["truth"]),
+        "mean_training_image": mean_image.expand(q, -1, -1, -1),
+        "mean_of_inputs": obj["inputs"][:n].mean(0).expand(q, -1, -1, -1),
+        "nearest_input": nearest_input(obj, n),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------------------
+
+
+def psnr(output: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """Per-image PSNR in dB of (Q, 3, S, S) images in [0, 1]."""
+    mse = ((output.double() - truth.double()) ** 2).mean((1, 2, 3)).numpy()
+    return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+
+
+def foreground(images: torch.Tensor) -> torch.Tensor:
+    """Object pixels (Q, S, S): some channel at least FOREGROUND below white."""
+    return (1.0 - images).amax(dim=1) > FOREGROUND
+
+
+def silhouette_iou(output: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """Per-image IoU of the foreground silhouettes (1 where both are empty)."""
+    a, b = foreground(output), foreground(truth)
+    inter, union = (a & b).sum((1, 2)).double(), (a | b).sum((1, 2)).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).numpy()
 
 
 def scores(output: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-image PSNR, SSIM and sharpness ratio of outputs vs ground truth, both (Q, 3, S, S) in [0, 1]."""
+    """Per-image PSNR, SSIM and silhouette IoU of outputs vs truth, both (Q, 3, S, S) in [0, 1]."""
     out, gt = (x.permute(0, 2, 3, 1).double().numpy() for x in (output, truth))
-    mse = ((out - gt) ** 2).mean((1, 2, 3))
-    psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
     ssim = np.array([structural_similarity(a, b, channel_axis=-1, data_range=1.0) for a, b in zip(out, gt)])
-    sharpness = gradient_energy(out) / np.maximum(gradient_energy(gt), 1e-12)
-    return {"psnr": psnr, "ssim": ssim, "sharpness": sharpness}
+    return {"psnr": psnr(output, truth), "ssim": ssim, "iou": silhouette_iou(output, truth)}
 
 
-def bootstrap(values: np.ndarray, rng: np.random.Generator, draws: int = 4000) -> list[float]:
-    """Mean and 95% percentile bootstrap interval over objects."""
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
-    return [float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_model(path: str) -> tuple[UpFusionPipeline, bool]:
+    """A pipeline folder, or a training checkpoint folder (UpSRT trained, the diffusion model maybe not).
+
+    Returns the pipeline and whether its diffusion model was trained (a pipeline folder: yes)."""
+    folder = Path(path)
+    if (folder / "model_index.json").exists():
+        return UpFusionPipeline.from_pretrained(folder), True
+    if (folder / "state.json").exists():
+        from toyworld.train.upfusion import pipeline_from_checkpoint
+
+        pipe, state = pipeline_from_checkpoint(folder)
+        return pipe, "diffusion" in state.get("done", []) or state.get("stage") == "diffusion"
+    raise SystemExit(
+        f"--model {path}: neither a pipeline folder (model_index.json) nor a checkpoint (state.json)"
+    )
 
 
 @torch.no_grad()
-def run_chunk(pipe, chunk: list[dict], n: int, args) -> dict[str, torch.Tensor]:
-    """Outputs (objects * queries, 3, S, S) of every method for one chunk of objects with N inputs each."""
-    q = args.queries
-    inputs = torch.stack([o["inputs"][:n] for o in chunk])  # (B, N, 3, S, S)
-    poses = torch.stack([o["query_c2w"] for o in chunk])  # (B, Q, 4, 4)
+def upsrt_outputs(pipe: UpFusionPipeline, chunk: list[dict], n: int) -> tuple[torch.Tensor, ...]:
+    """UpSRT's scene tokens (B, T, D), renders (B*Q, 3, S, S), features (B*Q, C, S, S) and query poses (B*Q, 4, 4)."""
+    inputs = torch.stack([o["inputs"][:n] for o in chunk])
+    poses = torch.stack([o["query_c2w"] for o in chunk])
     scene = pipe.upsrt.encode(inputs)
     rgb, features = pipe.upsrt.render(scene, poses)
-    rows = poses.flatten(0, 1)
-    hint = diffusion_hint(pipe.upsrt, features.flatten(0, 1), rows)
-    scene_rows = scene.repeat_interleave(q, dim=0)
-    outputs = {"upsrt": rgb.flatten(0, 1)}
-    for method, scene_attention in (("diffusion", True), ("no_scene_attention", False)):
-        generators = [torch.Generator().manual_seed(o["seed"] * 100 + k) for o in chunk for k in range(q)]
-        start = time.perf_counter()
-        outputs[method] = pipe.denoise(
-            scene_rows, hint, rows, args.steps, args.guidance, generators, scene_attention=scene_attention
-        )
-        outputs[f"{method}_seconds"] = time.perf_counter() - start
-    return outputs
+    return scene, rgb.flatten(0, 1), features.flatten(0, 1), poses.flatten(0, 1)
 
 
-def sample_sheet(pipe, objects: list[dict], args, path: Path) -> None:
-    """inputs (N=3) | UpSRT | diffusion | ground truth, one object per row, the first query view, 4x upscaled."""
-    rows = []
-    for obj in objects[:4]:
-        out = run_chunk(pipe, [obj], 3, args)
-        tiles = [*obj["inputs"][:3], out["upsrt"][0], out["diffusion"][0], obj["truth"][0]]
-        rows.append(torch.cat([torch.nn.functional.pad(t, (1, 1, 1, 1), value=0.5) for t in tiles], dim=-1))
-    sheet = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
-    image = PIL.Image.fromarray((sheet * 255).round().astype(np.uint8))
-    image.resize((image.width * 4, image.height * 4), PIL.Image.NEAREST).save(path)
+@torch.no_grad()
+def sample_rows(pipe, scene, hint, poses, seeds: list[int], args, guidance: float) -> torch.Tensor:
+    """`args.samples` DDIM samples per row: (samples, R, 3, S, S); one generator per row and sample."""
+    k, rows = args.samples, poses.shape[0]
+    generators = [torch.Generator().manual_seed(s * 16 + j) for j in range(k) for s in seeds]
+    out = pipe.denoise(
+        scene.repeat(k, 1, 1),
+        hint.repeat(k, 1, 1, 1),
+        poses.repeat(k, 1, 1),
+        args.steps,
+        guidance,
+        generators,
+    )
+    return out.unflatten(0, (k, rows))
 
 
-def measure(pipe, objects: list[dict], counts: list[int], args) -> tuple[dict, dict]:
-    """Per-object scores {method: {N: {metric: [...]}}} (means over the query views) and denoising seconds."""
-    per_object = {m: {n: {k: [] for k in ("psnr", "ssim", "sharpness")} for n in counts} for m in METHODS}
-    seconds = {m: 0.0 for m in ("diffusion", "no_scene_attention")}
+def condition_inputs(condition: str, scene, other, hint, rows: int) -> tuple[torch.Tensor, ...]:
+    """Scene tokens, hint and per-row scene keep-mask of one noise-free condition (`other`: another object's)."""
+    keep, none = torch.ones(rows), torch.zeros(rows)
+    return {
+        "full": (scene, hint, keep),
+        "no_scene_attention": (scene, hint, none),
+        "other_object_tokens": (other, hint, keep),
+        "no_hint": (scene, torch.zeros_like(hint), keep),
+        "unconditional": (scene, torch.zeros_like(hint), none),
+    }[condition]
+
+
+@torch.no_grad()
+def noise_free(pipe, scene_rows, other_rows, hint, poses, truth, seeds: list[int]) -> dict[str, dict]:
+    """Per row and condition: v-loss averaged over TIMESTEPS (fixed noise) and the x0-prediction PSNR at t_max."""
+    scheduler, rows = pipe.scheduler, poses.shape[0]
+    x0 = truth * 2 - 1
+    noise = torch.stack(
+        [torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+    alphas = scheduler.alphas_cumprod
+    t_max = scheduler.config.num_train_timesteps - 1
+    out = {}
+    for condition in CONDITIONS:
+        scene, h, keep = condition_inputs(condition, scene_rows, other_rows, hint, rows)
+        call = SceneCall(poses, pipe.upsrt.config.focal, pipe.upsrt.config.image_size, keep)
+        losses = []
+        with pipe.scene_attention(call):
+            for t in (*TIMESTEPS, t_max):
+                ts = torch.full((rows,), t, dtype=torch.long)
+                x_t = scheduler.add_noise(x0, noise, ts)
+                v = denoiser_output(pipe.unet, pipe.controlnet, x_t, ts, scene, h)
+                if t == t_max:
+                    a = alphas[t].sqrt()
+                    clean = (a * x_t - (1 - alphas[t]).sqrt() * v).clamp(-1, 1) / 2 + 0.5
+                else:
+                    losses.append(((v - scheduler.get_velocity(x0, noise, ts)) ** 2).mean((1, 2, 3)))
+        out[condition] = {"v_loss": torch.stack(losses).mean(0).numpy(), "x0_psnr": psnr(clean, truth)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The measurement
+# ----------------------------------------------------------------------------------------------------------
+
+
+def measure(pipe, objects: list[dict], counts: list[int], args, diffusion: bool) -> dict:
+    """Per-object values {row: {N: {metric: [...]}}} and per-query-view PSNR for the covisibility strata."""
+    mean_image = mean_training_image(pipe.upsrt.config.image_size)
+    per_object: dict = {}
+    per_view: dict = {}
+    seconds = {"upsrt": 0.0, "sampling": 0.0, "noise_free": 0.0}
+
+    def add(row: str, n: int, values: dict[str, np.ndarray], q: int) -> None:
+        cell = per_object.setdefault(row, {}).setdefault(n, {})
+        for key, v in values.items():
+            cell.setdefault(key, []).extend(np.asarray(v).reshape(-1, q).mean(1).tolist())
+        if "psnr" in values:
+            per_view.setdefault(row, {}).setdefault(n, []).extend(np.asarray(values["psnr"]).tolist())
+
+    q = args.queries
     for n in counts:
         for i in range(0, len(objects), args.chunk):
             chunk = objects[i : i + args.chunk]
-            outputs = run_chunk(pipe, chunk, n, args)
             truth = torch.cat([o["truth"] for o in chunk])
-            for method in METHODS:
-                for key, values in scores(outputs[method], truth).items():
-                    per_object[method][n][key].extend(
-                        values.reshape(len(chunk), args.queries).mean(1).tolist()
-                    )
-            for method in seconds:
-                seconds[method] += outputs[f"{method}_seconds"]
+            for obj in chunk:
+                for row, image in reference_outputs(obj, n, mean_image).items():
+                    add(row, n, scores(image, obj["truth"]), q)
+            start = time.perf_counter()
+            scene, rgb, features, poses = upsrt_outputs(pipe, chunk, n)
+            seconds["upsrt"] += time.perf_counter() - start
+            add("upsrt", n, scores(rgb, truth), q)
+            if diffusion:
+                hint = diffusion_hint(pipe.upsrt, features, poses)
+                scene_rows = scene.repeat_interleave(q, dim=0)
+                others = [objects[(i + j + 1) % len(objects)] for j in range(len(chunk))]  # next object's
+                other_rows = upsrt_outputs(pipe, others, n)[0].repeat_interleave(q, dim=0)
+                seeds = [o["seed"] * 100 + k for o in chunk for k in range(q)]
+                start = time.perf_counter()
+                for row, guidance, tokens in (
+                    ("diffusion_cfg1", 1.0, scene_rows),
+                    ("diffusion", args.guidance, scene_rows),
+                    ("diffusion_other_tokens", args.guidance, other_rows),
+                ):
+                    samples = sample_rows(pipe, tokens, hint, poses, seeds, args, guidance)
+                    per_sample = [scores(s, truth) for s in samples]
+                    add(row, n, {k: np.mean([s[k] for s in per_sample], 0) for k in METRICS}, q)
+                    add(f"{row}_best_of_k", n, {"psnr": np.max([s["psnr"] for s in per_sample], 0)}, q)
+                    add(f"{row}_averaged", n, {"psnr": psnr(samples.mean(0), truth)}, q)
+                seconds["sampling"] += time.perf_counter() - start
+                start = time.perf_counter()
+                for condition, values in noise_free(
+                    pipe, scene_rows, other_rows, hint, poses, truth, seeds
+                ).items():
+                    add(f"noise_free/{condition}", n, values, q)
+                seconds["noise_free"] += time.perf_counter() - start
             print(f"N={n}: {i + len(chunk)}/{len(objects)} objects", file=sys.stderr, flush=True)
-    return per_object, seconds
+    return {"per_object": per_object, "per_view_psnr": per_view, "seconds": seconds}
 
 
-def summarize(per_object: dict) -> tuple[dict, dict]:
-    """Each row's means with bootstrap intervals, and the paired differences the goals are about."""
-    rng = np.random.default_rng(0)
+def covisibilities(objects: list[dict], counts: list[int], size: int) -> dict[int, list[float]] | None:
+    """Per query view (object-major) and N: the share of its object pixels some input view sees."""
+    try:
+        from toyworld.views import covisibility
+    except ImportError:
+        return None
+    return {
+        n: [float(c) for o in objects for c in covisibility(o["object"], o["c2w"][:n], o["c2w"][6:], size)]
+        for n in counts
+    }
+
+
+def summarize(per_object: dict, counts: list[int]) -> tuple[dict, dict]:
+    """Each row's means with intervals (against 0), and the paired differences the goals are about."""
+    interval = lambda a, b: paired_difference(a, b, seed=0, resamples=4000)  # noqa: E731
     table = {
-        f"{m}/N={n}": {k: bootstrap(np.array(v), rng) for k, v in per_object[m][n].items()}
-        for m in METHODS
-        for n in VIEW_COUNTS
+        f"{row}/N={n}": {k: interval(v, np.zeros(len(v))) for k, v in cells[n].items()}
+        for row, cells in per_object.items()
+        for n in counts
+        if n in cells
     }
     paired = {}
-    for n in VIEW_COUNTS:
-        diffusion = {k: np.array(v) for k, v in per_object["diffusion"][n].items()}
-        for other in ("upsrt", "no_scene_attention"):
-            paired[f"diffusion - {other}/N={n}"] = {
-                k: bootstrap(diffusion[k] - np.array(per_object[other][n][k]), rng) for k in diffusion
+    base = per_object["mean_of_inputs"]
+    models = [r for r in ("upsrt", "diffusion", "diffusion_cfg1") if r in per_object]
+    for row in models:
+        for n in counts:
+            paired[f"{row} - mean_of_inputs/N={n}"] = {
+                k: interval(per_object[row][n][k], base[n][k]) for k in METRICS
             }
-    for method in ("diffusion", "upsrt"):
-        first, last = (np.array(per_object[method][n]["psnr"]) for n in (1, 6))
-        paired[f"{method}: N=6 - N=1"] = {"psnr": bootstrap(last - first, rng)}
+    for row in (*models, "mean_of_inputs", "nearest_input"):
+        if 1 in counts and 6 in counts:
+            paired[f"{row}: N=6 - N=1"] = {
+                "psnr": interval(per_object[row][6]["psnr"], per_object[row][1]["psnr"])
+            }
+    if "diffusion_other_tokens" in per_object:
+        for n in counts:
+            paired[f"diffusion - diffusion_other_tokens/N={n}"] = {
+                k: interval(per_object["diffusion"][n][k], per_object["diffusion_other_tokens"][n][k])
+                for k in METRICS
+            }
+            own, other = per_object["noise_free/full"][n], per_object["noise_free/other_object_tokens"][n]
+            paired[f"noise_free: other_tokens - own/N={n}"] = {
+                "v_loss": interval(other["v_loss"], own["v_loss"]),
+                "x0_psnr": interval(own["x0_psnr"], other["x0_psnr"]),  # own - other: > 0 is good
+            }
     return table, paired
 
 
+def stratify(per_view: dict, covis: dict[int, list[float]] | None) -> dict:
+    """Mean PSNR per row, N and covisibility bin (query views pooled)."""
+    if covis is None:
+        return {}
+    out = {}
+    for row, cells in per_view.items():
+        for n, values in cells.items():
+            c, v = np.asarray(covis[n]), np.asarray(values)
+            for low, high in COVISIBILITY_BINS:
+                mask = (c >= low) & (c < high)
+                if mask.any():
+                    out[f"{row}/N={n}/covis [{low:.1f}, {min(high, 1):.1f}]"] = {
+                        "psnr": float(v[mask].mean()),
+                        "views": int(mask.sum()),
+                    }
+    return out
+
+
+def _cell(result: dict | None) -> str:
+    return f"{result['mean']:.3f} [{result['low']:.3f}, {result['high']:.3f}]" if result else ""
+
+
 def print_table(table: dict, paired: dict) -> None:
-    """The rows with their intervals."""
-    print(f"{'row':<36}{'PSNR':>24}{'SSIM':>24}{'sharpness':>24}")
+    """The rows and the paired differences with their intervals."""
+    keys = ("psnr", "ssim", "iou", "v_loss", "x0_psnr")
+    print(f"{'row':<52}" + "".join(f"{k:>26}" for k in keys))
     for name, row in {**table, **paired}.items():
-        cells = "".join(
-            f"{f'{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]':>24}" if (v := row.get(k)) else f"{'':>24}"
-            for k in ("psnr", "ssim", "sharpness")
-        )
-        print(f"{name:<36}{cells}")
+        print(f"{name:<52}" + "".join(f"{_cell(row.get(k)):>26}" for k in keys))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark (or merge partial runs), print the table, write the JSON (and the sample sheet)."""
+def sample_sheet(pipe, objects: list[dict], args, path: Path, diffusion: bool) -> None:
+    """inputs (6 slots) | UpSRT | diffusion | truth of the first query view, 4 objects x N = 1, 3, 6, 4x (nearest)."""
+    rows = []
+    blank = torch.full_like(objects[0]["truth"][0], 0.5)
+    for obj in objects[:4]:
+        for n in (1, 3, 6):
+            scene, rgb, features, poses = upsrt_outputs(pipe, [obj], n)
+            tiles = [*obj["inputs"][:n], *[blank] * (6 - n), rgb[0]]
+            if diffusion:
+                hint = diffusion_hint(pipe.upsrt, features, poses)
+                sample = pipe.denoise(
+                    scene.repeat_interleave(poses.shape[0], 0), hint, poses, args.steps, args.guidance,
+                    [torch.Generator().manual_seed(obj["seed"] * 100 + k) for k in range(poses.shape[0])],
+                )  # fmt: skip
+                tiles.append(sample[0])
+            tiles.append(obj["truth"][0])
+            rows.append(
+                torch.cat([torch.nn.functional.pad(t, (1, 1, 1, 1), value=1.0) for t in tiles], dim=-1)
+            )
+    sheet = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
+    image = PIL.Image.fromarray((sheet * 255).round().astype(np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.resize((image.width * 4, image.height * 4), PIL.Image.NEAREST).save(path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="assets/toy-upfusion")
-    parser.add_argument("--objects", type=int, default=100)
-    parser.add_argument("--offset", type=int, default=0, help="skip this many held-out objects (tuning runs)")
-    parser.add_argument("--queries", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--guidance", type=float, default=2.5)
     parser.add_argument(
-        "--counts", default="1,2,3,6", help="input-view counts N to run (a partial run: a subset)"
+        "--model", default="assets/toy-upfusion", help="a pipeline folder or a checkpoint folder"
     )
-    parser.add_argument("--merge", nargs="+", default=None, help="partial JSONs (other --counts) to merge")
-    parser.add_argument("--chunk", type=int, default=25, help="objects per batched denoising loop")
+    parser.add_argument("--objects", type=int, default=100)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many held-out objects")
+    parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=4, help="diffusion samples per query view (k)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--guidance", type=float, default=2.5, help="the recommended CFG")
+    parser.add_argument("--counts", default="1,2,3,6", help="input-view counts N")
+    parser.add_argument("--no-diffusion", action="store_true", help="references and UpSRT only")
+    parser.add_argument("--chunk", type=int, default=25, help="objects per batched model call")
     parser.add_argument("--view-seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/upfusion_toy.json")
-    parser.add_argument("--samples", default="results/upfusion_samples.png")
+    parser.add_argument("--sheet", default=None, help="write a sample sheet PNG here")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.upfusion_toy " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = "python -m benchmarks.upfusion_toy " + " ".join(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure, summarise, print, and write the JSON (and the sheet)."""
     torch.set_num_threads(args.threads)
-    pipe = UpFusionPipeline.from_pretrained(args.model)
+    pipe, trained = load_model(args.model)
     pipe.set_progress_bar_config(disable=True)
+    diffusion = trained and not args.no_diffusion
     size = pipe.upsrt.config.image_size
     seeds = split_seeds("heldout", args.objects, args.offset)
-    objects = [{"seed": s, **object_views(s, args.queries, size, args.view_seed)} for s in seeds]
-    if args.merge:
-        parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        per_object = {m: {int(n): v for p in parts for n, v in p["per_object"][m].items()} for m in METHODS}
-        seconds = {m: sum(p["seconds"][m] for p in parts) for m in parts[0]["seconds"]}
-        command = " ; ".join([*(p["command"] for p in parts), command])
-    else:
-        per_object, seconds = measure(pipe, objects, [int(n) for n in args.counts.split(",")], args)
-    complete = all(n in per_object["diffusion"] for n in VIEW_COUNTS)
-    table, paired = summarize(per_object) if complete else ({}, {})
-    views_total = len(objects) * args.queries * len(per_object["diffusion"])
+    if len(seeds) < 2:
+        raise SystemExit("--objects must be >= 2 (the other-object rows need another object)")
+    objects = [object_views(s, args.queries, size, args.view_seed) for s in seeds]
+    counts = [int(n) for n in args.counts.split(",")]
+    start = time.perf_counter()
+    measured = measure(pipe, objects, counts, args, diffusion)
+    table, paired = summarize(measured["per_object"], counts)
+    strata = stratify(measured["per_view_psnr"], covisibilities(objects, counts, size))
+    views = len(objects) * args.queries * len(counts)
     result = {
-        "command": command,
+        "command": args.command,
         "model": args.model,
         "objects": len(objects),
         "heldout_seeds": [seeds[0], seeds[-1]],
         "queries_per_object": args.queries,
+        "samples_per_query": args.samples if diffusion else 0,
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "view_seed": args.view_seed,
-        "seconds": seconds,
-        "seconds_per_query_view": {m: s / views_total for m, s in seconds.items()},
+        "diffusion": diffusion,
+        "seconds": {**measured["seconds"], "total": time.perf_counter() - start},
+        "seconds_per_query_view": {k: v / views for k, v in measured["seconds"].items()},
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -209,19 +445,26 @@ def main(argv: list[str] | None = None) -> dict:
         },  # fmt: skip
         "table": table,
         "paired_differences": paired,
-        "intervals": "mean [95% percentile bootstrap over objects, 4000 draws]",
-        "per_object": per_object,
+        "covisibility_strata": strata,
+        "intervals": "mean [95% percentile bootstrap over objects, 4000 resamples]; table rows against 0",
+        "per_object": measured["per_object"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if complete:
-        print_table(table, paired)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print_table(table, paired)
+    for name, cell in strata.items():
+        print(f"{name:<60}{cell['psnr']:8.3f}  ({cell['views']} views)")
     print(
-        "seconds per query view (CPU):", {m: round(s, 3) for m, s in result["seconds_per_query_view"].items()}
+        "seconds per query view (CPU):", {k: round(v, 4) for k, v in result["seconds_per_query_view"].items()}
     )
-    if args.samples and complete:
-        sample_sheet(pipe, objects, args, Path(args.samples))
+    if args.sheet:
+        sample_sheet(pipe, objects, args, Path(args.sheet), diffusion)
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark from the command line."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

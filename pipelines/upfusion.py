@@ -31,9 +31,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from guidance.cameras import check_pose, plucker_rays, query_camera
-from guidance.upfusion import SceneCall, ray_projection_names, scene_attention_installed
+from guidance.upfusion import PLACEMENTS, SceneCall, ray_projection_names, scene_attention_installed
 
 MAX_VIEWS = 6
+HINTS = ("bottleneck", "hidden")
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,6 +76,11 @@ class UpSRT(ModelMixin, ConfigMixin):
     share one "other" ID); a transformer encoder over all views' tokens gives the scene tokens. The decoder
     maps each query ray (Plücker coordinates relative to the first view) to a feature vector and a colour.
     `focal` (pixels at `image_size`) and `distance` describe the query cameras the model was trained on.
+
+    `hint` says which features feed the diffusion model: "hidden" (the official code) returns the decoder's
+    full `dim`-wide hidden state and colours it with an MLP dim -> 2*feature_dim -> feature_dim -> 3 (the
+    official 768 -> 256 -> 64 -> 3); "bottleneck" (the first toy model) returns a `feature_dim`-wide linear map
+    of it and colours that linearly.
     """
 
     @register_to_config
@@ -91,8 +97,11 @@ class UpSRT(ModelMixin, ConfigMixin):
         focal: float = 40.0,
         distance: float = 3.0,
         dinov2_config: dict | None = None,
+        hint: str = "bottleneck",
     ):
         super().__init__()
+        if hint not in HINTS:
+            raise ValueError(f"hint must be one of {HINTS}; got {hint!r}")
         if dinov2_config is None:
             self.patch_encoder = nn.Sequential(
                 nn.Conv2d(3, dim // 2, 3, padding=1),
@@ -120,8 +129,19 @@ class UpSRT(ModelMixin, ConfigMixin):
         )
         self.decoder = nn.ModuleList([_RayDecoderBlock(dim, heads) for _ in range(decoder_layers)])
         self.decoder_norm = nn.LayerNorm(dim)
-        self.feature_head = nn.Linear(dim, feature_dim)
-        self.rgb_head = nn.Linear(feature_dim, 3)
+        if hint == "hidden":
+            self.rgb_head = nn.Sequential(
+                nn.Linear(dim, 2 * feature_dim), nn.GELU(), nn.Linear(2 * feature_dim, feature_dim), nn.GELU(),
+                nn.Linear(feature_dim, 3),
+            )  # fmt: skip
+        else:
+            self.feature_head = nn.Linear(dim, feature_dim)
+            self.rgb_head = nn.Linear(feature_dim, 3)
+
+    @property
+    def hint_channels(self) -> int:
+        """Channels of the features `render` returns (the diffusion hint adds 6 ray channels)."""
+        return self.config.dim if self.config.hint == "hidden" else self.config.feature_dim
 
     def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(M, 3, S, S) in [0, 1] -> (M, P, dim) patch tokens."""
@@ -142,11 +162,13 @@ class UpSRT(ModelMixin, ConfigMixin):
         return self.encoder_norm(self.encoder(tokens.flatten(1, 2)))
 
     def decode_rays(self, scene: torch.Tensor, rays: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Colours (B, R, 3) in [0, 1] and features (B, R, feature_dim) of query rays (B, R, 6)."""
+        """Colours (B, R, 3) in [0, 1] and features (B, R, hint_channels) of query rays (B, R, 6)."""
         x = self.ray_embedding(fourier_rays(rays, self.config.ray_frequencies))
         for block in self.decoder:
             x = block(x, scene)
-        features = self.feature_head(self.decoder_norm(x))
+        features = self.decoder_norm(x)
+        if self.config.hint == "bottleneck":
+            features = self.feature_head(features)
         return torch.sigmoid(self.rgb_head(features)), features
 
     def query_rays(self, query_c2w: torch.Tensor) -> torch.Tensor:
@@ -154,7 +176,7 @@ class UpSRT(ModelMixin, ConfigMixin):
         return plucker_rays(query_c2w, self.config.focal, self.config.image_size).to(self.dtype)
 
     def render(self, scene: torch.Tensor, query_c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render query views (B, Q, 4, 4): colours (B, Q, 3, S, S) and feature maps (B, Q, feature_dim, S, S)."""
+        """Render query views (B, Q, 4, 4): colours (B, Q, 3, S, S) and feature maps (B, Q, hint_channels, S, S)."""
         size = self.config.image_size
         rays = self.query_rays(query_c2w)  # (B, Q, 6, S, S)
         batch, queries = rays.shape[:2]
@@ -172,14 +194,18 @@ class UpSRT(ModelMixin, ConfigMixin):
 
 
 class SceneRayQueries(ModelMixin, ConfigMixin):
-    """The learned query-ray term W_r r of every scene-token attention layer (zero at initialisation).
+    """The learned query-ray term W_r r of every scene-conditioned layer (zero at initialisation).
 
-    UpFusion's SLT block concatenates the Plücker rays to the image features before its input projection;
-    `layers` are the "prefix/module name" keys of guidance.upfusion, `dims` their query widths."""
+    UpFusion's SLT block concatenates the Plücker rays to the image features before its input projection.
+    `placement` "proj_in" adds W_r r to each conditioned transformer's `proj_in` output (the official placement:
+    self-attention, cross-attention and the feed-forward all see it); "attn2_query" (the first toy model) to the
+    cross-attention query only. `layers` are the "prefix/module name" keys of guidance.upfusion, `dims` widths."""
 
     @register_to_config
-    def __init__(self, layers: Sequence[str] = (), dims: Sequence[int] = ()):
+    def __init__(self, layers: Sequence[str] = (), dims: Sequence[int] = (), placement: str = "attn2_query"):
         super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
         self.projections = nn.ModuleList([nn.Linear(6, d) for d in dims])
         for projection in self.projections:
             nn.init.zeros_(projection.weight)
@@ -209,7 +235,7 @@ def denoiser_output(
 
 
 def diffusion_hint(upsrt: UpSRT, features: torch.Tensor, query_c2w: torch.Tensor) -> torch.Tensor:
-    """The ControlNet hint (Q, feature_dim + 6, S, S): UpSRT's query-view features and the query Plücker rays."""
+    """The ControlNet hint (Q, hint_channels + 6, S, S): UpSRT's query-view features and the query Plücker rays."""
     return torch.cat([features, upsrt.query_rays(query_c2w)], dim=1)
 
 
@@ -224,11 +250,25 @@ CONFIGS: dict[str, dict] = {
                   "decoder_layers": 2, "feature_dim": 32},
         "unet": {"block_out_channels": (32, 64), "attention_head_dim": 8, "layers_per_block": 1},
     },
+    # the second toy model (issue: UpFusion that sees): wider and deeper, the official hint (full hidden state)
+    "toy-v2": {
+        "upsrt": {"image_size": 32, "patch_size": 4, "dim": 128, "heads": 4, "encoder_layers": 5,
+                  "decoder_layers": 2, "feature_dim": 64, "ray_frequencies": 8, "hint": "hidden"},
+        "unet": {"block_out_channels": (32, 64), "attention_head_dim": 8, "layers_per_block": 1},
+        "ray_placement": "proj_in",
+    },
     # tests: seconds on CPU
     "tiny": {
         "upsrt": {"image_size": 16, "patch_size": 4, "dim": 32, "heads": 2, "encoder_layers": 1,
                   "decoder_layers": 1, "feature_dim": 8, "ray_frequencies": 2, "focal": 20.0},
         "unet": {"block_out_channels": (16, 32), "attention_head_dim": 8, "layers_per_block": 1},
+    },
+    # tests of the official placements (full hidden-state hint, rays after proj_in)
+    "tiny-v2": {
+        "upsrt": {"image_size": 16, "patch_size": 4, "dim": 32, "heads": 2, "encoder_layers": 1,
+                  "decoder_layers": 1, "feature_dim": 8, "ray_frequencies": 2, "focal": 20.0, "hint": "hidden"},
+        "unet": {"block_out_channels": (16, 32), "attention_head_dim": 8, "layers_per_block": 1},
+        "ray_placement": "proj_in",
     },
 }  # fmt: skip
 
@@ -246,6 +286,8 @@ SCHEDULER = {
 def build_upfusion(name: str = "toy", seed: int = 0, **upsrt_overrides) -> UpFusionPipeline:
     """A randomly initialised UpFusionPipeline from the named configuration (`CONFIGS`)."""
     torch.manual_seed(seed)
+    if name not in CONFIGS:
+        raise ValueError(f"name must be one of {tuple(CONFIGS)}; got {name!r}")
     config = CONFIGS[name]
     upsrt = UpSRT(**{**config["upsrt"], **upsrt_overrides})
     size, dim, levels = upsrt.config.image_size, upsrt.config.dim, len(config["unet"]["block_out_channels"])
@@ -256,18 +298,26 @@ def build_upfusion(name: str = "toy", seed: int = 0, **upsrt_overrides) -> UpFus
         **config["unet"],
     )  # fmt: skip
     controlnet = ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=(32,), conditioning_channels=upsrt.config.feature_dim + 6
+        unet, conditioning_embedding_out_channels=(32,), conditioning_channels=upsrt.hint_channels + 6
     )
-    layers = ray_projection_names(unet, "unet") + ray_projection_names(controlnet, "controlnet")
-    dims = [_query_width(unet if k.startswith("unet/") else controlnet, k) for k in layers]
+    placement = config.get("ray_placement", "attn2_query")
+    layers = ray_projection_names(unet, "unet", placement) + ray_projection_names(
+        controlnet, "controlnet", placement
+    )
+    dims = [_ray_width(unet if k.startswith("unet/") else controlnet, k) for k in layers]
     return UpFusionPipeline(
-        upsrt=upsrt, unet=unet, controlnet=controlnet, ray_queries=SceneRayQueries(layers, dims),
+        upsrt=upsrt, unet=unet, controlnet=controlnet, ray_queries=SceneRayQueries(layers, dims, placement),
         scheduler=DDIMScheduler(**SCHEDULER),
     )  # fmt: skip
 
 
-def _query_width(model: nn.Module, key: str) -> int:
-    return model.get_submodule(key.split("/", 1)[1]).to_q.out_features
+def _ray_width(model: nn.Module, key: str) -> int:
+    """The width the ray term is added at: the attention's query, or the transformer's `proj_in` output."""
+    module = model.get_submodule(key.split("/", 1)[1])
+    if hasattr(module, "to_q"):
+        return module.to_q.out_features
+    proj_in = module.proj_in
+    return proj_in.out_channels if isinstance(proj_in, nn.Conv2d) else proj_in.out_features
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,7 +438,9 @@ class UpFusionPipeline(DiffusionPipeline):
     def scene_attention(self, call: SceneCall):
         """Context manager: scene-token processors on the UNet's and ControlNet's attn2 layers for the call."""
         models = {"unet": self.unet, "controlnet": self.controlnet}
-        return scene_attention_installed(models, self.ray_queries.mapping(), call)
+        return scene_attention_installed(
+            models, self.ray_queries.mapping(), call, self.ray_queries.config.placement
+        )
 
     @torch.no_grad()
     def __call__(

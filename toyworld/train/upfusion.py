@@ -51,7 +51,14 @@ def toy_pool(objects: int, views: int, size: int, cache: Path) -> dict[str, torc
     from toyworld.views import sample_views, split_of, split_seeds
 
     if cache.exists():
-        return load_file(cache)
+        pool = load_file(cache)
+        if tuple(pool["images"].shape[:2]) != (objects, views) or pool["images"].shape[-1] != size:
+            raise SystemExit(
+                f"{cache} holds {tuple(pool['images'].shape[:2])} objects x views at "
+                f"{pool['images'].shape[-1]} px, not --objects {objects} --views {views} at {size} px: "
+                "delete it or pass the sizes it was rendered with"
+            )
+        return pool
     seeds = split_seeds("train", objects)
     assert all(split_of(s) == "train" for s in seeds)
     images, poses = [], []
@@ -82,8 +89,13 @@ def co3d_pool(root: str, objects: int, views: int, size: int) -> dict[str, torch
     }
 
 
-def draw_batch(pool: dict, batch: int, queries: int, rng: random.Random) -> dict[str, torch.Tensor]:
-    """Objects, 1-6 input views and `queries` other views; query cameras relative to the first input view."""
+def draw_batch(
+    pool: dict, batch: int, queries: int, rng: random.Random, input_queries: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Objects, 1-6 input views and `queries` other views; query cameras relative to the first input view.
+
+    input_queries: the chance that a query is one of the input views instead (reconstructing what the model
+    was shown teaches the decoder where to look before novel views can; SRT renders input views too)."""
     total_views = pool["images"].shape[1]
     n_inputs = rng.randint(1, min(MAX_VIEWS, total_views - queries))
     inputs, targets, cameras = [], [], []
@@ -91,6 +103,8 @@ def draw_batch(pool: dict, batch: int, queries: int, rng: random.Random) -> dict
         obj = rng.randrange(pool["images"].shape[0])
         order = rng.sample(range(total_views), n_inputs + queries)
         views, query = order[:n_inputs], order[n_inputs:]
+        if input_queries > 0:
+            query = [rng.choice(views) if rng.random() < input_queries else q for q in query]
         inputs.append(pool["images"][obj, views])
         targets.append(pool["images"][obj, query])
         cameras.append(relative_cameras(pool["c2w"][obj, query], pool["c2w"][obj, views[0]]))
@@ -224,6 +238,31 @@ def save_checkpoint(folder: Path, pipe, optimizer, ema: dict | None, state: dict
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_checkpoint(folder: Path) -> None:
+    """Finish what a kill inside save_checkpoint left: `folder` complete, or else its complete `.old` copy.
+
+    save_checkpoint writes `.tmp` whole, moves `folder` to `.old`, then `.tmp` to `folder`: a kill between the two
+    renames leaves no `folder`, and `.old` is the last complete checkpoint. A `.tmp` may be half-written."""
+    old, tmp = folder.with_name(folder.name + ".old"), folder.with_name(folder.name + ".tmp")
+    if not folder.exists() and (old / "state.json").exists():
+        old.rename(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def pipeline_from_checkpoint(folder: str | Path) -> tuple[UpFusionPipeline, dict]:
+    """The pipeline a checkpoint folder (OUT/checkpoint) holds, and its state.json (for evaluating mid-training)."""
+    from toyworld.views import DISTANCE, default_focal
+
+    folder = Path(folder)
+    state = json.loads((folder / "state.json").read_text())
+    pipe = build_upfusion(state.get("config", "toy"), seed=state.get("seed", 0), distance=DISTANCE)
+    load_flat_state({"upsrt": pipe.upsrt}, load_file(folder / "upsrt.safetensors"))
+    load_flat_state(trainable(pipe, "diffusion"), load_file(folder / "diffusion.safetensors"))
+    pipe.upsrt.register_to_config(focal=default_focal(pipe.upsrt.config.image_size))
+    return pipe, state
+
+
 def write_pipeline(pipe: UpFusionPipeline, out: Path, record: dict) -> None:
     """save_pretrained into a temp folder with training.json, then swap it in by renaming (never half-written)."""
     tmp, old = (
@@ -258,6 +297,14 @@ def hash_seed(key: str) -> int:
     return int.from_bytes(__import__("hashlib").sha256(key.encode()).digest()[:8], "little") >> 1
 
 
+def lr_factor(step: int, seconds: float, budget: float, args) -> float:
+    """Linear warm-up over `--warmup` steps, then cosine decay to 0.1 over `--schedule-steps` steps (stable
+    across resumed sessions) or, when that is 0, over the stage's time budget."""
+    warm = min(1.0, (step + 1) / max(1, args.warmup))
+    progress = step / args.schedule_steps if args.schedule_steps > 0 else seconds / budget
+    return warm * (0.55 + 0.45 * math.cos(math.pi * min(1.0, progress)))
+
+
 def train_stage(pipe, stage: str, args, accelerator: Accelerator, pool: dict, state: dict, log) -> None:
     """Train one stage for its share of the time budget (continuing `state` on resume)."""
     modules = trainable(pipe, stage)
@@ -288,13 +335,13 @@ def train_stage(pipe, stage: str, args, accelerator: Accelerator, pool: dict, st
     named = {f"{k}.{n}": p for k, m in modules.items() for n, p in m.named_parameters()}
     while time.time() - start < budget and (args.max_steps == 0 or state["step"] < args.max_steps):
         rng, gen = step_rng(args.seed, stage, state["step"], accelerator.process_index)
-        batch = draw_batch(pool, args.batch, 2 if stage == "upsrt" else 1, rng)
+        if stage == "upsrt":
+            batch = draw_batch(pool, args.batch, args.queries, rng, args.input_queries)
+        else:
+            batch = draw_batch(pool, args.batch, 1, rng)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        warm = min(1.0, (state["step"] + 1) / 100)  # linear warm-up, then cosine decay over the time budget
         for group in optimizer.param_groups:
-            group["lr"] = (
-                lr * warm * (0.55 + 0.45 * math.cos(math.pi * min(1.0, (time.time() - start) / budget)))
-            )
+            group["lr"] = lr * lr_factor(state["step"], time.time() - start, budget, args)
         if stage == "upsrt":
             loss = upsrt_loss(pipe, batch, args.rays, gen)
         else:
@@ -360,6 +407,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--views", type=int, default=8, help="views per object in the pool")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rays", type=int, default=256, help="query rays per object in stage 1")
+    parser.add_argument("--queries", type=int, default=2, help="query views per object in stage 1")
+    parser.add_argument(
+        "--input-queries", type=float, default=0.0, help="stage 1: chance that a query is an input view"
+    )
+    parser.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
+    parser.add_argument(
+        "--schedule-steps", type=int, default=0,
+        help="cosine decay length in steps (0: over the stage's time budget)",
+    )  # fmt: skip
     parser.add_argument("--lr-upsrt", type=float, default=4e-4)
     parser.add_argument("--lr-diffusion", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.995)
@@ -385,6 +441,7 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
     torch.manual_seed(args.seed)
     accelerator = Accelerator()
     checkpoint = args.out / "checkpoint"
+    recover_checkpoint(checkpoint)
     state: dict = {"seed": args.seed}
     pipe = None
     if args.resume or args.stage == "diffusion":
@@ -444,6 +501,8 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
             "batch": args.batch,
             "threads": args.threads,
             "lr": {"upsrt": args.lr_upsrt, "diffusion": args.lr_diffusion},
+            "schedule": {"warmup": args.warmup, "schedule_steps": args.schedule_steps},
+            "stage1": {"rays": args.rays, "queries": args.queries, "input_queries": args.input_queries},
             "session_seconds": round(time.time() - t0, 1),
             "processes": accelerator.num_processes,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
