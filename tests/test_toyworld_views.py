@@ -1,13 +1,15 @@
-"""The toy multi-view world: deterministic objects and renders, cube faces seen from front and back, split."""
+"""The toy multi-view world: deterministic objects and renders, cube faces seen from front and back, split,
+the named worlds and their patterns, curriculum view layouts and covisibility."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
 import torch
 
-from guidance.cameras import orbit_camera
+from guidance.cameras import orbit_camera, ray_grid
 from toyworld.views import (
     AMBIENT,
     DIFFUSE,
@@ -15,8 +17,12 @@ from toyworld.views import (
     HELDOUT_SEED_START,
     LIGHT_DIRECTION,
     PALETTE,
+    WORLDS,
     Object3D,
     Part,
+    covisibility,
+    curriculum_views,
+    default_focal,
     render,
     render_pil,
     sample_object,
@@ -143,3 +149,155 @@ def test_sphere_silhouette_matches_projection():
     width = (image[:, size // 2] < 1.0).any(dim=0).sum()  # pixel centres inside the silhouette
     expected = 2 * focal * torch.tan(torch.asin(torch.tensor(1.0 / DISTANCE)))
     assert abs(width.item() - expected.item()) < 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Named worlds, patterns, curriculum views, covisibility
+# ----------------------------------------------------------------------------------------------------------
+
+# Taken before the named worlds existed (sha256 of to_json; of sample_views(7, 4, 32, seed=3) images as uint8).
+GENERAL_JSON_SHA256 = {
+    0: "49d1832f6a7cf27adb567b3851c4da5d2156cfddccb119f6910d720c07f476a6",
+    3: "03d8a6371d1f2cf31b2a09283bd36fa8618ed2f0e61d8d42abf7a265b741d55a",
+    12: "3981d56cd8b4cc89e8595ef306705b0fa9b8c88f8aa3dc8aea54e8718ade3858",
+    1_000_007: "059f25ced5c5f3a6ce840828457471375c15f0b6e9efd4aa79902a3ec9ac188e",
+}
+GENERAL_IMAGES_SHA256 = "3280ecdcf3152cedcc17fb8ed806d69246f6cdad33b6de2470f78c7479112999"
+OLD_JSON_SEED_3 = (  # sample_object(3).to_json() before parts had a pattern
+    '{"parts": [{"center": [0.658435, 0.291417, 0.045422], "colors": ["blue"], "height": 0.5519744477620601, '
+    '"shape": "cylinder", "size": 0.4235008541329127, "yaw": 0.0}, {"center": [-0.107514, 0.024327, 0.651184], '
+    '"colors": ["red"], "height": 0.5210823959063038, "shape": "cone", "size": 0.4276386679793844, "yaw": 0.0}, '
+    '{"center": [-0.507335, -0.003835, -0.422151], "colors": ["magenta"], "height": 0.5429500613380244, '
+    '"shape": "cone", "size": 0.4427731454658522, "yaw": 0.0}], "seed": 3, "split": "train"}'
+)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _colors_in(image: torch.Tensor) -> set[tuple[int, ...]]:
+    """Distinct 8-bit colours (non-background) of a (3,S,S) image."""
+    pixels = (image.permute(1, 2, 0).reshape(-1, 3) * 255).round().to(torch.int64)
+    return {tuple(p) for p in pixels.tolist() if p != [255, 255, 255]}
+
+
+def test_general_world_is_unchanged():
+    for seed, digest in GENERAL_JSON_SHA256.items():
+        assert _sha256(sample_object(seed).to_json().encode()) == digest, seed
+        assert sample_object(seed, world="general") == sample_object(seed)
+    images = sample_views(7, n_views=4, size=32, seed=3)["images"]
+    assert _sha256((images * 255).round().to(torch.uint8).numpy().tobytes()) == GENERAL_IMAGES_SHA256
+    assert torch.equal(sample_views(7, n_views=4, size=32, seed=3, world="general")["images"], images)
+    assert sample_object(3).to_json() == OLD_JSON_SEED_3 and Object3D.from_json(
+        OLD_JSON_SEED_3
+    ) == sample_object(3)
+
+
+def test_world_objects():
+    assert WORLDS == ("general", "cubes", "detail")
+    for seed in (0, 5, HELDOUT_SEED_START + 3):
+        cube = sample_object(seed, world="cubes")
+        (part,) = cube.parts
+        assert part.shape == "cube" and len(set(part.colors)) == 6 and part.pattern == "solid"
+        assert cube.split == split_of(seed) and sample_object(seed, world="cubes") == cube
+        detail = sample_object(seed, world="detail")
+        assert all(p.pattern != "solid" for p in detail.parts)
+        assert Object3D.from_json(detail.to_json()) == detail and '"pattern"' in detail.to_json()
+    sizes = {sample_object(s, world="cubes").parts[0].size for s in range(8)}
+    yaws = {sample_object(s, world="cubes").parts[0].yaw for s in range(8)}
+    assert len(sizes) == len(yaws) == 8
+    patterns = {p.pattern for s in range(40) for p in sample_object(s, world="detail").parts}
+    assert patterns == {"stripes", "checks", "two_tone"}
+
+
+def test_patterned_cube_faces():
+    colors = ("green", "yellow", "cyan", "purple", "red", "blue")
+    second = ("red", "red", "red", "red", "yellow", "red")
+    front = orbit_camera(0.0, 0.0, DISTANCE)
+    checks = Object3D((Part("cube", (0.0, 0.0, 0.0), 0.8, colors, pattern="checks", second_colors=second),))
+    face = render(checks, front, size=32, antialias=1)[0][:, 10:22, 10:22]  # inside the +z (red) face
+    assert _colors_in(face) == {
+        tuple(round(255 * v) for v in _lit(c, (0, 0, 1)).tolist()) for c in ("red", "yellow")
+    }
+    stripes = Object3D((Part("cube", (0.0, 0.0, 0.0), 0.8, colors, pattern="stripes", second_colors=second),))
+    face = render(stripes, front, size=32, antialias=1)[0][:, 10:22, 10:22]
+    assert len(_colors_in(face)) == 2
+    assert torch.equal(face[:, :1].expand_as(face), face)  # +z stripes run along y: every row alike
+    assert not torch.equal(face[:, :, :1].expand_as(face), face)
+
+
+@pytest.mark.parametrize("shape", ["sphere", "cylinder", "cone"])
+def test_two_tone_parts(shape):
+    height = 0.0 if shape == "sphere" else 0.8
+    part = Part(
+        shape, (0.0, 0.0, 0.0), 0.9, ("blue",), height=height, pattern="two_tone", second_colors=("yellow",)
+    )
+    images = render(
+        Object3D((part,)), torch.stack([orbit_camera(a, 10.0, DISTANCE) for a in (0, 90, 270)]), size=32
+    )
+    blue = lambda image: ((image[2] > 1.5 * image[0]) & (image[2] > 0.3)).sum().item()  # noqa: E731
+    yellow = lambda image: ((image[0] > 1.5 * image[2]) & (image[1] > 1.5 * image[2])).sum().item()  # noqa: E731
+    assert blue(images[0]) > 20 and yellow(images[0]) > 20  # the split plane crosses the front view
+    assert blue(images[1]) > blue(images[2]) and yellow(images[1]) < yellow(
+        images[2]
+    )  # it depends on azimuth
+
+
+def test_curriculum_views_layout():
+    views = curriculum_views(HELDOUT_SEED_START, n_inputs=3, n_queries=4, size=16, world="cubes", seed=2)
+    assert views["images"].shape == (7, 3, 16, 16) and views["c2w"].shape == (7, 4, 4)
+    assert views["inputs"].tolist() == [0, 1, 2] and views["queries"].tolist() == [3, 4, 5, 6]
+    assert views["object"] == sample_object(HELDOUT_SEED_START, world="cubes")
+    azimuth = views["azimuth"]
+    gaps = (azimuth[1:3] - azimuth[0]) % 360
+    assert (gaps - torch.tensor([120.0, 240.0])).abs().max() <= 30.0 + 1e-3  # evenly spread, jittered
+    far = (azimuth[3:] - azimuth[0]) % 360
+    assert far.min() >= 120.0 - 1e-3 and far.max() <= 240.0 + 1e-3  # the far side of input 0
+    assert views["elevation"].min() >= -10.0 - 1e-3 and views["elevation"].max() <= 40.0 + 1e-3
+    torch.testing.assert_close(
+        views["images"], render(views["object"], views["c2w"], size=16), atol=0, rtol=0
+    )
+    one = curriculum_views(HELDOUT_SEED_START, n_inputs=1, n_queries=4, size=16, world="cubes", seed=2)
+    assert torch.equal(one["c2w"][0], views["c2w"][0]) and torch.equal(one["c2w"][1:], views["c2w"][3:])
+
+
+def test_covisibility():
+    obj = sample_object(HELDOUT_SEED_START, world="cubes")
+    poses = torch.stack([orbit_camera(a, 20.0, DISTANCE) for a in (0.0, 90.0, 180.0, 270.0)])
+    share = covisibility(obj, poses[:1], poses, size=24)
+    assert share.shape == (4,) and share[0].item() == 1.0
+    assert share[2] < 0.5 and share[2] < share[1]  # the far side of a lone cube: only its top is shared
+    assert covisibility(obj, poses, poses[2:3], size=24).item() == 1.0
+    # A sphere is convex: a point is seen from a camera exactly when its outward normal faces it.
+    sphere = Object3D((Part("sphere", (0.0, 0.0, 0.0), 1.0, ("blue",)),))
+    source, query = orbit_camera(0.0, 0.0, DISTANCE), orbit_camera(100.0, 15.0, DISTANCE)
+    origins, directions = ray_grid(query.double(), default_focal(32), 32)
+    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+    b = (origins * directions).sum(-1)
+    disc = b * b - ((origins * origins).sum(-1) - 1.0)
+    points = origins + (-b - disc.clamp(min=0).sqrt())[:, None] * directions
+    expected = (((source[:3, 3].double() - points) * points).sum(-1) > 0)[disc >= 0].double().mean()
+    assert covisibility(sphere, source, query, size=32).item() == pytest.approx(expected.item(), abs=1e-9)
+
+
+def test_bad_world_and_pattern_are_refused():
+    for call in (
+        lambda: sample_object(0, world="cube"),
+        lambda: sample_views(0, 2, world="Cubes"),
+        lambda: curriculum_views(0, 1, 1, world="details"),
+    ):
+        with pytest.raises(ValueError, match="world must be one of"):
+            call()
+    with pytest.raises(ValueError, match="Part.pattern"):
+        Part("sphere", (0.0, 0.0, 0.0), 0.5, ("red",), pattern="checks", second_colors=("blue",))
+    with pytest.raises(ValueError, match="Part.pattern"):
+        Part("cube", (0.0, 0.0, 0.0), 0.5, ("red",) * 6, pattern="two_tone", second_colors=("blue",) * 6)
+    with pytest.raises(ValueError, match="Part.second_colors"):
+        Part("sphere", (0.0, 0.0, 0.0), 0.5, ("red",), pattern="two_tone")
+    with pytest.raises(ValueError, match="Part.second_colors"):
+        Part("sphere", (0.0, 0.0, 0.0), 0.5, ("red",), pattern="two_tone", second_colors=("red",))
+    with pytest.raises(ValueError, match="Part.second_colors"):
+        Part("sphere", (0.0, 0.0, 0.0), 0.5, ("red",), second_colors=("blue",))
+    with pytest.raises(ValueError, match="n_inputs"):
+        curriculum_views(0, 0, 1)

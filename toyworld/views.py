@@ -5,6 +5,17 @@ An object is 1-4 primitives near the origin (world y up; a single primitive is a
 cylinders and capped cones (both with a vertical axis, cone apex up), each in a saturated palette colour.
 ``sample_object(seed)`` is deterministic.
 
+Named worlds (``WORLDS``, the ``world`` argument of ``sample_object`` / ``sample_views`` /
+``curriculum_views``) give UpFusion a curriculum:
+
+- ``"general"`` (the default): the objects above, unchanged; the general test.
+- ``"cubes"``: a lone cube with six distinct face colours, random size and yaw, so that the far side of the
+  first view is a different picture that only more input views can reveal.
+- ``"detail"``: the general layout with detail a blurry regression cannot carry: cubes with striped or
+  checkered faces (two palette colours per face, ``PATTERN_CELLS`` cells across), spheres, cylinders and
+  cones in two tones split by a plane through the part's centre tilted ``TWO_TONE_TILT`` degrees from the
+  vertical (turned by the part's yaw).
+
 Rendering casts one ray per pixel (``guidance.cameras.ray_grid``: OpenCV c2w poses, principal point at the
 image centre), intersects every primitive analytically, keeps the nearest hit and shades it with Lambert
 lighting (a fixed directional light plus ambient) on a white background. ``antialias`` renders at k x k
@@ -19,6 +30,8 @@ the two sets disjoint objects, not just disjoint seeds. Negative seeds are refus
 UpFusion (Kani et al.) trains on views of an object with no input poses; ``sample_views`` gives N random
 views of one object (random azimuth, elevation in a range, fixed distance and focal) with their poses, which
 the model only uses for the query camera (relative to the first view, see ``guidance.cameras``).
+``curriculum_views`` spreads the input views around the object and, in the cubes world, puts the queries on
+the far side of the first view. ``covisibility`` measures how much of a query view the inputs see at all.
 """
 
 from __future__ import annotations
@@ -26,8 +39,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -36,15 +49,23 @@ from guidance.cameras import check_pose, orbit_camera, ray_grid
 
 __all__ = [
     "AMBIENT",
+    "DEPTH_TOLERANCE",
     "DISTANCE",
+    "FAR_SIDE_SPREAD",
     "FOCAL_FRACTION",
     "FOV_DEGREES",
     "HELDOUT_SEED_START",
     "LIGHT_DIRECTION",
     "PALETTE",
+    "PATTERNS",
+    "PATTERN_CELLS",
     "SHAPES",
+    "TWO_TONE_TILT",
+    "WORLDS",
     "Object3D",
     "Part",
+    "covisibility",
+    "curriculum_views",
     "default_focal",
     "render",
     "render_pil",
@@ -70,6 +91,15 @@ PALETTE: dict[str, tuple[int, int, int]] = {  # saturated, well separated in hue
     "magenta": (230, 40, 160),
 }
 CUBE_FACES: tuple[str, ...] = ("+x", "-x", "+y", "-y", "+z", "-z")  # order of a cube part's colours
+WORLDS: tuple[str, ...] = ("general", "cubes", "detail")
+PATTERNS: dict[str, tuple[str, ...]] = {  # the patterns each shape allows ("solid": one colour per face)
+    "cube": ("solid", "stripes", "checks"),
+    "sphere": ("solid", "two_tone"),
+    "cylinder": ("solid", "two_tone"),
+    "cone": ("solid", "two_tone"),
+}
+PATTERN_CELLS = 3  # stripes / checks across a patterned cube face
+TWO_TONE_TILT = 45.0  # degrees from the vertical of the plane that splits a two-tone part
 
 DISTANCE = 4.0  # camera distance from the origin
 FOV_DEGREES = 40.0  # full field of view
@@ -102,6 +132,9 @@ class Part:
     ``size`` is the half-extent (cube) or radius (others); ``height`` the half-height (cylinder, cone; the
     cone apex is at ``center.y + height``, its base at ``center.y - height``). ``colors`` holds six palette
     names for a cube (faces ``CUBE_FACES`` in the cube's own frame: +x, -x, +y, -y, +z, -z), one otherwise.
+    ``pattern`` is one of ``PATTERNS[shape]``: a striped or checkered cube face alternates its colour with the
+    same face's entry of ``second_colors`` over ``PATTERN_CELLS`` cells; a two-tone part wears its
+    ``second_colors`` entry below the ``TWO_TONE_TILT`` plane through its centre (turned by ``yaw``).
     """
 
     shape: str
@@ -110,6 +143,8 @@ class Part:
     colors: tuple[str, ...]
     height: float = 0.0
     yaw: float = 0.0
+    pattern: str = "solid"
+    second_colors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -126,6 +161,24 @@ class Part:
             raise ValueError(f"Part.height of a {self.shape} must be > 0; got {self.height}")
         if self.size <= 0:
             raise ValueError(f"Part.size must be > 0; got {self.size}")
+        if self.pattern not in PATTERNS[self.shape]:
+            raise ValueError(
+                f"Part.pattern of a {self.shape} must be one of {PATTERNS[self.shape]}; got {self.pattern!r}"
+            )
+        expected = 0 if self.pattern == "solid" else len(self.colors)
+        if len(self.second_colors) != expected:
+            raise ValueError(
+                f"Part.second_colors of a {self.pattern} {self.shape} must hold {expected} colour(s); "
+                f"got {len(self.second_colors)}"
+            )
+        unknown = [c for c in self.second_colors if c not in PALETTE]
+        if unknown:
+            raise ValueError(f"Part.second_colors must be palette names {tuple(PALETTE)}; got {unknown}")
+        same = [c for c, d in zip(self.colors, self.second_colors) if c == d]
+        if same:
+            raise ValueError(
+                f"Part.second_colors must differ from Part.colors face by face; both hold {same}"
+            )
 
 
 @dataclass(frozen=True)
@@ -137,8 +190,12 @@ class Object3D:
     split: str = field(default="train")
 
     def to_json(self) -> str:
-        """The object as a JSON string (round-trips through ``Object3D.from_json``)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The object as a JSON string (round-trips through ``Object3D.from_json``; solid parts as before)."""
+        data = asdict(self)
+        for part in data["parts"]:  # solid parts without pattern fields: older JSON stays equal
+            if part["pattern"] == "solid":
+                del part["pattern"], part["second_colors"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Object3D:
@@ -152,6 +209,8 @@ class Object3D:
                 colors=tuple(p["colors"]),
                 height=float(p["height"]),
                 yaw=float(p["yaw"]),
+                pattern=str(p.get("pattern", "solid")),
+                second_colors=tuple(p.get("second_colors", ())),
             )
             for p in data["parts"]
         )
@@ -189,13 +248,23 @@ def _sample_part(rng: random.Random, shape: str, center: tuple[float, float, flo
     return Part(shape, center, size * 0.85, colors, height=size * rng.uniform(0.8, 1.2))
 
 
-def sample_object(seed: int) -> Object3D:
-    """A deterministic procedural object of 1-4 primitives near the origin (seed -> same object)."""
-    split = split_of(seed)
-    rng = random.Random(f"toyworld.views/{int(seed)}")
+def _sample_detail_part(
+    rng: random.Random, shape: str, center: tuple[float, float, float], scale: float
+) -> Part:
+    """``_sample_part`` with a pattern: a striped or checkered cube, or a two-tone round part at a random yaw."""
+    part = _sample_part(rng, shape, center, scale)
+    others = lambda color: [n for n in PALETTE if n != color]  # noqa: E731
+    second = tuple(rng.choice(others(c)) for c in part.colors)
+    if shape == "cube":
+        return replace(part, pattern=rng.choice(("stripes", "checks")), second_colors=second)
+    return replace(part, pattern="two_tone", second_colors=second, yaw=rng.uniform(0.0, 360.0))
+
+
+def _sample_parts(rng: random.Random, sample_part: Callable[..., Part] = _sample_part) -> tuple[Part, ...]:
+    """1-4 parts from ``sample_part``: a lone cube at the origin, or parts on a jittered ring about y."""
     count = rng.choice((1, 2, 2, 3, 3, 4))
     if count == 1:  # a lone cube: a lone sphere, cylinder or cone would look the same from every azimuth
-        return Object3D((_sample_part(rng, "cube", (0.0, 0.0, 0.0), 0.95),), seed=int(seed), split=split)
+        return (sample_part(rng, "cube", (0.0, 0.0, 0.0), 0.95),)
     scale = {2: 0.58, 3: 0.5, 4: 0.45}[count]
     ring = {2: 0.56, 3: 0.66, 4: 0.72}[count]  # parts on a ring about y, evenly spread, jittered
     start = rng.uniform(0.0, 2 * math.pi)
@@ -207,8 +276,33 @@ def sample_object(seed: int) -> Object3D:
             round(rng.uniform(-0.35, 0.35), 6),
             round(ring * math.sin(angle), 6),
         )
-        parts.append(_sample_part(rng, rng.choice(SHAPES), center, scale))
-    return Object3D(tuple(parts), seed=int(seed), split=split)
+        parts.append(sample_part(rng, rng.choice(SHAPES), center, scale))
+    return tuple(parts)
+
+
+_WORLD_PARTS: dict[str, Callable[[random.Random], tuple[Part, ...]]] = {
+    "general": _sample_parts,
+    "cubes": lambda rng: (_sample_part(rng, "cube", (0.0, 0.0, 0.0), 0.95),),
+    "detail": lambda rng: _sample_parts(rng, _sample_detail_part),
+}
+
+
+def _check_world(world: str) -> str:
+    """``world`` if it names one of ``WORLDS``, else a ValueError naming the parameter."""
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}; got {world!r}")
+    return world
+
+
+def sample_object(seed: int, world: str = "general") -> Object3D:
+    """A deterministic procedural object of ``world`` (one of ``WORLDS``) near the origin (seed -> same object)."""
+    _check_world(world)
+    split = split_of(seed)
+    # The general world keeps its original stream; the others draw from their own.
+    rng = random.Random(
+        f"toyworld.views/{int(seed)}" if world == "general" else f"toyworld.views/{world}/{int(seed)}"
+    )
+    return Object3D(_WORLD_PARTS[world](rng), seed=int(seed), split=split)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,11 +319,40 @@ def _safe(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
 
 
-def _hit_box(part: Part, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slab test against a box turned about y: t (R,), world normal (R,3), colour (R,3)."""
+def _yaw_rotation(part: Part, dtype: torch.dtype) -> torch.Tensor:
+    """The part's local -> world rotation (3,3): ``yaw`` degrees about y (row vectors: world -> local is ``@ rot``)."""
     yaw = math.radians(part.yaw)
     c, s = math.cos(yaw), math.sin(yaw)
-    rot = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=o.dtype)  # local -> world
+    return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=dtype)
+
+
+def _face_colors(part: Part, local: torch.Tensor, axis: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """Colours (R,3) of cube hits at local points (R,3) on faces ``face``: solid, or striped / checkered cells."""
+    colors = torch.stack([_rgb(n) for n in part.colors])
+    if part.pattern == "solid":
+        return colors[face]
+    second = torch.stack([_rgb(n) for n in part.second_colors])
+    cells = ((local + part.size) / (2 * part.size) * PATTERN_CELLS).floor().clamp(0, PATTERN_CELLS - 1).long()
+    u = cells.gather(-1, ((axis + 1) % 3)[:, None]).squeeze(-1)  # the face's two in-plane axes
+    v = cells.gather(-1, ((axis + 2) % 3)[:, None]).squeeze(-1)
+    odd = (u % 2 == 1) if part.pattern == "stripes" else ((u + v) % 2 == 1)
+    return torch.where(odd[:, None], second[face], colors[face])
+
+
+def _round_colors(part: Part, point: torch.Tensor) -> torch.Tensor:
+    """Colours (R,3) of hits on a sphere, cylinder or cone at points (R,3) relative to its centre."""
+    first = _rgb(part.colors[0]).expand(point.shape[0], 3)
+    if part.pattern == "solid":
+        return first
+    tilt = math.radians(TWO_TONE_TILT)
+    normal = torch.tensor([math.sin(tilt), math.cos(tilt), 0.0], dtype=point.dtype)  # in the part's frame
+    below = (point @ _yaw_rotation(part, point.dtype)) @ normal < 0
+    return torch.where(below[:, None], _rgb(part.second_colors[0]).expand_as(first), first)
+
+
+def _hit_box(part: Part, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slab test against a box turned about y: t (R,), world normal (R,3), colour (R,3)."""
+    rot = _yaw_rotation(part, o.dtype)  # local -> world
     center = torch.tensor(part.center, dtype=o.dtype)
     lo = (o - center) @ rot  # world -> local: R^T (o - c), rows as vectors
     ld = _safe(d @ rot)
@@ -245,8 +368,8 @@ def _hit_box(part: Part, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor
     normal_local.scatter_(-1, axis[:, None], sign[:, None])
     normal = normal_local @ rot.T
     face = axis * 2 + (sign < 0).long()  # +x, -x, +y, -y, +z, -z
-    colors = torch.stack([_rgb(n) for n in part.colors])
-    return t, normal, colors[face]
+    local = lo + torch.where(hit, t, torch.zeros_like(t))[:, None] * ld
+    return t, normal, _face_colors(part, local, axis, face)
 
 
 def _hit_sphere(
@@ -264,7 +387,7 @@ def _hit_sphere(
     t = torch.where(hit, t, torch.full_like(t, math.inf))
     point = oc + torch.where(hit, t, torch.zeros_like(t))[:, None] * d
     normal = point / part.size
-    return t, normal, _rgb(part.colors[0]).expand_as(o)
+    return t, normal, _round_colors(part, point)
 
 
 def _cap(o: torch.Tensor, d: torch.Tensor, y: float, radius: float) -> torch.Tensor:
@@ -313,7 +436,7 @@ def _hit_cylinder(
     side_normal = torch.stack([point[:, 0], torch.zeros_like(t), point[:, 2]], dim=-1) / r
     up = torch.tensor([0.0, 1.0, 0.0], dtype=o.dtype).expand_as(o)
     normal = torch.where((which < 2)[:, None], side_normal, torch.where((which == 2)[:, None], up, -up))
-    return t, normal, _rgb(part.colors[0]).expand_as(o)
+    return t, normal, _round_colors(part, point)
 
 
 def _hit_cone(
@@ -338,7 +461,7 @@ def _hit_cone(
     side_normal = side_normal / side_normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     down = torch.tensor([0.0, -1.0, 0.0], dtype=o.dtype).expand_as(o)
     normal = torch.where((which < 2)[:, None], side_normal, down)
-    return t, normal, _rgb(part.colors[0]).expand_as(o)
+    return t, normal, _round_colors(part, point)
 
 
 def _bounding_radius(part: Part) -> float:
@@ -353,8 +476,10 @@ def _bounding_radius(part: Part) -> float:
 _INTERSECTORS = {"cube": _hit_box, "sphere": _hit_sphere, "cylinder": _hit_cylinder, "cone": _hit_cone}
 
 
-def _cast(obj: Object3D, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Shade rays (R,3): nearest hit over all parts, Lambert + ambient, background where nothing is hit."""
+def _trace(
+    obj: Object3D, origins: torch.Tensor, directions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest hit of rays (R,3) over all parts: depth t along the ray (R,; inf on a miss), normal, colour."""
     n_rays = origins.shape[0]
     best_t = torch.full((n_rays,), math.inf, dtype=origins.dtype)
     best_normal = torch.zeros(n_rays, 3, dtype=origins.dtype)
@@ -370,12 +495,18 @@ def _cast(obj: Object3D, origins: torch.Tensor, directions: torch.Tensor) -> tor
         t, normal, color = _INTERSECTORS[part.shape](part, origins[rays], directions[rays])
         closer = t < best_t[rays]
         rays, t = rays[closer], t[closer]
-        best_t[rays], best_normal[rays], best_color[rays] = t, normal[closer], color[closer]
+        best_t[rays], best_normal[rays], best_color[rays] = t, normal[closer], color[closer].to(origins.dtype)
+    return best_t, best_normal, best_color
+
+
+def _cast(obj: Object3D, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Shade rays (R,3): nearest hit over all parts, Lambert + ambient, background where nothing is hit."""
+    t, normal, color = _trace(obj, origins, directions)
     light = torch.tensor(LIGHT_DIRECTION, dtype=origins.dtype)
     light = light / light.norm()
-    shade = AMBIENT + DIFFUSE * (best_normal @ light).clamp(min=0.0)
-    hit = torch.isfinite(best_t)
-    shaded = torch.where(hit[:, None], best_color * shade[:, None], best_color)
+    shade = AMBIENT + DIFFUSE * (normal @ light).clamp(min=0.0)
+    hit = torch.isfinite(t)
+    shaded = torch.where(hit[:, None], color * shade[:, None], color)
     return shaded.clamp(0.0, 1.0)
 
 
@@ -414,32 +545,25 @@ def render_pil(
     return Image.fromarray(array, mode="RGB")
 
 
-def sample_views(
-    obj_seed: int,
-    n_views: int,
-    size: int = 32,
-    seed: int | random.Random = 0,
-    elevation_range: Sequence[float] = ELEVATION_RANGE,
-    distance: float = DISTANCE,
-    antialias: int = 2,
-) -> dict:
-    """``n_views`` random views of object ``obj_seed``: dict(images (N,3,S,S), c2w (N,4,4), focal, ...).
-
-    Azimuths are uniform in [0, 360), elevations uniform in ``elevation_range`` (degrees), at a fixed
-    ``distance`` and ``focal = default_focal(size)``; deterministic per (obj_seed, seed). The dict also
-    carries ``azimuth``/``elevation`` (N,) in degrees and the ``object``.
-    """
-    rng = (
-        seed if isinstance(seed, random.Random) else random.Random(f"toyworld.views/views/{obj_seed}/{seed}")
-    )
+def _check_elevation_range(elevation_range: Sequence[float]) -> tuple[float, float]:
+    """``(low, high)`` in degrees, or a ValueError unless -90 <= low <= high <= 90."""
     low, high = (float(v) for v in elevation_range)
     if not -90.0 <= low <= high <= 90.0:
         raise ValueError(
             f"elevation_range must satisfy -90 <= low <= high <= 90; got {tuple(elevation_range)}"
         )
-    obj = sample_object(obj_seed)
-    azimuths = [rng.uniform(0.0, 360.0) for _ in range(int(n_views))]
-    elevations = [rng.uniform(low, high) for _ in range(int(n_views))]
+    return low, high
+
+
+def _orbit_views(
+    obj: Object3D,
+    azimuths: list[float],
+    elevations: list[float],
+    size: int,
+    distance: float,
+    antialias: int,
+) -> dict:
+    """Render ``obj`` from orbit cameras: the views dict of ``sample_views``."""
     c2w = torch.stack([orbit_camera(a, e, distance) for a, e in zip(azimuths, elevations)])
     focal = default_focal(size)
     return {
@@ -450,3 +574,134 @@ def sample_views(
         "elevation": torch.tensor(elevations, dtype=torch.float32),
         "object": obj,
     }
+
+
+def sample_views(
+    obj_seed: int,
+    n_views: int,
+    size: int = 32,
+    seed: int | random.Random = 0,
+    elevation_range: Sequence[float] = ELEVATION_RANGE,
+    distance: float = DISTANCE,
+    antialias: int = 2,
+    world: str = "general",
+) -> dict:
+    """``n_views`` random views of object ``obj_seed``: dict(images (N,3,S,S), c2w (N,4,4), focal, ...).
+
+    Azimuths are uniform in [0, 360), elevations uniform in ``elevation_range`` (degrees), at a fixed
+    ``distance`` and ``focal = default_focal(size)``; deterministic per (obj_seed, seed). The dict also
+    carries ``azimuth``/``elevation`` (N,) in degrees and the ``object`` (``sample_object(obj_seed, world)``).
+    """
+    rng = (
+        seed if isinstance(seed, random.Random) else random.Random(f"toyworld.views/views/{obj_seed}/{seed}")
+    )
+    low, high = _check_elevation_range(elevation_range)
+    obj = sample_object(obj_seed, world)
+    azimuths = [rng.uniform(0.0, 360.0) for _ in range(int(n_views))]
+    elevations = [rng.uniform(low, high) for _ in range(int(n_views))]
+    return _orbit_views(obj, azimuths, elevations, size, distance, antialias)
+
+
+FAR_SIDE_SPREAD = 60.0  # cubes-world queries: azimuth 180 +- this many degrees from input view 0
+_FAR_SIDE_WORLDS = ("cubes",)
+
+
+def curriculum_views(
+    obj_seed: int,
+    n_inputs: int,
+    n_queries: int,
+    size: int = 32,
+    world: str = "general",
+    seed: int = 0,
+    elevation_range: Sequence[float] = ELEVATION_RANGE,
+    distance: float = DISTANCE,
+    antialias: int = 2,
+) -> dict:
+    """Input views spread around object ``obj_seed`` of ``world``, then query views: ``sample_views``' dict.
+
+    Input k sits at azimuth ``a0 + 360 k / n_inputs`` (a0 uniform in [0, 360); inputs k >= 1 jittered by up to
+    a quarter of the spacing); queries sit at uniform azimuths, or in the cubes world at ``a0 + 180 +-
+    FAR_SIDE_SPREAD``, the far side of input 0. Elevations are uniform in ``elevation_range``. The dict adds
+    ``inputs`` and ``queries``: index tensors into its views (inputs first). Input 0 and the queries depend
+    only on (obj_seed, world, seed), not on ``n_inputs``, so counts of inputs compare on the same queries.
+    """
+    if int(n_inputs) < 1 or int(n_queries) < 0:
+        raise ValueError(f"n_inputs must be >= 1 and n_queries >= 0; got {n_inputs} and {n_queries}")
+    low, high = _check_elevation_range(elevation_range)
+    obj = sample_object(obj_seed, world)
+    rng = random.Random(f"toyworld.views/curriculum/{world}/{obj_seed}/{seed}")
+    first = rng.uniform(0.0, 360.0)
+    azimuths, elevations = [first], [rng.uniform(low, high)]
+    far_side = world in _FAR_SIDE_WORLDS
+    queries = [
+        (
+            (first + 180.0 + rng.uniform(-FAR_SIDE_SPREAD, FAR_SIDE_SPREAD)) % 360.0
+            if far_side
+            else rng.uniform(0.0, 360.0),
+            rng.uniform(low, high),
+        )
+        for _ in range(int(n_queries))
+    ]
+    spacing = 360.0 / int(n_inputs)
+    for k in range(1, int(n_inputs)):
+        azimuths.append((first + k * spacing + rng.uniform(-0.25, 0.25) * spacing) % 360.0)
+        elevations.append(rng.uniform(low, high))
+    azimuths += [a for a, _ in queries]
+    elevations += [e for _, e in queries]
+    views = _orbit_views(obj, azimuths, elevations, size, distance, antialias)
+    views["inputs"] = torch.arange(int(n_inputs))
+    views["queries"] = torch.arange(int(n_inputs), int(n_inputs) + int(n_queries))
+    return views
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Covisibility: how much of a query view the input views see
+# ----------------------------------------------------------------------------------------------------------
+
+DEPTH_TOLERANCE = 1e-3  # world units (objects span ~2): a surface point is visible when its ray hits it first
+
+
+def _visible_from(
+    obj: Object3D, c2w: torch.Tensor, focal: float, size: int, points: torch.Tensor
+) -> torch.Tensor:
+    """Which world points (P,3) camera ``c2w`` sees: inside its frame and the first hit of its ray to them."""
+    centre, rotation = c2w[:3, 3], c2w[:3, :3]
+    camera = (points - centre) @ rotation  # world -> camera (OpenCV: x right, y down, z forward)
+    z = camera[:, 2]
+    pixels = camera[:, :2] / z.clamp(min=1e-12)[:, None] * focal + size / 2
+    inside = (z > 0) & (pixels >= 0).all(-1) & (pixels < size).all(-1)
+    offsets = points - centre
+    depth = offsets.norm(dim=-1)
+    t, _, _ = _trace(obj, centre.expand_as(points), offsets / depth.clamp(min=1e-12)[:, None])
+    return inside & ((t - depth).abs() <= DEPTH_TOLERANCE)
+
+
+def covisibility(
+    obj: Object3D,
+    input_c2w: torch.Tensor,
+    query_c2w: torch.Tensor,
+    size: int = 32,
+    focal: float | None = None,
+) -> torch.Tensor:
+    """Per query view (Q,): the share of its object pixels whose surface point some input view sees.
+
+    Casts one ray through each query pixel centre, takes the hit points and counts one as covisible when it
+    projects inside an input camera's frame and that camera's own ray to it hits it first (depth within
+    ``DEPTH_TOLERANCE``). ``focal`` defaults to ``default_focal(size)``; NaN for a query that shows no object.
+    """
+    inputs = check_pose(input_c2w, "input_c2w").reshape(-1, 4, 4).cpu().to(torch.float64)
+    queries = check_pose(query_c2w, "query_c2w").reshape(-1, 4, 4).cpu().to(torch.float64)
+    size = int(size)
+    focal = default_focal(size) if focal is None else float(focal)
+    shares = []
+    for pose in queries:
+        origins, directions = ray_grid(pose, focal, size)
+        origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        t, _, _ = _trace(obj, origins, directions)
+        hit = torch.isfinite(t)
+        points = origins[hit] + t[hit, None] * directions[hit]
+        seen = torch.zeros(points.shape[0], dtype=torch.bool)
+        for camera in inputs:
+            seen |= _visible_from(obj, camera, focal, size, points)
+        shares.append(seen.double().mean().item() if points.shape[0] else math.nan)
+    return torch.tensor(shares, dtype=torch.float64)
