@@ -21,7 +21,9 @@ Rows, for every N:
   `unconditional`): the v-prediction loss on a fixed grid of timesteps with fixed noise, and the PSNR of the
   clean-image prediction at the first sampling timestep (pure noise in, the model's mean guess out).
 A query view's covisibility (the share of its object pixels that some input view also sees,
-toyworld.views.covisibility) stratifies the PSNR of every row.
+toyworld.views.covisibility) stratifies the PSNR of every row. `--world cubes|detail` and `--layout curriculum`
+(inputs spread around the object; in the cubes world queries from the far side of the first view) measure the
+curriculum worlds (docs/toyworld_views.md).
 
 `--no-diffusion` runs the references and UpSRT only (what the stage-1 gate needs: benchmarks/upfusion_gate.py).
 `--model` takes a pipeline folder or a training checkpoint folder (toyworld.train.upfusion's OUT/checkpoint).
@@ -48,7 +50,7 @@ from guidance.cameras import relative_cameras
 from guidance.stats import paired_difference
 from guidance.upfusion import SceneCall
 from pipelines.upfusion import UpFusionPipeline, denoiser_output, diffusion_hint
-from toyworld.views import sample_views, split_seeds
+from toyworld.views import covisibility, curriculum_views, sample_views, split_seeds
 
 VIEW_COUNTS = (1, 2, 3, 6)
 REFERENCES = ("white", "mean_training_image", "mean_of_inputs", "nearest_input")
@@ -63,18 +65,35 @@ COVISIBILITY_BINS = ((0.0, 0.5), (0.5, 0.9), (0.9, 1.0001))
 # ----------------------------------------------------------------------------------------------------------
 
 
-def object_views(seed: int, queries: int, size: int, view_seed: int) -> dict[str, torch.Tensor]:
-    """Six input views and `queries` query views of one object; poses relative to input 0."""
-    data = sample_views(seed, 6 + queries, size, seed=view_seed)
-    relative = relative_cameras(data["c2w"], data["c2w"][0])
+def object_views(
+    seed: int,
+    queries: int,
+    size: int,
+    view_seed: int,
+    world: str = "general",
+    layout: str = "random",
+    n: int = 6,
+) -> dict[str, torch.Tensor]:
+    """Input views and `queries` query views of one object; poses relative to input 0.
+
+    layout "random": six random views as inputs (the first N are used) and `queries` more; "curriculum": n inputs
+    spread around the object and queries (the far side of input 0 in the cubes world), toyworld.views."""
+    if layout == "random":
+        data = sample_views(seed, 6 + queries, size, seed=view_seed, world=world)
+        inputs, query = torch.arange(6), torch.arange(6, 6 + queries)
+    else:
+        data = curriculum_views(seed, n, queries, size, world=world, seed=view_seed)
+        inputs, query = data["inputs"], data["queries"]
+    relative = relative_cameras(data["c2w"], data["c2w"][inputs[0]])
     return {
         "seed": seed,
         "object": data["object"],
-        "c2w": data["c2w"],
-        "inputs": data["images"][:6],
-        "truth": data["images"][6:],
-        "input_c2w": relative[:6],
-        "query_c2w": relative[6:],
+        "input_world_c2w": data["c2w"][inputs],
+        "query_world_c2w": data["c2w"][query],
+        "inputs": data["images"][inputs],
+        "truth": data["images"][query],
+        "input_c2w": relative[inputs],
+        "query_c2w": relative[query],
     }
 
 
@@ -226,7 +245,7 @@ def noise_free(pipe, scene_rows, other_rows, hint, poses, truth, seeds: list[int
 # ----------------------------------------------------------------------------------------------------------
 
 
-def measure(pipe, objects: list[dict], counts: list[int], args, diffusion: bool) -> dict:
+def measure(pipe, views: dict[int, list[dict]], counts: list[int], args, diffusion: bool) -> dict:
     """Per-object values {row: {N: {metric: [...]}}} and per-query-view PSNR for the covisibility strata."""
     mean_image = mean_training_image(pipe.upsrt.config.image_size)
     per_object: dict = {}
@@ -242,6 +261,7 @@ def measure(pipe, objects: list[dict], counts: list[int], args, diffusion: bool)
 
     q = args.queries
     for n in counts:
+        objects = views[n]
         for i in range(0, len(objects), args.chunk):
             chunk = objects[i : i + args.chunk]
             truth = torch.cat([o["truth"] for o in chunk])
@@ -280,14 +300,14 @@ def measure(pipe, objects: list[dict], counts: list[int], args, diffusion: bool)
     return {"per_object": per_object, "per_view_psnr": per_view, "seconds": seconds}
 
 
-def covisibilities(objects: list[dict], counts: list[int], size: int) -> dict[int, list[float]] | None:
+def covisibilities(views: dict[int, list[dict]], counts: list[int], size: int) -> dict[int, list[float]]:
     """Per query view (object-major) and N: the share of its object pixels some input view sees."""
-    try:
-        from toyworld.views import covisibility
-    except ImportError:
-        return None
     return {
-        n: [float(c) for o in objects for c in covisibility(o["object"], o["c2w"][:n], o["c2w"][6:], size)]
+        n: [
+            float(c)
+            for o in views[n]
+            for c in covisibility(o["object"], o["input_world_c2w"][:n], o["query_world_c2w"], size)
+        ]
         for n in counts
     }
 
@@ -328,10 +348,8 @@ def summarize(per_object: dict, counts: list[int]) -> tuple[dict, dict]:
     return table, paired
 
 
-def stratify(per_view: dict, covis: dict[int, list[float]] | None) -> dict:
+def stratify(per_view: dict, covis: dict[int, list[float]]) -> dict:
     """Mean PSNR per row, N and covisibility bin (query views pooled)."""
-    if covis is None:
-        return {}
     out = {}
     for row, cells in per_view.items():
         for n, values in cells.items():
@@ -358,14 +376,17 @@ def print_table(table: dict, paired: dict) -> None:
         print(f"{name:<52}" + "".join(f"{_cell(row.get(k)):>26}" for k in keys))
 
 
-def sample_sheet(pipe, objects: list[dict], args, path: Path, diffusion: bool) -> None:
+def sample_sheet(pipe, views: dict[int, list[dict]], args, path: Path, diffusion: bool) -> None:
     """inputs (6 slots) | UpSRT | diffusion | truth of the first query view, 4 objects x N = 1, 3, 6, 4x (nearest)."""
     rows = []
-    blank = torch.full_like(objects[0]["truth"][0], 0.5)
-    for obj in objects[:4]:
+    first = next(iter(views.values()))
+    blank = torch.full_like(first[0]["truth"][0], 1.0)
+    for k in range(min(4, len(first))):
         for n in (1, 3, 6):
+            obj = views[n][k] if n in views else first[k]
             scene, rgb, features, poses = upsrt_outputs(pipe, [obj], n)
-            tiles = [*obj["inputs"][:n], *[blank] * (6 - n), rgb[0]]
+            shown = obj["inputs"][:n]
+            tiles = [*shown, *[blank] * (6 - len(shown)), rgb[0]]
             if diffusion:
                 hint = diffusion_hint(pipe.upsrt, features, poses)
                 sample = pipe.denoise(
@@ -399,6 +420,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-diffusion", action="store_true", help="references and UpSRT only")
     parser.add_argument("--chunk", type=int, default=25, help="objects per batched model call")
     parser.add_argument("--view-seed", type=int, default=7)
+    parser.add_argument("--world", default="general", choices=("general", "cubes", "detail"))
+    parser.add_argument(
+        "--layout", default="random", choices=("random", "curriculum"),
+        help="random views, or inputs spread around the object (toyworld.views.curriculum_views)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/upfusion_toy.json")
     parser.add_argument("--sheet", default=None, help="write a sample sheet PNG here")
@@ -417,13 +443,20 @@ def run(args: argparse.Namespace) -> dict:
     seeds = split_seeds("heldout", args.objects, args.offset)
     if len(seeds) < 2:
         raise SystemExit("--objects must be >= 2 (the other-object rows need another object)")
-    objects = [object_views(s, args.queries, size, args.view_seed) for s in seeds]
     counts = [int(n) for n in args.counts.split(",")]
+    view = lambda s, n: object_views(s, args.queries, size, args.view_seed, args.world, args.layout, n)  # noqa: E731
+    if args.layout == "random":  # the same six inputs for every N (the first N of them)
+        shared = [view(s, 6) for s in seeds]
+        views = dict.fromkeys(counts, shared)
+    else:  # N inputs spread around the object, per N
+        views = {n: [view(s, n) for s in seeds] for n in counts}
+    objects = views[counts[0]]
     start = time.perf_counter()
-    measured = measure(pipe, objects, counts, args, diffusion)
+    measured = measure(pipe, views, counts, args, diffusion)
     table, paired = summarize(measured["per_object"], counts)
-    strata = stratify(measured["per_view_psnr"], covisibilities(objects, counts, size))
-    views = len(objects) * args.queries * len(counts)
+    covis = covisibilities(views, counts, size)
+    strata = stratify(measured["per_view_psnr"], covis)
+    total_views = len(objects) * args.queries * len(counts)
     result = {
         "command": args.command,
         "model": args.model,
@@ -434,9 +467,12 @@ def run(args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "view_seed": args.view_seed,
+        "world": args.world,
+        "layout": args.layout,
+        "covisibility": {str(n): float(np.mean(c)) for n, c in covis.items()},
         "diffusion": diffusion,
         "seconds": {**measured["seconds"], "total": time.perf_counter() - start},
-        "seconds_per_query_view": {k: v / views for k, v in measured["seconds"].items()},
+        "seconds_per_query_view": {k: v / total_views for k, v in measured["seconds"].items()},
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -458,7 +494,7 @@ def run(args: argparse.Namespace) -> dict:
         "seconds per query view (CPU):", {k: round(v, 4) for k, v in result["seconds_per_query_view"].items()}
     )
     if args.sheet:
-        sample_sheet(pipe, objects, args, Path(args.sheet), diffusion)
+        sample_sheet(pipe, views, args, Path(args.sheet), diffusion)
     return result
 
 
