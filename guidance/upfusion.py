@@ -10,8 +10,16 @@ and the feed-forward all read. Placement `"proj_in"` does exactly that: a hook o
 
 Which rows attend to the scene travels with the call in a `SceneCall`, read from a context variable by processors
 and hooks that calls running at once share (`guidance.swap`): rows with `keep == 0` (classifier-free guidance's
-unconditional rows, condition dropout in training) and every row when the call disables scene attention (the
-ablation) get no cross-attention output and no ray term.
+unconditional rows, condition dropout in training) get no ray term and either no cross-attention output (`null_scene`
+"no_output", the toy models) or attention to all-zero scene tokens (`null_scene` "zero_tokens", the official
+unconditional input, which leaves the layer's output bias); every row gets nothing when the call disables scene
+attention (the ablation).
+
+Rays come in two conventions. "opencv" (the toy models): pixel centres, the first input view's OpenCV camera frame,
+origin at its centre. "pytorch3d" (the official code, `SLTQueryTransformer._get_ray_condition` and UpSRT's
+`get_grid_rays_gpu`): PyTorch3D NDC samples from +1 to -1 that include the image edges, axes x left / y up /
+z forward of the first view, origin at the scene centre `distance` in front of it (the official inference cameras
+sit at distance 1 from the object, the first one at R = I, T = (0, 0, 1)).
 """
 
 from __future__ import annotations
@@ -31,6 +39,44 @@ from guidance.swap import attention_modules, shared_hooks, swapped_processors
 
 REPLACEABLE = ("AttnProcessor2_0", "AttnProcessor")
 PLACEMENTS = ("proj_in", "attn2_query")
+RAY_CONVENTIONS = ("opencv", "pytorch3d")
+NULL_SCENES = ("no_output", "zero_tokens")
+_PYTORCH3D_AXES = (
+    -1.0,
+    -1.0,
+    1.0,
+)  # OpenCV camera axes (x right, y down, z forward) -> PyTorch3D (x left, y up)
+
+
+def official_plucker_rays(c2w: torch.Tensor, focal: float, size: int, distance: float) -> torch.Tensor:
+    """Plücker rays (..., 6, size, size) of cameras (..., 4, 4) as the official UpFusion code computes them.
+
+    c2w: camera-to-world poses in the first input view's OpenCV frame (as `guidance.cameras`); focal in pixels at
+    `size`. The grid is PyTorch3D's `linspace(1, -1, size)` in NDC (image edges included, focal 2 * focal / size),
+    the world is the first view's PyTorch3D frame moved to the scene centre `distance` ahead (official W2)."""
+    c2w = torch.as_tensor(c2w)
+    ndc = torch.linspace(1.0, -1.0, int(size), dtype=c2w.dtype, device=c2w.device)
+    y, x = torch.meshgrid(ndc, ndc, indexing="ij")  # rows: top (+1) to bottom; columns: left (+1) to right
+    scale = size / (2.0 * float(focal))  # 1 / NDC focal
+    camera = torch.stack([-x * scale, -y * scale, torch.ones_like(x)], dim=-1)  # OpenCV camera frame
+    directions = (c2w[..., None, None, :3, :3] @ camera[..., None]).squeeze(-1)
+    axes = torch.tensor(_PYTORCH3D_AXES, dtype=c2w.dtype, device=c2w.device)
+    directions = directions / directions.norm(dim=-1, keepdim=True) * axes
+    centre = torch.tensor([0.0, 0.0, float(distance)], dtype=c2w.dtype, device=c2w.device)
+    origins = ((c2w[..., :3, 3] - centre) * axes)[..., None, None, :].expand_as(directions)
+    rays = torch.cat([directions, torch.linalg.cross(origins, directions, dim=-1)], dim=-1)
+    return rays.movedim(-1, -3).contiguous()
+
+
+def query_plucker_rays(
+    c2w: torch.Tensor, focal: float, size: int, convention: str = "opencv", distance: float = 0.0
+) -> torch.Tensor:
+    """Plücker rays (..., 6, size, size) of query cameras (..., 4, 4) in the named `RAY_CONVENTIONS`."""
+    if convention == "opencv":
+        return plucker_rays(c2w, focal, size)
+    if convention == "pytorch3d":
+        return official_plucker_rays(c2w, focal, size, distance)
+    raise ValueError(f"convention must be one of {RAY_CONVENTIONS}; got {convention!r}")
 
 
 def scene_attention(
@@ -58,6 +104,9 @@ class SceneCall:
     focal, size: the query camera's focal length in pixels at image size `size`.
     keep: (B,) 1 where a row attends to the scene, 0 where it is dropped (CFG's unconditional rows); None = all.
     enabled: False drops scene-token attention for every row (the ablation).
+    convention, distance: how rays are computed (`RAY_CONVENTIONS`; distance: the scene centre, "pytorch3d" only).
+    null_scene: what a dropped row's cross-attention gives (`NULL_SCENES`).
+    ray_keep: (B,) 1 where a row gets the ray term; None = `keep`.
     """
 
     query_c2w: torch.Tensor
@@ -65,7 +114,22 @@ class SceneCall:
     size: int
     keep: torch.Tensor | None = None
     enabled: bool = True
+    convention: str = "opencv"
+    distance: float = 0.0
+    null_scene: str = "no_output"
+    ray_keep: torch.Tensor | None = None
     _rays: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.convention not in RAY_CONVENTIONS:
+            raise ValueError(f"convention must be one of {RAY_CONVENTIONS}; got {self.convention!r}")
+        if self.null_scene not in NULL_SCENES:
+            raise ValueError(f"null_scene must be one of {NULL_SCENES}; got {self.null_scene!r}")
+
+    @property
+    def ray_rows(self) -> torch.Tensor | None:
+        """(B,) 1 where a row gets the ray term (`ray_keep`, else `keep`); None = all."""
+        return self.keep if self.ray_keep is None else self.ray_keep
 
     def rays(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
         """Plücker rays (B, tokens, 6) of the query cameras on a square grid of `tokens` pixels (row-major)."""
@@ -74,7 +138,7 @@ class SceneCall:
             raise ValueError(f"scene attention needs a square token grid; got {tokens} tokens")
         if side not in self._rays:
             focal = self.focal * side / self.size  # same field of view at the coarser grid
-            rays = plucker_rays(self.query_c2w.float(), focal, side)  # (B, 6, side, side)
+            rays = query_plucker_rays(self.query_c2w.float(), focal, side, self.convention, self.distance)
             self._rays[side] = rays.flatten(2).transpose(1, 2)
         return self._rays[side].to(dtype)
 
@@ -92,9 +156,9 @@ def current_call() -> SceneCall:
     return call
 
 
-def row_keep(call: SceneCall, out: torch.Tensor) -> torch.Tensor | float:
-    """(B, 1, 1) factor of the rows that attend to the scene, or 1.0 when all do."""
-    return 1.0 if call.keep is None else call.keep.to(out)[:, None, None]
+def row_keep(keep: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor | float:
+    """(B, 1, 1) factor of the rows kept (`keep` 1), or 1.0 when all are."""
+    return 1.0 if keep is None else keep.to(out)[:, None, None]
 
 
 class SceneTokenAttnProcessor:
@@ -117,10 +181,15 @@ class SceneTokenAttnProcessor:
         query = attn.to_q(hidden_states)
         if self.ray_projection is not None:
             rays = call.rays(hidden_states.shape[1], hidden_states.dtype).to(hidden_states.device)
-            query = query + ray_query(rays, self.ray_projection)
-        keys, values = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+            query = query + ray_query(rays, self.ray_projection) * row_keep(call.ray_rows, query)
+        scene = encoder_hidden_states
+        if call.null_scene == "zero_tokens":
+            scene = scene * row_keep(call.keep, scene)
+        keys, values = attn.to_k(scene), attn.to_v(scene)
         out = attn.to_out[1](attn.to_out[0](scene_attention(query, keys, values, attn.heads)))
-        return out * row_keep(call, out) / attn.rescale_output_factor
+        if call.null_scene == "no_output":
+            out = out * row_keep(call.keep, out)
+        return out / attn.rescale_output_factor
 
 
 def ray_token_term(projection: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
@@ -130,7 +199,7 @@ def ray_token_term(projection: torch.nn.Module, output: torch.Tensor) -> torch.T
         return output
     tokens = output.shape[-2] * output.shape[-1] if output.ndim == 4 else output.shape[1]
     term = projection(call.rays(tokens, output.dtype).to(output.device))  # (B, H*W, C)
-    term = term * row_keep(call, term)
+    term = term * row_keep(call.ray_rows, term)
     if output.ndim == 4:
         term = term.transpose(1, 2).reshape(output.shape)
     return output + term
