@@ -3,17 +3,22 @@ folder's recommended sampling settings, head presets, checks of model and output
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from guidance.heads import HeadSelectionError, is_notation, short_repr
+from guidance.config import SOFTPAG_SETTINGS
+from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
 
 __all__ = [
     "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "assets_folder", "check_model",
-    "check_writable_folder", "list_presets", "model_call_extras", "png_parameters", "png_target",
-    "recommended_call", "recommended_settings", "resolve_heads", "save_png",
+    "check_writable_folder", "image_record", "list_presets", "model_call_extras", "model_name", "png_parameters",
+    "png_target", "recommended_call", "recommended_settings", "record_call", "record_parameters", "resolve_heads",
+    "save_png", "write_atomically",
 ]  # fmt: skip
 
 ASSETS_VARIABLE = "HEADHUNTER_ASSETS"
@@ -242,17 +247,143 @@ def png_parameters(prompt: str, negative: str | None, settings: dict) -> str:
     return "\n".join(lines)
 
 
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` whole or not at all: `write(file)` fills a new temporary file (never one reached through a
+    link), which is fsynced and renamed over `path`; the folder is fsynced so that the rename lasts too."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(
+        missing_ok=True
+    )  # a leftover of a killed run, or a link someone put there: removed, not followed
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def save_png(image, path: Path, parameters: str, settings: dict) -> None:
-    """Write a PNG with `parameters` and full JSON `headhunter` text chunks, atomically."""
+    """Write a PNG with `parameters` and full JSON `headhunter` text chunks (`write_atomically`)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("parameters", parameters)
     info.add_text("headhunter", json.dumps(settings, sort_keys=True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+
+
+# -------------------------------------------------------------------------------------------------------------
+# What made an image: one record for every front end (PNG chunks, batch manifests, the demo's gallery)
+# -------------------------------------------------------------------------------------------------------------
+
+
+def model_name(model: str | Path) -> str:
+    """The model as the user named it: a hub id as given, a folder inside the assets as `assets/...`, any other
+    folder relative to the working directory; never an absolute path of this machine."""
+    text = str(model)
+    if not (_exists(text) or looks_like_path(text)):
+        return text
+    path = Path(os.path.abspath(Path(text).expanduser()))
+    assets = Path(os.path.abspath(ASSETS))
+    if path.is_relative_to(assets):
+        return str("assets" / path.relative_to(assets))
+    return os.path.relpath(path)
+
+
+def image_record(
+    model: str | Path, call: dict, pag: dict | None = None, preset: str | Path | None = None
+) -> dict:
+    """What made one image, enough to make it again (`record_call`).
+
+    `call`: the pipeline's arguments with `prompt` and `seed` (None values are left out). `pag`: the SoftPAG
+    keywords it was called with (`pag_heads` as notation, a preset file or a HeadSelection; missing ones take
+    their defaults, as in the pipeline). `preset`: the preset the heads came from (a name in `PRESETS`, a file,
+    or a label such as "custom"); by default the `pag_heads` file, if it is one. Recorded: the model by
+    `model_name`, every call argument, and for guided images every head with the u it had, every group with
+    the scale that applied (a preset's own w, not `pag_scale`), identity, window, preset name and sha256."""
+    record = {"model": model_name(model), **{k: v for k, v in call.items() if v is not None}}
+    heads = (pag or {}).get("pag_heads")
+    if heads is None or (isinstance(heads, str) and not heads.strip()):
+        return {**record, "guidance": "none"}
+    return {
+        **record,
+        **_guidance(HeadSelection.parse(heads), pag),
+        **_preset(heads if preset is None else preset),
+    }
+
+
+def _guidance(selection: HeadSelection, pag: dict) -> dict:
+    """The guided part of a record: the selection as it applied (every u and group scale written out)."""
+    given = {k: s.default if pag.get(k) is None else pag[k] for k, s in SOFTPAG_SETTINGS.items()}
+    w, u = given["pag_scale"], given["pag_strength"]
+    scales = (
+        list(w)
+        if isinstance(w, list | tuple)
+        else [w if g.scale is None else g.scale for g in selection.groups]
+    )
+    groups = [
+        {"name": g.name, "scale": float(scale),
+         "heads": [{"layer": h.layer, "head": h.head, "attention": h.attention,
+                    "u": float(u if h.strength is None else h.strength)} for h in g.heads]}
+        for g, scale in zip(selection.groups, scales, strict=True)
+    ]  # fmt: skip
+    return {
+        "guidance": "softpag",
+        "pag_heads": str(_selection(groups)),
+        "pag_groups": groups,
+        "pag_identity": given["pag_identity"],
+        "pag_start": float(given["pag_start"]),
+        "pag_stop": float(given["pag_stop"]),
+        "pag_shared_prefix": given["pag_shared_prefix"],
+    }
+
+
+def _selection(groups: list[dict]) -> HeadSelection:
+    """The recorded groups (`pag_groups`) as a selection: every head's u and every group's scale set."""
+    return HeadSelection(tuple(
+        HeadGroup(tuple(HeadEntry(h["layer"], h["head"], h["u"], h["attention"]) for h in g["heads"]), g["name"],
+                  g["scale"])
+        for g in groups
+    ))  # fmt: skip
+
+
+def _preset(value) -> dict:
+    """`pag_preset` (its name) and `pag_preset_sha256` (of its file) for a preset name, file or label."""
+    if not isinstance(value, str | os.PathLike) or (isinstance(value, str) and is_notation(value)):
+        return {}
+    text = str(value).strip()
+    file = Path(text).expanduser() if text.lower().endswith(".json") else PRESETS / f"{text}.json"
+    if not PRESET_NAME.fullmatch(file.stem) or not file.is_file():
+        return {"pag_preset": text}
+    return {"pag_preset": file.stem, "pag_preset_sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+
+
+# The recorded keys that are pipeline arguments (`record_call`); every front end's call uses only these.
+RECORDED_CALL_KEYS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width",
+                      "true_cfg_scale", "max_sequence_length", "pag_identity", "pag_start", "pag_stop",
+                      "pag_shared_prefix")  # fmt: skip
+
+
+def record_call(record: dict) -> dict:
+    """The pipeline keywords that make a recorded image (`image_record`) again, but the generator: call
+    `pipe(generator=torch.Generator().manual_seed(record["seed"]), **record_call(record))` on `record["model"]`."""
+    call = {k: record[k] for k in RECORDED_CALL_KEYS if k in record}
+    if record.get("guidance") == "softpag":
+        call["pag_heads"] = _selection(record["pag_groups"])
+    return call
+
+
+def record_parameters(record: dict) -> str:
+    """A record's A1111-style `parameters` text; its groups as `pag_group_scales: name=w ...`."""
+    flat = {k: v for k, v in record.items() if k not in ("prompt", "negative_prompt", "pag_groups")}
+    if "pag_groups" in record:
+        flat["pag_group_scales"] = " ".join(f"{g['name']}={g['scale']:g}" for g in record["pag_groups"])
+    return png_parameters(record["prompt"], record.get("negative_prompt"), flat)
