@@ -2,23 +2,31 @@
 
 `headhunter batch JOBS --out DIR`: JOBS is JSONL (one object per line) or CSV with a header. Keys mirror the
 pipelines' call arguments (see `FIELDS`). Each line becomes `num_images` items `<id>-<k>` with seed `seed + k`;
-the id is the line's `id` or a hash of its resolved settings, so a rerun finds what is done. Every item is written
-to a temporary file and renamed, then recorded in the manifest (JSONL); a rerun skips recorded items whose file
-exists and redoes the rest. Under `accelerate launch` (RANK / WORLD_SIZE) each rank takes every WORLD_SIZE-th
-item and keeps its own manifest; rank 0 merges them into `manifest.jsonl` at the end.
+the id is the line's `id` or a hash of its resolved settings, so a rerun finds what is done. A run holds its
+folder (a lock file) and writes no file through a link. Every item is written to a temporary file and renamed,
+then recorded in the manifest (JSONL) with everything that made it (`pipelines.settings.image_record`). A rerun
+skips finished items only if their record still equals what the job asks and their image decodes; anything else
+is an error naming the items, or with `redo_changed` is made again. Under `accelerate launch` (RANK /
+WORLD_SIZE) each rank takes every WORLD_SIZE-th item and keeps its own manifest; rank 0 merges them into
+`manifest.jsonl` at the end.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +34,8 @@ from typing import Any
 
 from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, GuidanceError, Setting
 from guidance.heads import HeadSelection, HeadSelectionError, short_repr
-from guidance.ranks import process_index
-from pipelines.settings import png_parameters, save_png
+from guidance.ranks import barrier, process_index
+from pipelines.settings import OutputError, image_record, record_parameters, save_png, write_atomically
 
 PAG_KEYS = ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop")
 GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "height", "width", "guidance_scale",
@@ -102,12 +110,55 @@ _NUMBER = re.compile(
 )
 
 
+MAX_INTEGER_DIGITS = 64  # every integer field fits in 19 digits; longer ones are refused before conversion
+MAX_JSON_DEPTH = 16
+
+
+class Refused:
+    """A value refused while it was read (an integer too long to convert, NaN), reported with its field."""
+
+    def __init__(self, shown: str, why: str):
+        self.shown, self.why = shown, why
+
+
+def _integer(text: str) -> int | Refused:
+    """An integer literal, converted only if it has at most MAX_INTEGER_DIGITS digits."""
+    digits = len(text.lstrip("+-"))
+    if digits > MAX_INTEGER_DIGITS:
+        return Refused(
+            f"{text[:12]}... ({digits} digits)", f"is too long; allowed: at most {MAX_INTEGER_DIGITS} digits"
+        )
+    return int(text)
+
+
+def _not_json(name: str) -> Refused:
+    return Refused(repr(float(name)), f"is not JSON ({name}); allowed: a finite number")
+
+
+def refused_values(value: Any) -> list[str]:
+    """Problems of a value read from a job line: each `Refused` value by its field, and nesting deeper than
+    MAX_JSON_DEPTH (walked without recursion, so any depth json accepts is measured)."""
+    problems, stack = [], [("", value, 0)]
+    while stack:
+        path, item, depth = stack.pop()
+        if isinstance(item, Refused):
+            problems.append(f"{path or 'value'}={item.shown} {item.why}")
+        elif depth > MAX_JSON_DEPTH:
+            problems.append(f"{path.partition('[')[0]}: nested deeper than {MAX_JSON_DEPTH} levels")
+            break
+        elif isinstance(item, dict):
+            stack += [(f"{path}.{k}" if path else k, v, depth + 1) for k, v in reversed(item.items())]
+        elif isinstance(item, list):
+            stack += [(f"{path}[{i}]", v, depth + 1) for i, v in reversed(list(enumerate(item)))]
+    return problems
+
+
 def _csv_value(key: str, text: str):
     """A CSV cell: numeric fields become numbers where the text is one; everything else stays a string."""
     kind = SETTINGS[key].kind if key in SETTINGS else "text"
     cell = text.strip()
     if kind == "integer" and _INTEGER.fullmatch(cell):
-        return int(cell)
+        return _integer(cell)
     if kind == "number" and _NUMBER.fullmatch(cell):
         return float(cell)
     return text
@@ -134,7 +185,7 @@ def read_job_text(path: str | Path) -> str:
 
 def _csv_lines(text: str) -> list[tuple[int, dict | str]]:
     """(line number, job or error) per CSV row under the header; numeric fields converted (`_csv_value`)."""
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text, newline=""))  # the csv module finds the rows, quoted newlines too
     header = [h.strip() for h in next(reader, [])]
     if len(set(header)) != len(header) or "" in header:
         return [(1, f"the header {header} needs distinct, non-empty column names")]
@@ -145,27 +196,39 @@ def _csv_lines(text: str) -> list[tuple[int, dict | str]]:
         if len(row) > len(header):
             rows.append((reader.line_num, f"{len(row)} cells, but the header has {len(header)} columns"))
             continue
-        rows.append((reader.line_num, {k: _csv_value(k, v) for k, v in zip(header, row) if v != ""}))
+        job = {k: _csv_value(k, v) for k, v in zip(header, row) if v != ""}
+        problems = refused_values(job)
+        rows.append((reader.line_num, "; ".join(problems) if problems else job))
     return rows
 
 
+def loads_strict(text: str) -> Any:
+    """Strict JSON: NaN and Infinity, and integers longer than MAX_INTEGER_DIGITS, come back as `Refused`
+    values (see `refused_values`) instead of numbers or Python's digit-limit error."""
+    return json.loads(text, parse_int=_integer, parse_constant=_not_json)
+
+
 def _jsonl_lines(text: str) -> list[tuple[int, dict | str]]:
-    """(line number, job or error) per non-blank, non-comment JSONL line."""
+    """(line number, job or error) per non-blank, non-comment JSONL line. Lines end at '\n' only: JSON strings
+    may hold U+2028, U+0085 and other characters that `str.splitlines` would split at."""
     rows: list[tuple[int, dict | str]] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            obj = json.loads(line)
+            obj = loads_strict(line)
         except json.JSONDecodeError as error:
             rows.append((n, f"not valid JSON ({error.msg} at column {error.colno})"))
             continue
         except RecursionError:
             rows.append((n, "not valid JSON (nested too deeply)"))
             continue
-        rows.append(
-            (n, obj if isinstance(obj, dict) else f"a job must be a JSON object, got {type(obj).__name__}")
-        )
+        if not isinstance(obj, dict):
+            rows.append((n, f"a job must be a JSON object, got {type(obj).__name__}"))
+            continue
+        problems = refused_values(obj)
+        rows.append((n, "; ".join(problems) if problems else obj))
     return rows
 
 
@@ -257,38 +320,174 @@ def plan(
 
 
 # -------------------------------------------------------------------------------------------------------------
-# Running
+# The output folder: one run at a time, no file written through a link
 # -------------------------------------------------------------------------------------------------------------
+
+LOCK_FILE = ".headhunter-batch.lock"
+
+
+class FolderInUseError(OutputError):
+    """`--out` is held by another batch run: its lock file is locked."""
+
+
+def open_regular(path: Path, flags: int) -> int:
+    """A descriptor of `path` opened without following a link (and without blocking on a FIFO); OutputError for
+    a link, anything but a regular file, or a file with other hard links (writing it would change another)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        why = "is a symbolic link" if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})"
+        raise OutputError(f"--out: {str(path)!r} {why}; batch writes no file through a link: remove it or "
+                          "choose another --out") from None  # fmt: skip
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        why = "is not a regular file" if not stat.S_ISREG(info.st_mode) else "has other hard links"
+        raise OutputError(f"--out: {str(path)!r} {why}; batch writes only files of its own: replace it with a "
+                          "copy, remove it, or choose another --out")  # fmt: skip
+    return fd
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` for one run: an exclusive, non-blocking flock on its lock file, released when the run ends
+    or its process dies. FolderInUseError naming the holder's pid if another run holds it."""
+    fd = open_regular(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "it has not written its pid yet"
+            raise FolderInUseError(
+                f"--out {str(folder)!r} is in use by another batch run ({holder}): wait for it to finish or stop "
+                "it, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to `path` (created if missing, never through a link) and fsync it."""
+    with os.fdopen(open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
+        f.write(line.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _records(path: Path) -> list[dict]:
+    """The JSON objects of one manifest; a line cut by a kill (or anything else unreadable) is skipped."""
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    records = []
+    for line in text.split("\n"):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            records.append(record)
+    return records
+
+
+def _finished(record: dict) -> bool:
+    return record.get("status") == "ok" and isinstance(record.get("file"), str)
 
 
 def read_manifests(out: Path) -> dict[str, dict]:
-    """Finished items by id, from manifest.jsonl and any per-rank manifests, whose files exist."""
-    done: dict[str, dict] = {}
+    """The latest finished record of each id, from manifest.jsonl and any per-rank manifests."""
+    return {
+        r["id"]: r for path in sorted(out.glob("manifest*.jsonl")) for r in _records(path) if _finished(r)
+    }
+
+
+def forget(out: Path, ids: set[str]) -> None:
+    """Drop the finished records of `ids` from every manifest of `out`, each file replaced atomically."""
     for path in sorted(out.glob("manifest*.jsonl")):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: that item is redone
-            if (
-                not isinstance(record, dict)
-                or record.get("status") != "ok"
-                or not isinstance(record.get("file"), str)
-            ):
-                continue
-            if (out / record["file"]).is_file():
-                done[record["id"]] = record
-    return done
+        records = _records(path)
+        kept = [r for r in records if not (_finished(r) and r["id"] in ids)]
+        if len(kept) < len(records):
+            write_records(path, kept)
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """Replace a manifest with `records`, one JSON line each (`write_atomically`: whole or not at all)."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def repair_manifest(path: Path) -> None:
     """Cut a last line that a kill left without its newline, so that the next record starts a line of its own."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
+    with os.fdopen(open_regular(path, os.O_RDWR), "r+b") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
             f.truncate(data.rfind(b"\n") + 1)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Resume: what counts as done
+# -------------------------------------------------------------------------------------------------------------
+
+# Record keys that say where and when an item was made, not how: they may differ between runs.
+BOOKKEEPING = ("id", "file", "line", "status", "time", "version", "batch_size")
+SHOWN_CHANGES = 5
+
+
+class ChangedItemsError(OutputError):
+    """Finished items whose record no longer matches the job, or whose image is damaged; `items`: id -> why."""
+
+    def __init__(self, out: Path, items: dict[str, str]):
+        self.items = items
+        shown = "".join(f"\n  {i}: {why}" for i, why in list(items.items())[:SHOWN_CHANGES])
+        more = f"\n  ... and {len(items) - SHOWN_CHANGES} more" if len(items) > SHOWN_CHANGES else ""
+        super().__init__(
+            f"--out {str(out)!r}: {len(items)} finished item(s) do not match the job or are damaged, so they do "
+            f"not count as done:{shown}{more}\nrerun with --redo-changed (BatchRunner.run(redo_changed=True)) to "
+            "regenerate exactly these items, or choose another --out"
+        )
+
+
+def record_difference(recorded: dict, expected: dict) -> str | None:
+    """How a finished item's record differs from what its job asks now (every setting but `BOOKKEEPING`)."""
+    expected = json.loads(json.dumps(expected))  # as it would be recorded: tuples as lists, keys as strings
+    keys = sorted((set(recorded) | set(expected)) - set(BOOKKEEPING))
+    changed = [k for k in keys if k not in recorded or k not in expected or recorded[k] != expected[k]]
+    if not changed:
+        return None
+    shown = [f"{k}: {_shown(recorded, k)} recorded, {_shown(expected, k)} now" for k in changed[:3]]
+    return "; ".join(shown) + (f"; {len(changed) - 3} more settings" if len(changed) > 3 else "")
+
+
+def _shown(record: dict, key: str) -> str:
+    return short_repr(record[key]) if key in record else "(none)"
+
+
+def image_problem(path: Path) -> str | None:
+    """Why a finished item's PNG cannot count as done (missing, not a plain file, does not decode), or None."""
+    from PIL import Image
+
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return "its image is a link or not a file"
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except FileNotFoundError:
+        return "its image is missing"
+    except Exception as error:  # noqa: BLE001 (whatever stops it decoding, the image is not done)
+        return f"its image does not decode ({type(error).__name__}: {short_repr(str(error))})"
+    return None
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Running
+# -------------------------------------------------------------------------------------------------------------
 
 
 def batches(items: list[Item], size: int) -> Iterator[list[Item]]:
@@ -326,34 +525,76 @@ class BatchRunner:
         self.manifest = self.out / (
             "manifest.jsonl" if self.world == 1 else f"manifest.rank{self.rank}.jsonl"
         )
+        # run() holds the folder's lock; False where the caller holds it (the Ray recipe's driver).
+        self.lock = True
 
-    def _record(self, record: dict) -> None:
-        with self.manifest.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def _call(self, item: Item) -> tuple[dict, dict | None]:
+        """(call arguments, SoftPAG keywords or None) of an item, as the pipeline gets them."""
+        settings = item.settings
+        call = {**self.extras, **{k: settings[k] for k in CALL_KEYS if settings.get(k) is not None}}
+        if not settings.get("pag_heads"):
+            return call, None
+        return call, {
+            **{k: settings[k] for k in PAG_KEYS},
+            "pag_heads": self.resolve_heads(settings["pag_heads"]),
+        }
+
+    def expected(self, item: Item) -> dict:
+        """The manifest record (but its time) of an item made now: `image_record` and where it was written."""
+        call, pag = self._call(item)
+        made = image_record(self.model, {"prompt": item.settings["prompt"], "seed": item.seed, **call}, pag)
+        return {"id": item.id, "file": item.file, "line": item.line, **made, "batch_size": self.batch_size,
+                "version": self.version}  # fmt: skip
 
     def _generate(self, group: list[Item]):
         import torch
 
-        settings = group[0].settings
-        call = {**self.extras, **{k: settings[k] for k in CALL_KEYS if settings.get(k) is not None}}
+        call, pag = self._call(group[0])
         if call.get("negative_prompt") is not None:
             call["negative_prompt"] = [call["negative_prompt"]] * len(group)
-        if settings.get("pag_heads"):
-            call.update({k: settings[k] for k in PAG_KEYS})
-            call["pag_heads"] = self.resolve_heads(settings["pag_heads"], "pag_heads")
         generators = [torch.Generator().manual_seed(item.seed) for item in group]
-        return self.pipe([item.settings["prompt"] for item in group], generator=generators, **call).images
+        prompts = [item.settings["prompt"] for item in group]
+        return self.pipe(prompts, generator=generators, **call, **(pag or {})).images
 
-    def run(self, items: list[Item], progress: bool = True) -> dict:
+    def check_done(self, items: list[Item], redo_changed: bool = False) -> None:
+        """Every finished item of the plan must still be done: its record holds what its job asks now (prompt,
+        seed, steps, size, model, guidance, heads, preset hash...) and its image decodes. Otherwise
+        ChangedItemsError, or with `redo_changed` their records are dropped, so that they are made again."""
+        done = read_manifests(self.out)
+        changed = {i.id: why for i in items if i.id in done and (why := self._why_not_done(i, done[i.id]))}
+        if changed and not redo_changed:
+            raise ChangedItemsError(self.out, changed)
+        if changed:
+            forget(self.out, set(changed))
+
+    def _why_not_done(self, item: Item, record: dict) -> str | None:
+        """Why a finished record of `item` does not count as done (`record_difference`, `image_problem`)."""
+        return record_difference(record, self.expected(item)) or image_problem(self.out / item.file)
+
+    def run(self, items: list[Item], progress: bool = True, redo_changed: bool = False) -> dict:
         """Generate what is not done yet (this rank's share); returns counts.
 
-        Groups are formed over the whole share, done items included; a group with any item left is generated
-        whole and only its missing items are written, so a resume gives the images of an uninterrupted run."""
+        The run holds the folder (`folder_lock`, taken by rank 0 for all ranks); rank 0 checks what is done
+        (`check_done`) before any rank starts, and merges the ranks' manifests after all are finished."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.out) if self.lock and self.rank == 0 else nullcontext():
+            if self.rank == 0:
+                self.check_done(items, redo_changed)
+            if self.world > 1:
+                barrier()
+            counts = self._run_share(items, progress)
+            if self.world > 1:
+                barrier()
+                if self.rank == 0:
+                    self.merge()
+        return counts
+
+    def _run_share(self, items: list[Item], progress: bool) -> dict:
+        """This rank's share: groups are formed over the whole share, done items included; a group with any item
+        left is generated whole and only its missing items are written, so a resume gives the images of an
+        uninterrupted run."""
         from tqdm.auto import tqdm
 
-        self.out.mkdir(parents=True, exist_ok=True)
         repair_manifest(self.manifest)
         done = read_manifests(self.out)
         share = [item for i, item in enumerate(items) if i % self.world == self.rank]
@@ -374,6 +615,9 @@ class BatchRunner:
         counts["items_per_second"] = counts["ok"] / counts["seconds"] if counts["seconds"] else 0.0
         return counts
 
+    def _record(self, record: dict) -> None:
+        append_line(self.manifest, json.dumps(record, sort_keys=True))
+
     def _run_group(self, group: list[Item], todo: list[Item], counts: dict) -> None:
         """Generate one group; write and record its `todo` items, or record their error."""
         try:
@@ -385,39 +629,22 @@ class BatchRunner:
             counts["failed"] += len(todo)
             return
         for item in todo:
-            record = {"id": item.id, "file": item.file, "seed": item.seed, "line": item.line, **item.settings,
-                      "model": self.model, "version": self.version,
-                      "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-            params = {
-                k: v for k, v in record.items() if k not in ("file", "line", "time", "status", "prompt")
-            }
-            parameters = png_parameters(item.settings["prompt"], item.settings.get("negative_prompt"), params)
-            save_png(images[item.id], self.out / item.file, parameters, record)
+            record = {**self.expected(item), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            save_png(images[item.id], self.out / item.file, record_parameters(record), record)
             self._record({**record, "status": "ok"})
             counts["ok"] += 1
 
     def merge(self) -> Path:
         """Rank 0 after all ranks: fold per-rank manifests into manifest.jsonl (one line per finished item)."""
         done = read_manifests(self.out)
-        errors = []
-        for path in self.out.glob("manifest*.jsonl"):
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if (
-                    isinstance(record, dict)
-                    and record.get("status") == "error"
-                    and record.get("id") not in done
-                ):
-                    errors.append(record)
+        errors = [
+            r
+            for path in sorted(self.out.glob("manifest*.jsonl"))
+            for r in _records(path)
+            if r.get("status") == "error" and r["id"] not in done
+        ]
         merged = self.out / "manifest.jsonl"
-        tmp = self.out / ".manifest.jsonl.tmp"
-        with tmp.open("w") as f:
-            for record in [*sorted(done.values(), key=lambda r: r["id"]), *errors]:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
-        tmp.replace(merged)
+        write_records(merged, [*sorted(done.values(), key=lambda r: r["id"]), *errors])
         for path in self.out.glob("manifest.rank*.jsonl"):
             path.unlink()
         return merged

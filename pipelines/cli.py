@@ -353,7 +353,6 @@ def _batch_defaults(args: argparse.Namespace, model: str) -> dict:
 
 def _batch(args: argparse.Namespace) -> int:
     """Validate a job file (before and after loading the model), generate what is not done, print a summary."""
-    from guidance.ranks import barrier
     from pipelines.batch import BatchRunner, JobFileError, plan, print_problems
 
     model = check_model(args.model)
@@ -373,11 +372,7 @@ def _batch(args: argparse.Namespace) -> int:
     runner = BatchRunner(
         pipe, str(args.model), args.out, args.batch_size, resolve_heads, model_call_extras(model)
     )
-    counts = runner.run(items, progress=not args.quiet)
-    if runner.world > 1:
-        barrier()
-        if runner.rank == 0:
-            runner.merge()
+    counts = runner.run(items, progress=not args.quiet, redo_changed=args.redo_changed)
     print(f"rank {runner.rank}: {counts['ok']} generated, {counts['done_before']} already done, "
           f"{counts['failed']} failed, {counts['items_per_second']:.2f} items/s")  # fmt: skip
     return 1 if counts["failed"] or problems else 0
@@ -527,6 +522,8 @@ def _batch_parser(sub) -> None:
     batch.add_argument("--config", help="a JSON file of defaults for every line")
     add_setting_flags(batch, [GENERATION_SETTINGS["batch_size"]])
     batch.add_argument("--skip-invalid", action="store_true", help="run the valid lines, report the others")
+    batch.add_argument("--redo-changed", action="store_true",
+                       help="regenerate finished items whose job changed or whose image is damaged")  # fmt: skip
     add_setting_flags(batch, GENERATION_FLAGS, defaults=False)
     add_setting_flags(batch, PAG_FLAGS, defaults=False)  # unset flags leave the job file's values
     batch.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -78,7 +78,8 @@ def test_run_writes_pngs_manifest_and_is_identical_on_rerun(tiny_folder, tmp_pat
     records = [json.loads(line) for line in (tmp_path / "a" / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["status"] == "ok" for r in records)
     plain = next(r for r in records if r["id"] == "plain-0")
-    assert plain["seed"] == 2 and plain["num_inference_steps"] == 2 and plain["model"] == tiny_folder("sd3")
+    assert plain["seed"] == 2 and plain["num_inference_steps"] == 2
+    assert plain["model"] == os.path.relpath(tiny_folder("sd3")) and not os.path.isabs(plain["model"])
     image = Image.open(tmp_path / "a" / "plain-0.png")
     assert (
         image.text["parameters"].startswith("a blue square\n")
@@ -283,3 +284,62 @@ def test_job_file_problems_are_reported_before_the_model_loads(tmp_path, capsys,
         err = capsys.readouterr().err
         assert f"{jobs}: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# -- formats read by their own rules ---------------------------------------------------------------------------
+
+
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """U+2028, U+2029 and U+0085 are legal inside JSON strings; `str.splitlines` would cut a line at them."""
+    prompts = ["a red\u2028circle", "a blue\x85square", "a green\u2029triangle"]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\r\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in prompts), newline="")
+    items, problems = plan(jobs, {}, LAYOUT)
+    assert [(i.line, i.settings["prompt"]) for i in items] == [
+        (1, prompts[0]),
+        (2, prompts[1]),
+        (3, prompts[2]),
+    ]
+    assert problems == []
+
+
+def test_csv_rows_are_read_by_the_csv_module(tmp_path):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text('id,prompt\r\na,a red\u2028circle\r\nb,"a blue\nsquare"\r\nc,a\x85b\r\n', newline="")
+    items, _ = plan(jobs, {}, LAYOUT)
+    assert [(i.id, i.settings["prompt"]) for i in items] == [
+        ("a-0", "a red\u2028circle"), ("b-0", "a blue\nsquare"), ("c-0", "a\x85b")]  # fmt: skip
+
+
+def test_long_integers_nan_and_deep_nesting_are_refused_by_line_and_field(tmp_path):
+    """A 5000-digit integer would raise Python's digit-limit error (no line, no field) if it were converted."""
+    huge = "7" * 5000
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join([
+        '{"prompt": "a red circle", "seed": 1}',
+        f'{{"prompt": "x", "seed": {huge}}}',
+        f'{{"prompt": "x", "pag_heads": [[1, -{huge}]]}}',
+        '{"prompt": "x", "guidance_scale": NaN, "pag_scale": -Infinity}',
+        '{"prompt": "x", "pag_heads": ' + "[" * 20 + "]" * 20 + "}",
+    ]))  # fmt: skip
+    with pytest.raises(JobFileError) as info:
+        plan(jobs, {}, LAYOUT)
+    text = str(info.value)
+    assert "line 2: seed=777777777777... (5000 digits) is too long; allowed: at most 64 digits" in text
+    assert "line 3: pag_heads[0][1]=-77777777777... (5000 digits) is too long" in text
+    assert (
+        "line 4: guidance_scale=nan is not JSON (NaN)" in text
+        and "pag_scale=-inf is not JSON (-Infinity)" in text
+    )
+    assert "line 5: pag_heads: nested deeper than 16 levels" in text
+    assert len(text) < 2000 and "Exceeds the limit" not in text
+    items, problems = plan(jobs, {}, LAYOUT, skip_invalid=True)
+    assert [i.line for i in items] == [1] and sorted({n for n, _ in problems}) == [2, 3, 4, 5]
+    csv = tmp_path / "jobs.csv"
+    csv.write_text(f"prompt,seed,num_images\na,1,1\nb,{huge},-{huge}\n")
+    with pytest.raises(JobFileError) as info:
+        plan(csv, {}, LAYOUT)
+    assert (
+        "line 3: seed=777777777777... (5000 digits) is too long; allowed: at most 64 digits; "
+        "num_images=-77777777777... (5000 digits) is too long" in str(info.value)
+    )
