@@ -20,6 +20,8 @@ Rows, for every N:
 - noise-free measures per condition (`full`, `no_scene_attention`, `other_object_tokens`, `no_hint`,
   `unconditional`): the v-prediction loss on a fixed grid of timesteps with fixed noise, and the PSNR of the
   clean-image prediction at the first sampling timestep (pure noise in, the model's mean guess out).
+  `no_hint` (scene tokens without the hint) is a condition training never shows the model (its dropout removes
+  both, or the scene alone): a diagnostic outside the training distribution, not an ablation.
 A query view's covisibility (the share of its object pixels that some input view also sees,
 toyworld.views.covisibility) stratifies the PSNR of every row. `--world cubes|detail` and `--layout curriculum`
 (inputs spread around the object; in the cubes world queries from the far side of the first view) measure the
@@ -469,7 +471,7 @@ def run(args: argparse.Namespace) -> dict:
         "view_seed": args.view_seed,
         "world": args.world,
         "layout": args.layout,
-        "covisibility": {str(n): float(np.mean(c)) for n, c in covis.items()},
+        "covisibility": {str(n): float(np.nanmean(c)) for n, c in covis.items()},
         "diffusion": diffusion,
         "seconds": {**measured["seconds"], "total": time.perf_counter() - start},
         "seconds_per_query_view": {k: v / total_views for k, v in measured["seconds"].items()},
@@ -483,6 +485,8 @@ def run(args: argparse.Namespace) -> dict:
         "paired_differences": paired,
         "covisibility_strata": strata,
         "intervals": "mean [95% percentile bootstrap over objects, 4000 resamples]; table rows against 0",
+        "notes": "noise_free/no_hint is outside the training distribution (dropout never removes the hint alone); "
+        "a checkpoint folder mid-stage-2 holds raw weights, not the EMA the final model gets",
         "per_object": measured["per_object"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,8 @@ def upsrt_loss(
     scene = upsrt.encode(batch["inputs"])
     rays = upsrt.query_rays(batch["query_c2w"]).permute(0, 1, 3, 4, 2).flatten(1, 3)  # (B, Q*S*S, 6)
     colours = batch["targets"].permute(0, 1, 3, 4, 2).flatten(1, 3)  # (B, Q*S*S, 3)
-    pick = torch.rand(rays.shape[:2], generator=generator).argsort(dim=1)[:, :rays_per_view]
+    # drawn on the CPU generator (resume-exact on any device), then moved to the batch's device
+    pick = torch.rand(rays.shape[:2], generator=generator).argsort(dim=1)[:, :rays_per_view].to(rays.device)
     rgb, _ = upsrt.decode_rays(scene, rays.gather(1, pick[..., None].expand(-1, -1, 6)))
     return F.mse_loss(rgb, colours.gather(1, pick[..., None].expand(-1, -1, 3)))
 
@@ -149,9 +150,10 @@ def diffusion_loss(
         hint = diffusion_hint(upsrt, features[:, 0], query)
     rows = query.shape[0]
     x0 = batch["targets"][:, 0] * 2 - 1
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (rows,), generator=generator)
-    u = torch.rand(rows, generator=generator)
+    device = x0.device  # draws on the CPU generator (resume-exact on any device), moved to the batch's device
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (rows,), generator=generator).to(device)
+    u = torch.rand(rows, generator=generator).to(device)
     keep_hint = (u >= drop_all).float()  # classifier-free guidance: no scene, no hint
     keep_scene = (u >= drop_all + drop_scene).float()  # the ablation's condition: hint only
     call = SceneCall(query, upsrt.config.focal, upsrt.config.image_size, keep_scene)
@@ -323,9 +325,15 @@ def train_stage(pipe, stage: str, args, accelerator: Accelerator, pool: dict, st
         groups = json.loads((checkpoint / "state.json").read_text())["param_groups"]
         load_optimizer(optimizer, load_file(checkpoint / "optimizer.safetensors"), groups)
         if ema is not None and (checkpoint / "ema.safetensors").exists():
-            ema = load_file(checkpoint / "ema.safetensors")
+            saved = load_file(checkpoint / "ema.safetensors")
+            ema = {k: v.to(ema[k].device) for k, v in saved.items()}  # onto the parameters' device
     else:
         state.update(stage=stage, step=0, seconds=0.0, cpu_seconds=0.0)
+    state.setdefault("stage_args", {})[stage] = {
+        "lr": lr, "batch": args.batch, "warmup": args.warmup, "schedule_steps": args.schedule_steps,
+        **({"rays": args.rays, "queries": args.queries, "input_queries": args.input_queries}
+           if stage == "upsrt" else {}),
+    }  # fmt: skip
     budget = args.minutes * 60 * (args.upsrt_share if stage == "upsrt" else 1 - args.upsrt_share)
     if args.stage != "both":
         budget = args.minutes * 60
@@ -501,8 +509,7 @@ def main(argv: list[str] | None = None) -> UpFusionPipeline:
             "batch": args.batch,
             "threads": args.threads,
             "lr": {"upsrt": args.lr_upsrt, "diffusion": args.lr_diffusion},
-            "schedule": {"warmup": args.warmup, "schedule_steps": args.schedule_steps},
-            "stage1": {"rays": args.rays, "queries": args.queries, "input_queries": args.input_queries},
+            "stage_args": state.get("stage_args", {}),  # each stage's own settings (its last run)
             "session_seconds": round(time.time() - t0, 1),
             "processes": accelerator.num_processes,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
