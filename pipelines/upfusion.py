@@ -498,7 +498,7 @@ CONFIGS: dict[str, dict] = {
     "paper": {
         "upsrt": {},
         "dinov2": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
-                   "patch_size": 14, "image_size": 518, "layerscale_value": 1e-5},
+                   "patch_size": 14, "image_size": 518, "layerscale_value": 1.0},
         "unet": {"block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "attention_head_dim": 8,
                  "cross_attention_dim": 768, "norm_num_groups": 32, "sample_size": 32},
         "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32,
@@ -508,16 +508,17 @@ CONFIGS: dict[str, dict] = {
                          "hidden_act": "quick_gelu", "projection_dim": 768},
         "preset": "paper",
     },
-    # tests: the paper's structure (every block kind and index pattern) at tiny widths; 64 px, 8 x 8 latents
+    # tests: the paper's structure (the same module names, width ratios and index patterns) at tiny widths;
+    # 64 px, 8 x 8 latents
     "paper-tiny": {
         "upsrt": {"image_size": 64, "feature_size": 32, "feature_dim": 16, "patches": 4, "dim": 32, "heads": 2,
                   "ff_dim": 48, "encoder_layers": 2, "decoder_layers": 2, "ray_frequencies": 3,
                   "rgb_dims": (16, 8), "focal": 144.0},
         "dinov2": {"hidden_size": 16, "num_hidden_layers": 9, "num_attention_heads": 2, "mlp_ratio": 2,
-                   "patch_size": 8, "image_size": 48, "layerscale_value": 1e-5},
-        "unet": {"block_out_channels": (8, 8, 16, 16), "layers_per_block": 2, "attention_head_dim": 2,
+                   "patch_size": 8, "image_size": 48, "layerscale_value": 1.0},
+        "unet": {"block_out_channels": (8, 16, 32, 32), "layers_per_block": 2, "attention_head_dim": 2,
                  "cross_attention_dim": 32, "norm_num_groups": 4, "sample_size": 8},
-        "vae": {"block_out_channels": (8, 8, 8, 8), "layers_per_block": 2, "norm_num_groups": 4,
+        "vae": {"block_out_channels": (4, 8, 16, 16), "layers_per_block": 2, "norm_num_groups": 4,
                 "sample_size": 64, "scaling_factor": 0.18215},
         "text_encoder": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
                          "num_attention_heads": 2, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
