@@ -637,6 +637,41 @@ def _views_parser(sub) -> None:
     views.set_defaults(func=_views)
 
 
+def _convert_upfusion(args: argparse.Namespace) -> int:
+    """Convert the official UpFusion checkpoints to a diffusers folder (`pipelines.convert_upfusion`)."""
+    from pipelines.convert_upfusion import convert_upfusion, parameter_counts
+
+    if args.counts:
+        for name, count in parameter_counts(args.config).items():
+            print(f"{name:14s} {count:>13,d}")
+        return 0
+    if args.upsrt is None or args.upfusion2d is None or args.out is None:
+        raise CLIError("convert-upfusion: pass UPSRT.pt UPFUSION2D.pt and --out DIR (or --counts)")
+    print(convert_upfusion(args.upsrt, args.upfusion2d, args.dinov2, args.sd15, args.out, args.config))
+    return 0
+
+
+def _convert_parser(sub) -> None:
+    convert = sub.add_parser(
+        "convert-upfusion",
+        help="convert the official UpFusion checkpoints (upsrt.pt, upfusion2d.pt) to a diffusers folder",
+    )
+    convert.add_argument("upsrt", nargs="?", help="the official upsrt.pt")
+    convert.add_argument("upfusion2d", nargs="?", help="the official upfusion2d.pt")
+    convert.add_argument("--dinov2", default="facebook/dinov2-base", help="DINOv2 ViT-B/14: a hub id or folder")
+    convert.add_argument(
+        "--sd15", default="stable-diffusion-v1-5/stable-diffusion-v1-5", help="SD1.5: a hub id or folder"
+    )
+    convert.add_argument("--out", help="the folder to write (new or empty)")
+    convert.add_argument(
+        "--config", default="paper", choices=("paper", "paper-tiny"),
+        help="the module sizes: paper (the official release) or paper-tiny (reduced, for tests)",
+    )  # fmt: skip
+    convert.add_argument("--counts", action="store_true", help="print the configuration's parameter counts")
+    _debug(convert)
+    convert.set_defaults(func=_convert_upfusion)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `headhunter`."""
     parser = _Parser(prog="headhunter", description="Attention-head guidance for diffusers.")
@@ -646,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _batch_parser(sub)
     _views_parser(sub)
+    _convert_parser(sub)
     presets = sub.add_parser("presets", help="list or show head presets")
     presets.add_argument("action", choices=("list", "show"))
     presets.add_argument("name", nargs="?", help="preset name or path (for show)")

@@ -13,12 +13,14 @@ copy of the same ViT-B/14 weights. `sd15` gives the CLIP tokenizer only.
 
 Every key is mapped by the row tables below (official prefix -> our prefix, and a renaming of the rest by the
 row's kind), strictly: an official key no row maps, a mapped key our module lacks, a shape that differs or a key of
-ours nothing fills stops the conversion with the key's name. docs/upfusion_paper.md prints the tables.
+ours nothing fills stops the conversion with the key's name. docs/upfusion.md prints the tables (`--tables`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -394,10 +396,19 @@ def convert_upfusion(
     components = converted_components(
         upsrt_state, upfusion2d_state, image_encoder, tokenizer, config, (str(upsrt), str(upfusion2d))
     )
-    UpFusionPipeline(**components).save_pretrained(out, safe_serialization=True)
-    (out / "README.md").write_text(
-        model_card(Path(upsrt).name, Path(upfusion2d).name, str(dinov2), str(sd15))
-    )
+    # Written beside `out` and renamed into place: a failure leaves no half-written folder.
+    staging = out.parent / f".{out.name}.converting-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        UpFusionPipeline(**components).save_pretrained(staging, safe_serialization=True)
+        (staging / "README.md").write_text(
+            model_card(Path(upsrt).name, Path(upfusion2d).name, str(dinov2), str(sd15))
+        )
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -425,12 +436,30 @@ Inputs: 256 x 256 RGB images of one object on a white background; query cameras 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def parameter_counts(config: str = "paper") -> dict[str, int]:
-    """Parameters per component of the named configuration, counted on the meta device."""
+def _meta_components(config: str) -> dict:
+    """The named configuration's components on the meta device (nothing is allocated)."""
     from pipelines.tiny import clip_tokenizer
 
     with torch.device("meta"):
-        components = paper_components(CONFIGS[config], clip_tokenizer())
+        return paper_components(CONFIGS[config], clip_tokenizer())
+
+
+def key_tables(config: str = "paper") -> str:
+    """The conversion's row tables and renamings as Markdown (docs/upfusion.md prints the paper configuration's)."""
+    components = _meta_components(config)
+    lines = ["| official prefix | ours | kind |", "|---|---|---|"]
+    for official, ours, kind in upsrt_rows(components["upsrt"].config) + upfusion2d_rows(components):
+        lines.append(f"| `{official}` | `{ours}` | {kind} |")
+    lines += ["", "| kind | official -> ours (the rest of the key) |", "|---|---|"]
+    for kind, inner in KINDS.items():
+        renamed = "the same names" if inner is None else ", ".join(f"`{a}` -> `{b}`" for a, b in inner.items())
+        lines.append(f"| {kind} | {renamed} |")
+    return "\n".join(lines) + "\n"
+
+
+def parameter_counts(config: str = "paper") -> dict[str, int]:
+    """Parameters per component of the named configuration, counted on the meta device."""
+    components = _meta_components(config)
     return {
         name: sum(p.numel() for p in module.parameters())
         for name, module in components.items()
@@ -452,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--counts", action="store_true", help="print the paper configuration's parameter counts"
     )
+    parser.add_argument("--tables", action="store_true", help="print the key tables as Markdown")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(key_tables(), end="")
+        return 0
     if args.counts:
         for name, count in parameter_counts().items():
             print(f"{name:14s} {count:>13,d}")
