@@ -658,7 +658,9 @@ def _convert_parser(sub) -> None:
     )
     convert.add_argument("upsrt", nargs="?", help="the official upsrt.pt")
     convert.add_argument("upfusion2d", nargs="?", help="the official upfusion2d.pt")
-    convert.add_argument("--dinov2", default="facebook/dinov2-base", help="DINOv2 ViT-B/14: a hub id or folder")
+    convert.add_argument(
+        "--dinov2", default="facebook/dinov2-base", help="DINOv2 ViT-B/14: a hub id or folder"
+    )
     convert.add_argument(
         "--sd15", default="stable-diffusion-v1-5/stable-diffusion-v1-5", help="SD1.5: a hub id or folder"
     )

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import pickle
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -452,7 +452,9 @@ def key_tables(config: str = "paper") -> str:
         lines.append(f"| `{official}` | `{ours}` | {kind} |")
     lines += ["", "| kind | official -> ours (the rest of the key) |", "|---|---|"]
     for kind, inner in KINDS.items():
-        renamed = "the same names" if inner is None else ", ".join(f"`{a}` -> `{b}`" for a, b in inner.items())
+        renamed = (
+            "the same names" if inner is None else ", ".join(f"`{a}` -> `{b}`" for a, b in inner.items())
+        )
         lines.append(f"| {kind} | {renamed} |")
     return "\n".join(lines) + "\n"
 
