@@ -25,6 +25,7 @@ from pipelines.convert_upfusion import (
     check_filled,
     convert_upfusion,
     converted_components,
+    key_tables,
     load_official,
     map_state_dict,
     upsrt_rows,
@@ -569,6 +570,34 @@ def test_upfusion2d_key_problems_are_refused_by_name(official_files, change, mat
     dinov2 = Dinov2Model.from_pretrained(official_files["dinov2"])
     with pytest.raises(ConversionError, match=match):
         converted_components(upsrt, state, dinov2, clip_tokenizer(), "paper-tiny")
+
+
+def test_the_cli_converts_and_a_refused_conversion_leaves_no_folder(official_files, tmp_path, capsys):
+    from pipelines.cli import main
+
+    files = [str(official_files["upsrt"]), str(official_files["upfusion2d"])]
+    options = ["--dinov2", str(official_files["dinov2"]), "--sd15", str(official_files["sd15"])]
+    out = tmp_path / "converted"
+    assert main(["convert-upfusion", *files, *options, "--out", str(out), "--config", "paper-tiny"]) == 0
+    pipe = UpFusionPipeline.from_pretrained(out)
+    assert pipe.config.preset == "paper" and (out / "README.md").is_file()
+    capsys.readouterr()
+    state = load_official(official_files["upsrt"])
+    state.pop("linear_scene.weight")
+    torch.save({"model_state_dict": state}, tmp_path / "broken.pt")
+    broken = tmp_path / "broken-out"
+    code = main(["convert-upfusion", str(tmp_path / "broken.pt"), files[1], *options, "--out", str(broken),
+                 "--config", "paper-tiny"])  # fmt: skip
+    assert code == 2 and "linear_scene.weight" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt", "converted"]  # nothing half-written
+    assert main(["convert-upfusion", *files, *options, "--out", str(out), "--config", "paper-tiny"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_the_key_tables_in_the_docs_are_the_codes():
+    docs = (Path(__file__).parents[1] / "docs" / "upfusion.md").read_text()
+    block = docs.split("<!-- key tables: begin -->\n")[1].split("<!-- key tables: end -->")[0]
+    assert block == key_tables("paper")
 
 
 class NotATensor:
