@@ -5,6 +5,8 @@ Shapes (B = rows the pipeline passes, C = its cond rows, G = head groups or 1 fo
     denoiser output  (B + G*C, ...)  --split_guidance--> pure output (B, ...) for the pipeline,
                                                          delta (C, ...) = sum_g w_g (cond - perturbed_g)
     scheduler.step(model_output (C, ...))  <--fold_guidance-- model_output + delta
+    pag_every=k: on the steps between two perturbed ones the batch stays (B, ...) and the last delta is folded again.
+    pag_branch="uncond": the batch stays (B, ...); `row_strengths` perturbs the pipeline's own uncond rows.
 The pipeline's own predictions stay pure: CFG, SD3's skip-layer guidance and `guidance_rescale` see the plain
 cond rows, and the PAG term reaches the final prediction at `scheduler.step` (with the rescale applied to the
 whole guided prediction, as diffusers' PAG pipelines apply it).
@@ -77,6 +79,24 @@ def strength_table(
         for g, strengths in enumerate(group_strengths):
             if name in strengths:
                 u[layout.perturbed(g)] = strengths[name].to(device)
+        table[name] = u
+    return table
+
+
+def row_strengths(
+    rows: int,
+    perturbed: torch.Tensor,
+    strengths: Mapping[str, torch.Tensor],
+    heads: Mapping[str, int],
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """{module: u (rows, heads)}: the strengths on the `perturbed` rows of an unexpanded batch, 0 elsewhere
+    (`pag_branch="uncond"`: the pipeline's own uncond rows are perturbed, no rows are added)."""
+    table = {}
+    for name, count in heads.items():
+        u = torch.zeros(rows, count, device=device)
+        if name in strengths:
+            u[perturbed.to(device)] = strengths[name].to(device)
         table[name] = u
     return table
 

@@ -24,6 +24,7 @@ __all__ = [
 ]  # fmt: skip
 
 STRUCTURED_MODES = ("key-value", "conjunction")
+PAG_BRANCHES = ("cond", "uncond")
 
 
 class GuidanceError(ValueError):
@@ -152,6 +153,13 @@ SOFTPAG_SETTINGS = _settings(
     Setting("pag_shared_prefix", True, "bool",
             help="Compute the blocks before the first perturbed layer once for the normal and the perturbed "
                  "branch (same result, faster)."),
+    Setting("pag_every", 1, "integer", 1, 1000,
+            help="Run the perturbed branch on every k-th step of the window only (its first step, then every "
+                 "k-th); the steps between cost like CFG and reuse the last head-guidance term. 1 = every step."),
+    Setting("pag_branch", "cond", "choice", choices=PAG_BRANCHES,
+            help="'cond': perturb an extra copy of the prompt's branch (three branches with CFG, the paper's); "
+                 "'uncond': perturb CFG's unconditional branch instead (two branches, the cost of CFG; needs "
+                 "CFG; pag_scale is not used, guidance_scale sets the push)."),
 )  # fmt: skip
 
 
@@ -174,12 +182,14 @@ class SoftPAGConfig:
     stop: float = _default("pag_stop")
     shared_prefix: bool = _default("pag_shared_prefix")
     heads_per_image: Sequence | None = None
+    every: int = _default("pag_every")
+    branch: str = _default("pag_branch")
 
     def __post_init__(self):
         """Check every value; raise SoftPAGError naming the first bad one."""
         if (self.heads is None) == (self.heads_per_image is None):
             raise SoftPAGError("give exactly one of pag_heads and pag_heads_per_image")
-        for attribute in ("strength", "identity", "start", "stop", "shared_prefix"):
+        for attribute in ("strength", "identity", "start", "stop", "shared_prefix", "every", "branch"):
             setting = SOFTPAG_SETTINGS[f"pag_{attribute}"]
             object.__setattr__(self, attribute, setting.check(getattr(self, attribute), SoftPAGError))
         if self.start >= self.stop:
@@ -192,6 +202,23 @@ class SoftPAGConfig:
             object.__setattr__(self, "scale", values)
         else:
             object.__setattr__(self, "scale", scale.check(self.scale, SoftPAGError))
+        if self.branch == "uncond":
+            self._check_uncond_branch()
+
+    def _check_uncond_branch(self) -> None:
+        """pag_branch='uncond' has no weight of its own (eps = eps_u~ + w_cfg (eps_c - eps_u~)): a chosen
+        pag_scale would be dropped, so anything but its default is refused, as are per-image selections."""
+        if self.heads_per_image is not None:
+            raise SoftPAGError(
+                "pag_branch='uncond' does not take pag_heads_per_image (one selection per image); use pag_heads"
+            )
+        if self.scale != _default("pag_scale"):
+            raise SoftPAGError(
+                f"pag_scale={short_repr(self.scale)} has no effect with pag_branch='uncond': the perturbed "
+                "unconditional prediction replaces the plain one in CFG (eps = eps_u~ + guidance_scale "
+                "(eps_c - eps_u~)), so guidance_scale sets the push and pag_strength the perturbation; leave "
+                f"pag_scale at its default {_default('pag_scale'):g} or use pag_branch='cond'"
+            )
 
     @classmethod
     def from_call(cls, **pag_kwargs: Any) -> SoftPAGConfig:

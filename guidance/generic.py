@@ -370,6 +370,9 @@ class _GenericCall(_SoftPAGCall):
         for name, value in inputs.items():
             if name not in skip:
                 inputs[name] = expand_batch(value, layout, layout.rows)
+        self._publish_text_tokens(inputs)
+
+    def _publish_text_tokens(self, inputs: dict) -> None:
         context = inputs.get("encoder_hidden_states")
         self.state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
 

@@ -12,6 +12,10 @@ Flow of a denoiser call while `SoftPAG.applied(...)` is active (pieces in `guida
 3. The processors apply `softpag_attention` on their module's rows.
 4. The forward hook returns the pipeline's rows untouched and keeps delta = sum_g w_g (cond - perturbed_g)
    (`split_guidance`); `scheduler.step` receives the parent's prediction plus delta (`fold_guidance`).
+5. Cheaper variants. `pag_every=k`: only every k-th main evaluation of the window is expanded; the ones between
+   run the pipeline's batch as it is (the cost of CFG) and fold the last delta again, unscaled (see `_SoftPAGCall`).
+   `pag_branch="uncond"`: nothing is expanded; the pipeline's own uncond rows get the strengths, so its CFG becomes
+   eps = eps_u~ + w_cfg (eps_c - eps_u~) with eps_u~ the perturbed uncond prediction (two branches, not three).
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from contextvars import ContextVar
 
 import torch
 
-from guidance.batch_rows import Rescale, RowLayout, expand_rows, fold_guidance, split_guidance, strength_table
+from guidance.batch_rows import (
+    Rescale,
+    RowLayout,
+    expand_rows,
+    fold_guidance,
+    row_strengths,
+    split_guidance,
+    strength_table,
+)
 from guidance.config import SoftPAGConfig, SoftPAGError
 from guidance.heads import HeadSelection
 from guidance.layouts import REPLACEABLE, ModelLayout, layout_of
@@ -69,7 +81,7 @@ class SoftPAG:
         else:
             self._groups(HeadSelection.parse(config.heads, "pag_heads"))
         self.modules = sorted({name for table in self.group_strengths for name in table})
-        shared = config.shared_prefix and self.layout.blocks
+        shared = config.shared_prefix and self.layout.blocks and config.branch == "cond"
         self.split_block = min(self.layers) if shared else None
 
     call_class: type = None  # the per-call hooks' class (`_SoftPAGCall`, set below)
@@ -102,6 +114,11 @@ class SoftPAG:
             self.scales = list(self.config.scale)
         else:
             self.scales = [self.config.scale if g.scale is None else g.scale for g in groups]
+        if self.config.branch == "uncond" and len(groups) > 1:
+            raise SoftPAGError(
+                f"pag_branch='uncond' takes one head group, not {len(groups)}: the uncond rows carry one "
+                "perturbation per image; pass pag_heads without 'name: ...;' groups or use pag_branch='cond'"
+            )
         self.group_strengths = [self._strengths(HeadSelection((g,)), "pag_heads") for g in groups]
         self.layers = [h.layer for h in selection.entries]
         self.images: int | None = None
@@ -181,7 +198,16 @@ _CALL: ContextVar[_SoftPAGCall | None] = ContextVar("softpag_call", default=None
 
 
 class _SoftPAGCall:
-    """The running call's state between hooks: is this denoiser call perturbed, its row layout, its delta."""
+    """The running call's state between hooks: is this denoiser call perturbed, its row layout, its delta.
+
+    pag_every=k: the window's main evaluations 0, k, 2k, ... run the perturbed branch; the others run the pipeline's
+    batch unexpanded and fold the last delta again. The delta is reused as it is, not rescaled for the new step: it
+    is a difference of two predictions in the space the model predicts (noise or velocity), whose scale does not
+    change with the noise level the way a sample does, so it is the estimate of this step's term a step earlier.
+    pag_branch="uncond": the pipeline's own uncond rows get the strengths (no rows are added, no delta): in a
+    batched CFG call the uncond rows of the main call; where the uncond prediction is a separate call after the
+    cond one (FLUX.1 and Qwen-Image true CFG, Chroma, Wan), that whole call. A step that should perturb an uncond
+    prediction and got none (CFG off) raises."""
 
     def __init__(
         self, pag: SoftPAG, scheduler, cond_rows: CondRows, rescale: Callable[[], Rescale | None] | None
@@ -191,11 +217,14 @@ class _SoftPAGCall:
         self.signature = inspect.signature(pag.denoiser.forward)
         self.window = StepWindow(scheduler, pag.config.start, pag.config.stop)
         self.first_of_step = True
-        self.layout: RowLayout | None = None  # set while the current denoiser call is perturbed
-        self.pending: tuple[torch.Tensor, torch.Tensor] | None = (
-            None  # (delta, pure output) for the next step
-        )
-        self.built_for: tuple[int, int] | None = None
+        self.in_window = 0  # main evaluations inside the window so far (pag_every counts these)
+        self.mode: str | None = None  # the running denoiser call: "expand", "reuse", "uncond" or None (plain)
+        self.layout: RowLayout | None = None  # set while the current denoiser call is expanded
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (delta, pure output) for this step
+        self.last_delta: torch.Tensor | None = None  # the last computed PAG term, reused by pag_every
+        self.uncond_due = False  # pag_branch="uncond": this step's uncond prediction is a call still to come
+        self.built_for: tuple = ()
+        self.strengths: dict[str, torch.Tensor] = {}
 
     def _is_main_call(self, inputs: dict) -> bool:
         """The step's first denoiser call; SD3's skip-layer call and FLUX's true-CFG uncond call come later."""
@@ -204,15 +233,35 @@ class _SoftPAGCall:
             self.first_of_step = False
         return main
 
+    def _perturbs_now(self) -> bool:
+        """Count one main evaluation; True when it lies in the window and is one of every `pag_every`."""
+        if not self.window.advance():
+            return False
+        self.in_window += 1
+        return (self.in_window - 1) % self.pag.config.every == 0
+
     def before(self, args, kwargs):
-        """Denoiser pre-hook: decide whether this call is perturbed; if so, expand its inputs (B -> B + G*C)."""
+        """Denoiser pre-hook: decide what this call does; for the cond branch expand its inputs (B -> B + G*C)."""
         bound = self.signature.bind(*args, **kwargs)
         inputs = bound.arguments
-        self.layout, self.state.strengths = None, {}
-        if not (self._is_main_call(inputs) and self.window.advance()):
+        self.layout, self.mode, self.state.strengths = None, None, {}
+        if not self._is_main_call(inputs):
+            if self.uncond_due and not inputs.get("skip_layers"):  # the step's separate uncond call
+                self.uncond_due = False
+                self._perturb_rows(inputs, torch.arange(self._batch(inputs)[0]))
+            return None
+        before = self.in_window
+        perturbs = self._perturbs_now()
+        if self.pag.config.branch == "uncond":
+            if perturbs:
+                self._perturb_uncond(inputs)
+            return None
+        if not perturbs:  # inside the window between two perturbed steps: reuse; outside it: plain
+            self.mode = "reuse" if self.in_window > before else None
             return None
         rows, device = self._batch(inputs)
         self.layout = self._row_layout(rows, device)
+        self.mode = "expand"
         self._expand(inputs, self.layout)
         return bound.args, bound.kwargs
 
@@ -229,11 +278,35 @@ class _SoftPAGCall:
                 f"pag_heads_per_image has {self.pag.images} selections but the call generates {layout.size} images"
             )
         if self.built_for != (rows, layout.size):  # the same every step of a call: build once, on the device
-            heads = {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
-            self.strengths = strength_table(layout, self.pag.group_strengths, heads, device)
+            self.strengths = strength_table(layout, self.pag.group_strengths, self._heads(), device)
             self.built_for = (rows, layout.size)
         self.state.strengths = self.strengths
         return layout
+
+    def _heads(self) -> dict[str, int]:
+        return {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
+
+    def _perturb_uncond(self, inputs: dict) -> None:
+        """pag_branch="uncond" on a main call: perturb its uncond rows, or expect a separate uncond call."""
+        rows = self._batch(inputs)[0]
+        uncond = torch.ones(rows, dtype=torch.bool)
+        uncond[self.cond_rows(rows)] = False
+        if uncond.any():
+            self._perturb_rows(inputs, uncond.nonzero().flatten())
+        else:
+            self.uncond_due = True
+
+    def _perturb_rows(self, inputs: dict, perturbed: torch.Tensor) -> None:
+        """Publish the strengths for `perturbed` rows of this (unexpanded) call (built once per row set)."""
+        rows, device = self._batch(inputs)
+        key = (rows, tuple(perturbed.tolist()))
+        if self.built_for != key:
+            (group,) = self.pag.group_strengths
+            self.strengths = row_strengths(rows, perturbed, group, self._heads(), device)
+            self.built_for = key
+        self.state.strengths = self.strengths
+        self._publish_text_tokens(inputs)
+        self.mode = "uncond"
 
     def _expand(self, inputs: dict, layout: RowLayout) -> None:
         """Grow the inputs that carry one row per batch item (with a shared prefix, only the time inputs)."""
@@ -247,7 +320,11 @@ class _SoftPAGCall:
         for name in names:
             if name in inputs:
                 inputs[name] = expand_rows(inputs[name], layout)
-        if arch == "flux" and "encoder_hidden_states" in inputs:
+        self._publish_text_tokens(inputs)
+
+    def _publish_text_tokens(self, inputs: dict) -> None:
+        """FLUX: the text length of this call, for the "image" identity of single-stream blocks."""
+        if self.pag.layout.arch == "flux" and "encoder_hidden_states" in inputs:
             self.state.text_tokens = inputs["encoder_hidden_states"].shape[1]
 
     def block(self, index: int, kwargs: dict) -> dict:
@@ -263,14 +340,19 @@ class _SoftPAGCall:
         return kwargs
 
     def after(self, output):
-        """Denoiser hook: return the pipeline's B rows untouched; keep delta for this step's prediction."""
-        if self.layout is None:
+        """Denoiser hook: return the pipeline's B rows untouched; keep the delta to add at `scheduler.step`."""
+        mode, layout, self.mode, self.layout, self.state.strengths = self.mode, self.layout, None, None, {}
+        if mode in (None, "uncond"):
             return output
-        layout, self.layout, self.state.strengths = self.layout, None, {}
         sample = output[0] if isinstance(output, tuple) else output.sample
         listed = isinstance(sample, list)  # per-sample outputs (Z-Image) stay a list
-        pure, delta = split_guidance(torch.stack(sample) if listed else sample, layout, self.pag.scales)
-        self.pending = (self.pag.to_prediction(delta), pure)
+        sample = torch.stack(sample) if listed else sample
+        if mode == "reuse":  # pag_every: this step's own pure output, the last step's PAG term
+            self.pending = (self.last_delta, sample)
+            return output
+        pure, delta = split_guidance(sample, layout, self.pag.scales)
+        self.last_delta = self.pag.to_prediction(delta)
+        self.pending = (self.last_delta, pure)
         if listed:
             pure = list(pure.unbind(0))
         if isinstance(output, tuple):
@@ -281,6 +363,12 @@ class _SoftPAGCall:
     def step(self, model_output: torch.Tensor) -> torch.Tensor:
         """At `scheduler.step`: add the PAG term of this step's main call; the next call starts a new step."""
         self.first_of_step = True
+        if self.uncond_due:
+            raise SoftPAGError(
+                "pag_branch='uncond': this call has no unconditional prediction to perturb (CFG is off: "
+                "guidance_scale <= 1, or FLUX.1 / Qwen-Image without true CFG, i.e. true_cfg_scale <= 1 or no "
+                "negative prompt); turn CFG on or use pag_branch='cond'"
+            )
         if self.pending is None:
             return model_output
         (delta, pure), self.pending = self.pending, None

@@ -36,9 +36,13 @@ class GenericSoftPAGMixin(SoftPAGMixin):
 class HeadHunterFlux2Pipeline(GenericSoftPAGMixin, Flux2Pipeline):
     """Flux2Pipeline with SoftPAG; layers 0..D-1 are double-stream blocks, D.. the single-stream blocks."""
 
+    _cfg_argument = None  # guidance-distilled: no uncond prediction (pag_branch="uncond" is refused)
+
 
 class HeadHunterQwenImagePipeline(GenericSoftPAGMixin, QwenImagePipeline):
     """QwenImagePipeline with SoftPAG on the joint [text, image] attention of `transformer_blocks`."""
+
+    _cfg_argument = "true_cfg_scale"
 
 
 class HeadHunterChromaPipeline(GenericSoftPAGMixin, ChromaPipeline):
@@ -59,6 +63,8 @@ class HeadHunterWanPipeline(GenericSoftPAGMixin, WanPipeline):
 class HeadHunterZImagePipeline(GenericSoftPAGMixin, ZImagePipeline):
     """ZImagePipeline with SoftPAG on `layers` (joint identity: the per-sample padded sequence has no fixed
     image/text split)."""
+
+    _cfg_off_at = 0.0  # Z-Image's CFG is cond + w (cond - uncond), on for w > 0
 
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """Z-Image batches CFG as [cond, uncond]."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from collections.abc import Sequence
 
 from diffusers import (
@@ -20,7 +21,7 @@ from diffusers import (
 )
 
 from guidance.batch_rows import Rescale
-from guidance.config import SoftPAGConfig, check_call_arguments
+from guidance.config import SoftPAGConfig, SoftPAGError, check_call_arguments
 from guidance.perturbation import CondRows, SoftPAG
 from guidance.swap import component_lock, denoiser_of
 from pipelines.loading import absent_components, model_index
@@ -53,6 +54,23 @@ class SoftPAGMixin:
     def _check_call(self, call_kwargs: dict) -> None:
         """Refuse call settings under which the perturbed branch would not be what the user asked for."""
 
+    # The call argument that turns CFG on (above `_cfg_off_at`) for pag_branch="uncond"; None: the pipeline has no CFG.
+    _cfg_argument: str | None = "guidance_scale"
+    _cfg_off_at = 1.0
+
+    def _check_uncond_branch(self, call_kwargs: dict) -> None:
+        """pag_branch="uncond" before any work: refuse a call whose CFG is off (the hooks check again per step)."""
+        name = self._cfg_argument
+        value = call_kwargs.get(name) if name else None
+        if name and value is None:
+            value = _parent_default(type(self), name)
+        if name is None or (isinstance(value, int | float) and value <= self._cfg_off_at):
+            why = f"{name}={value!r} turns CFG off" if name else f"{type(self).__name__} samples without CFG"
+            raise SoftPAGError(
+                f"pag_branch='uncond' needs CFG ({why}): there is no unconditional prediction to perturb; "
+                "use pag_branch='cond'"
+            )
+
     def __init_subclass__(cls, **kwargs):
         """Each pipeline's `encode_prompt` is its parent's (same signature), one call at a time per tokenizer:
         pipelines made with `from_pipe` share tokenizers, whose padding settings are shared state, so two threads
@@ -80,6 +98,8 @@ class SoftPAGMixin:
         pag_stop: float = _DEFAULTS["pag_stop"],
         pag_shared_prefix: bool = _DEFAULTS["pag_shared_prefix"],
         pag_heads_per_image: Sequence | None = _DEFAULTS["pag_heads_per_image"],
+        pag_every: int = _DEFAULTS["pag_every"],
+        pag_branch: str = _DEFAULTS["pag_branch"],
         **kwargs,
     ):
         """Generate with the parent pipeline's arguments plus SoftPAG guidance.
@@ -95,19 +115,36 @@ class SoftPAGMixin:
         pag_heads_per_image: instead of `pag_heads`, one selection per generated image (batch_size *
             num_images_per_prompt of them), each guiding only its own image; a head search evaluates many
             candidate head sets in one batch this way.
+        pag_every: run the perturbed branch on every k-th step of the window only (its first step, then every
+            k-th); the steps between cost like CFG and add the last computed PAG term again, as it is (it is a
+            difference of predictions, in the model's prediction space). 1 = every step.
+        pag_branch: "cond" (an extra perturbed copy of the cond rows: eps_u + w_cfg (eps_c - eps_u) +
+            w_pag (eps_c - eps_p)) or "uncond" (CFG's own uncond rows are perturbed, no extra rows:
+            eps_u~ + w_cfg (eps_c - eps_u~); needs CFG, one head group, pag_scale left at its default).
         """
         check_call_arguments({**dict(zip(("prompt",), args)), **kwargs})
         if pag_heads is None and pag_heads_per_image is None:
             return super().__call__(*args, **kwargs)
         config = SoftPAGConfig(
             pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_shared_prefix,
-            pag_heads_per_image,
+            pag_heads_per_image, pag_every, pag_branch,
         )  # fmt: skip
         self._check_call(kwargs)
+        if config.branch == "uncond":
+            self._check_uncond_branch(kwargs)
         name = getattr(self, "name_or_path", None)
         pag = self._softpag_class(denoiser_of(self), config, name, self._to_prediction())
         with pag.applied(self, self._cond_rows(kwargs), self._rescale):
             return super().__call__(*args, **kwargs)
+
+
+def _parent_default(cls: type, name: str):
+    """The default of keyword `name` in the first diffusers `__call__` of `cls`'s bases (None if it has none)."""
+    for base in cls.__mro__:
+        if base.__module__.startswith("diffusers.") and "__call__" in vars(base):
+            parameter = inspect.signature(base.__call__).parameters.get(name)
+            return None if parameter is None else parameter.default
+    return None
 
 
 class _RescaleMixin:
@@ -135,6 +172,8 @@ class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """FLUX runs cond and (true-CFG) uncond as separate calls, cond first: every row of the main call is cond."""
         return lambda n: slice(0, n)
+
+    _cfg_argument = "true_cfg_scale"  # `guidance_scale` is FLUX.1's distilled guidance, not CFG
 
 
 class HeadHunterSDPipeline(StructuredMixin, _RescaleMixin, SoftPAGMixin, StableDiffusionPipeline):
