@@ -70,6 +70,7 @@ from pipelines import HeadHunterPipeline  # noqa: E402
 from pipelines.settings import (  # noqa: E402
     ASSETS,
     DEFAULT_MODEL,
+    LATER_SETTINGS,
     PRESETS,
     list_presets,
     model_call_extras,
@@ -184,6 +185,8 @@ def setting(name: str, label: str, value):
     s = SOFTPAG_SETTINGS[name]
     if s.kind == "choice":
         return choice(label, value, s.choices)
+    if s.kind == "integer":
+        return whole(label, value, int(s.low), int(s.high))
     return number(label, value, s.low, s.high)
 
 
@@ -352,6 +355,11 @@ def guidance_record(selection: HeadSelection | None, pag_kwargs: dict) -> dict:
         **{
             k: pag_kwargs.get(k, SOFTPAG_SETTINGS[k].default)
             for k in ("pag_identity", "pag_start", "pag_stop")
+        },
+        **{
+            k: pag_kwargs[k]
+            for k in LATER_SETTINGS
+            if pag_kwargs.get(k, SOFTPAG_SETTINGS[k].default) != SOFTPAG_SETTINGS[k].default
         },
     }
 
@@ -574,8 +582,21 @@ class Demo:
             call["negative_prompt"] = negative
         return call
 
-    def check_guidance(self, preset, heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop):
-        """(selection or None, pag keywords, preset label) from the inputs, checked before any work."""
+    def check_guidance(
+        self,
+        preset,
+        heads,
+        pag_scale,
+        pag_strength,
+        pag_identity,
+        pag_start,
+        pag_stop,
+        pag_every=PAG["every"].default,
+        pag_branch=PAG["branch"].default,
+    ):
+        """(selection or None, pag keywords, preset label) from the inputs, checked before any work.
+
+        With branch "uncond" w is not passed: that branch has no weight of its own (CFG's scale sets the push)."""
         choice("Preset", preset, [CUSTOM, *self.presets])
         pag = dict(
             pag_scale=setting("pag_scale", "PAG scale w", pag_scale),
@@ -583,9 +604,13 @@ class Demo:
             pag_identity=setting("pag_identity", "Identity", pag_identity),
             pag_start=setting("pag_start", "Start", pag_start),
             pag_stop=setting("pag_stop", "Stop", pag_stop),
+            pag_every=setting("pag_every", "Every k steps", pag_every),
+            pag_branch=setting("pag_branch", "Perturbed branch", pag_branch),
         )
         if pag["pag_start"] >= pag["pag_stop"]:
             raise InputError(f"Start: {pag['pag_start']:g} must be below Stop ({pag['pag_stop']:g})")
+        if pag["pag_branch"] == "uncond":
+            del pag["pag_scale"]
         selection = self.selection(heads)
         if selection is None:
             return None, {}, "none"
@@ -630,6 +655,8 @@ class Demo:
         pag_identity: str = PAG["identity"].default,
         pag_start: float = PAG["start"].default,
         pag_stop: float = PAG["stop"].default,
+        pag_every: int = PAG["every"].default,
+        pag_branch: str = PAG["branch"].default,
         preset: str = CUSTOM,
         heads: str = "",
         history: list | None = None,
@@ -647,7 +674,7 @@ class Demo:
             self.default_cfg if guidance_scale is None else guidance_scale,
         )
         selection, pag, label = self.check_guidance(
-            preset, heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop
+            preset, heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_every, pag_branch
         )
         stop = self._stop_event(request, clear=True)
         passes, steps = (2 if selection else 1), call["num_inference_steps"]
@@ -710,6 +737,10 @@ class Demo:
             return f"seed {record['seed']} · no heads selected: one unguided image ({scale_note})"
         preset = record["pag_preset"]
         scales = ", ".join(f"{g['name']} w={g['scale']:g}" for g in record["pag_groups"])
+        if record.get("pag_branch") == "uncond":
+            scales = "CFG's uncond branch perturbed, w not used"
+        if record.get("pag_every", 1) > 1:
+            scales += f", perturbed every {record['pag_every']} steps"
         heads = record["pag_heads"]
         text = f"seed {record['seed']} · heads {heads} ({scales}) · preset: {preset} · {scale_note}"
         if preset == DEFAULT_PRESET:
@@ -742,6 +773,8 @@ class Demo:
             r.get("pag_identity", PAG["identity"].default),
             r.get("pag_start", PAG["start"].default),
             r.get("pag_stop", PAG["stop"].default),
+            r.get("pag_every", PAG["every"].default),
+            r.get("pag_branch", PAG["branch"].default),
             preset if preset in self.presets else CUSTOM,
             r.get("pag_heads", "") if guided else "",
         )
@@ -1062,6 +1095,14 @@ def _generate_inputs(demo: Demo) -> dict:
         with gr.Row():
             ui["start"] = _pag_slider("start", "Start", 0, 1, 0.05)
             ui["stop_at"] = _pag_slider("stop", "Stop", 0, 1, 0.05)
+        with gr.Row():
+            ui["every"] = _pag_slider("every", "Every k steps", 1, 8, 1)
+            ui["branch"] = Radio(
+                list(PAG["branch"].choices),
+                value=PAG["branch"].default,
+                label="Perturbed branch",
+                info=PAG["branch"].help,
+            )
         ui["preset_file"] = gr.File(label="Load a preset JSON", file_types=[".json"], type="filepath")
     with gr.Row():
         ui["run"] = gr.Button("Generate", variant="primary")
@@ -1111,6 +1152,8 @@ def _generate_tab(demo: Demo) -> dict:
             "identity",
             "start",
             "stop_at",
+            "every",
+            "branch",
             "preset",
             "heads",
         )

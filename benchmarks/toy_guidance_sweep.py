@@ -14,7 +14,8 @@ ones the configurations were picked on. Every guided configuration is paired wit
 of the same pairs: mean difference with a 95% bootstrap interval (`guidance.stats`), `*` where it excludes 0.
 
 A configuration is a comma list of `key=value`: `layer=3` (all heads of layer 3) or `heads=L1H0+L7H7`, `w=1`
-(pag_scale), `u=1` (pag_strength), `identity=joint|image`, `window=0:0.3` (pag_start:pag_stop), `cfg=3` (CFG:
+(pag_scale), `u=1` (pag_strength), `identity=joint|image`, `window=0:0.3` (pag_start:pag_stop), `every=2`
+(pag_every), `branch=uncond` (pag_branch; takes no `w`: that branch has no weight of its own), `cfg=3` (CFG:
 `true_cfg_scale` for a model that samples with true CFG, the toy FLUX; default: the model's recommended CFG). A
 configuration without a layer or heads is unguided at its CFG (`cfg=1`): it is compared with the unguided images
 at the model's recommended CFG of the same pairs.
@@ -54,10 +55,14 @@ def cfg_keyword(call: dict) -> str:
 
 
 def parse_config(text: str, default_cfg: float = DEFAULT_CFG) -> dict:
-    """`layer=3,w=1,u=0.5,identity=image,window=0:0.3,cfg=1` -> a normalised dict (see the module doc)."""
-    config = {"w": 1.0, "u": 1.0, "identity": "joint", "window": (0.0, 1.0), "cfg": default_cfg}
+    """`layer=3,w=1,u=0.5,identity=image,window=0:0.3,every=2,branch=uncond,cfg=1` -> a normalised dict (see the
+    module doc)."""
+    config = {"w": 1.0, "u": 1.0, "identity": "joint", "window": (0.0, 1.0), "cfg": default_cfg, "every": 1,
+              "branch": "cond"}  # fmt: skip
+    given = set()
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = item.partition("=")
+        given.add(key)
         if key == "layer":
             config["layer"] = int(value)
         elif key == "heads":
@@ -71,10 +76,21 @@ def parse_config(text: str, default_cfg: float = DEFAULT_CFG) -> dict:
         elif key == "window":
             start, _, stop = value.partition(":")
             config[key] = (float(start), float(stop))
+        elif key == "every":
+            if not value.isdigit() or int(value) < 1:
+                raise SystemExit(f"--configs: every={value!r}; allowed: a whole number >= 1")
+            config[key] = int(value)
+        elif key == "branch":
+            if value not in ("cond", "uncond"):
+                raise SystemExit(f"--configs: branch={value!r}; allowed: cond, uncond")
+            config[key] = value
         else:
             raise SystemExit(
-                f"--configs: unknown key {key!r} in {text!r}; allowed: layer heads w u identity window cfg"
+                f"--configs: unknown key {key!r} in {text!r}; allowed: layer heads w u identity window every "
+                "branch cfg"
             )
+    if config["branch"] == "uncond" and "w" in given:
+        raise SystemExit(f"--configs: {text!r}: branch=uncond takes no w (CFG's scale sets its push)")
     return config
 
 
@@ -89,6 +105,10 @@ def config_name(config: dict, default_cfg: float = DEFAULT_CFG) -> str:
         parts.append(config["identity"])
     if tuple(config.get("window", (0.0, 1.0))) != (0.0, 1.0):
         parts.append("steps{:g}-{:g}".format(*config["window"]))
+    if config.get("every", 1) != 1:
+        parts.append(f"every{config['every']}")
+    if config.get("branch", "cond") != "cond":
+        parts.append(config["branch"])
     if config.get("cfg", default_cfg) != default_cfg:
         parts.append(f"cfg{config['cfg']:g}")
     return " ".join(parts)
@@ -135,6 +155,11 @@ def pag_arguments(config: dict, layout) -> dict:
         arguments.update(pag_start=start, pag_stop=stop)
     if config["identity"] != "joint":
         arguments["pag_identity"] = config["identity"]
+    if config.get("every", 1) != 1:
+        arguments["pag_every"] = config["every"]
+    if config.get("branch", "cond") != "cond":
+        arguments["pag_branch"] = config["branch"]
+        del arguments["pag_scale"]
     return arguments
 
 
@@ -167,8 +192,30 @@ def cells(row: dict, shown: tuple[str, ...]) -> str:
     """One printed table row: mean [interval] per metric, `*` where the interval excludes 0."""
     return "".join(
         f"{r['mean']:>+9.3f} [{r['low']:+.3f},{r['high']:+.3f}]{'*' if r['significant'] else ' '}"
-        for r in (row[m] for m in shown)
+        for r in (row[m] for m in shown if m in row)
     )
+
+
+def import_rows(report: dict, heldout: dict, pairs: int, cfg: float) -> None:
+    """Copy a headhunter_heldout.py evaluation's per-pair rows (same pairs, same CFG) into the report, named as
+    this sweep names them: 'unguided' -> 'unguided cfg<CFG>', 'searched L2H4,L3H4' -> 'L2H4,L3H4' (w 1, u 1)."""
+    evaluation = heldout["evaluation"]
+    if evaluation["pairs"] != pairs or float(heldout["call"]["guidance_scale"]) != cfg:
+        raise SystemExit(
+            f"--import-rows: {evaluation['pairs']} pairs at CFG {heldout['call']['guidance_scale']}, not "
+            f"{pairs} at CFG {cfg:g}"
+        )
+    for name, values in evaluation["values"].items():
+        if name == "unguided":
+            ours = f"unguided cfg{cfg:g}"
+        elif name.startswith("searched "):
+            ours = config_name(
+                parse_config("heads=" + name.removeprefix("searched ").replace(",", "+"), cfg), cfg
+            )
+        else:
+            continue
+        report["values"].setdefault(ours, values)
+        report["configs"].setdefault(ours, {"cfg": cfg, "imported": name})
 
 
 def trajectory(pipe, call: dict, pairs: list, batch: int) -> dict:
@@ -254,6 +301,19 @@ def main() -> None:
         default=[],
         help="outputs of other runs on the same pairs whose rows to copy into --out",
     )
+    parser.add_argument(
+        "--exclude",
+        default=None,
+        metavar="SEED:N",
+        help="leave out the captions of the first N distinct prompts of scene seed SEED (a search's; "
+        "benchmarks/headhunter_heldout.py evaluates on --scene-seed 23 --prompts 400 --exclude 11:64)",
+    )
+    parser.add_argument(
+        "--import-rows",
+        default=None,
+        help="a benchmarks/headhunter_heldout.py output on the same pairs: its per-pair rows ('unguided', "
+        "'searched ...') are copied in (score, binding, correct), so that only new rows are generated",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -271,13 +331,19 @@ def main() -> None:
     call = recommended_call(args.model, guidance_scale=DEFAULT_CFG)
     default_cfg = float(call[cfg_keyword(call)])  # the unguided baseline: the model's recommended CFG
     layout = layout_of(denoiser_of(pipe))
-    items = distinct_captions(args.prompts, args.scene_seed, n_objects=args.objects)
+    excluded = set()
+    if args.exclude:
+        seed, _, count = args.exclude.partition(":")
+        excluded = {c for c, _ in distinct_captions(int(count), int(seed), n_objects=args.objects)}
+    items = distinct_captions(args.prompts, args.scene_seed, n_objects=args.objects, exclude=excluded)
     pairs = [(caption, scene, seed) for caption, scene in items for seed in range(args.seeds)]
 
     out = Path(args.out)
     key = {"model": args.model, "prompts": args.prompts, "seeds": args.seeds, "scene_seed": args.scene_seed}
     if args.objects != 2:  # two-object runs keep the key of the files written before --objects existed
         key["objects"] = args.objects
+    if args.exclude:
+        key["exclude"] = args.exclude
     report = json.loads(out.read_text()) if out.exists() else {}
     if {k: report.get(k) for k in key} != key:
         report = dict(key, configs={}, values={})
@@ -313,6 +379,8 @@ def main() -> None:
         for name, values in data["values"].items():
             report["values"].setdefault(name, values)
             report["configs"].setdefault(name, data["configs"][name])
+    if args.import_rows:
+        import_rows(report, json.loads(Path(args.import_rows).read_text()), len(pairs), default_cfg)
     configs = [c for g in args.grids for c in grid(g, layout, default_cfg)]
     configs += [parse_config(c, default_cfg) for c in args.configs]
     cfgs = {c["cfg"] for c in configs}
@@ -352,13 +420,13 @@ def main() -> None:
         if baseline is None:
             print(f"{name:<28}(no unguided row at CFG {cfg:g} yet)")
             continue
-        table[name] = {m: paired_difference(values[m], baseline[m]) for m in values}
+        table[name] = {m: paired_difference(values[m], baseline[m]) for m in values if m in baseline}
         print(f"{name:<28}{cells(table[name], shown)}")
     default = baselines.get(f"unguided cfg{default_cfg:g}")
     for name, values in baselines.items():  # unguided at another CFG against the default CFG, same pairs
         if default is not None and values is not default:
             table[f"{name} vs cfg{default_cfg:g}"] = {
-                m: paired_difference(values[m], default[m]) for m in values
+                m: paired_difference(values[m], default[m]) for m in values if m in default
             }
             print(
                 f"{name + ' - cfg' + format(default_cfg, 'g'):<28}{cells(table[f'{name} vs cfg{default_cfg:g}'], shown)}"

@@ -9,6 +9,9 @@ perturbs nothing under other backends (tests/test_guider.py shows it).
 
 Combination (the paper's): eps = eps_u + w_cfg (eps_c - eps_u) + w_pag (eps_c - eps_p); CFG off:
 eps_c + w_pag (eps_c - eps_p). Same head notation, u, identity modes and window as the pipelines' `pag_*` arguments.
+`pag_every=k`: the perturbed prediction is asked for on the window's steps 0, k, 2k, ...; the steps between ask for
+cond (and uncond) only and add the last w_pag (eps_c - eps_p) as it is. `pag_branch="uncond"`: no perturbed batch;
+CFG's uncond batch runs with the heads perturbed: eps = eps_u~ + w_cfg (eps_c - eps_u~).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class SoftPAGGuidance(BaseGuidance):
         pag_heads: the heads, in the pipelines' notation ("L1H10,L5H3=0.5", or [[layer, head], ...]); one group.
         pag_scale: w of the perturbed branch. pag_strength: u for entries without one.
         pag_identity: "joint" (the paper's) or "image". pag_start, pag_stop: the fraction of steps with SoftPAG.
+        pag_every: the perturbed prediction on every k-th step of its window; the last PAG term between.
+        pag_branch: "cond" (a perturbed cond batch) or "uncond" (CFG's uncond batch perturbed; needs CFG over the
+            whole SoftPAG window).
         start, stop: the fraction of steps with CFG (as diffusers' guiders).
     """
 
@@ -58,16 +64,36 @@ class SoftPAGGuidance(BaseGuidance):
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
+        pag_every: int = 1,
+        pag_branch: str = "cond",
     ):
         super().__init__(start, stop, enabled)
         self.guidance_scale = guidance_scale
         self.softpag = None
         if pag_heads is not None:  # validated now; resolved against the model at the first perturbed call
             self.softpag = SoftPAGConfig(
-                pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, False
-            )
+                pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, False,
+                every=pag_every, branch=pag_branch,
+            )  # fmt: skip
+            if self.softpag.branch == "uncond":
+                self._check_uncond_branch()
         self._stack: ExitStack | None = None
         self._resolved: tuple[int, GenericSoftPAG] | None = None
+        self._last_delta: torch.Tensor | None = None  # the last w_pag (eps_c - eps_p), reused by pag_every
+
+    def _check_uncond_branch(self) -> None:
+        """pag_branch="uncond" perturbs CFG's uncond batch: CFG must run on every step SoftPAG does."""
+        config = self.softpag
+        if math.isclose(self.guidance_scale, 1.0):
+            raise SoftPAGError(
+                f"pag_branch='uncond' needs CFG (guidance_scale={self.guidance_scale!r} turns it off): there is "
+                "no unconditional prediction to perturb; use pag_branch='cond'"
+            )
+        if not (self._start <= config.start and config.stop <= self._stop):
+            raise SoftPAGError(
+                f"pag_branch='uncond': the SoftPAG window [{config.start:g}, {config.stop:g}) must lie inside "
+                f"the CFG window [start={self._start:g}, stop={self._stop:g}), where an uncond batch runs"
+            )
 
     # -- which predictions this step needs ----------------------------------------------------------------
 
@@ -92,10 +118,24 @@ class SoftPAGGuidance(BaseGuidance):
             and self._in_window(config.start, config.stop)
         )
 
+    def _is_softpag_computed(self) -> bool:
+        """SoftPAG is enabled and this is one of every `pag_every` steps of its window (the first included)."""
+        if not self._is_softpag_enabled():
+            return False
+        config, steps = self.softpag, self._num_inference_steps
+        if steps is None:
+            return True
+        earlier = sum(config.start <= i / steps < config.stop for i in range(self._step))
+        return earlier % config.every == 0
+
+    def _perturbed_batch(self) -> bool:
+        """This step runs a perturbed cond batch (pag_branch="cond" on a computed step)."""
+        return self.softpag is not None and self.softpag.branch == "cond" and self._is_softpag_computed()
+
     @property
     def num_conditions(self) -> int:
-        """1 (cond) + CFG's uncond + SoftPAG's perturbed cond, as enabled at this step."""
-        return 1 + int(self._is_cfg_enabled()) + int(self._is_softpag_enabled())
+        """1 (cond) + CFG's uncond + SoftPAG's perturbed cond, as run at this step."""
+        return 1 + int(self._is_cfg_enabled()) + int(self._perturbed_batch())
 
     @property
     def is_conditional(self) -> bool:
@@ -107,7 +147,7 @@ class SoftPAGGuidance(BaseGuidance):
         indices, names = [0], ["pred_cond"]
         if self._is_cfg_enabled():
             indices, names = indices + [1], names + ["pred_uncond"]
-        if self._is_softpag_enabled():
+        if self._perturbed_batch():
             indices, names = indices + [0], names + ["pred_cond_perturbed"]
         return indices, names
 
@@ -136,9 +176,13 @@ class SoftPAGGuidance(BaseGuidance):
         return self._resolved[1]
 
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
-        """Before the perturbed batch (the last one): wrap the chosen heads' modules and publish their strengths."""
+        """Before the perturbed batch (the last one; pag_branch="uncond": CFG's uncond batch, the second): wrap the
+        chosen heads' modules and publish their strengths."""
         self._count_prepared += 1
-        if not (self._is_softpag_enabled() and self._count_prepared == self.num_conditions):
+        uncond = self.softpag is not None and self.softpag.branch == "uncond"
+        target = 2 if uncond else self.num_conditions
+        perturbs = self._is_softpag_computed() and (self._is_cfg_enabled() or not uncond)
+        if not (perturbs and self._count_prepared == target):
             return
         softpag = self._perturbation(denoiser)
         (group,) = softpag.group_strengths
@@ -186,10 +230,14 @@ class SoftPAGGuidance(BaseGuidance):
         pred_uncond: torch.Tensor | None = None,
         pred_cond_perturbed: torch.Tensor | None = None,
     ) -> GuiderOutput:
-        """eps_u + w_cfg (eps_c - eps_u) + w_pag (eps_c - eps_p), each term only when enabled at this step."""
+        """eps_u + w_cfg (eps_c - eps_u) + w_pag (eps_c - eps_p), each term only when enabled at this step; between
+        `pag_every` steps the last w_pag (eps_c - eps_p); pag_branch="uncond": eps_u is the perturbed uncond."""
         pred = pred_cond
         if pred_uncond is not None:
             pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
         if pred_cond_perturbed is not None:
-            pred = pred + self.softpag.scale * (pred_cond - pred_cond_perturbed)
+            self._last_delta = self.softpag.scale * (pred_cond - pred_cond_perturbed)
+            pred = pred + self._last_delta
+        elif self.softpag is not None and self.softpag.branch == "cond" and self._is_softpag_enabled():
+            pred = pred + self._last_delta  # pag_every: a step between two perturbed ones
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)

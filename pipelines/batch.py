@@ -35,9 +35,17 @@ from typing import Any
 from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, GuidanceError, Setting
 from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from guidance.ranks import barrier, process_index
-from pipelines.settings import OutputError, image_record, record_parameters, save_png, write_atomically
+from pipelines.settings import (
+    LATER_SETTINGS,
+    OutputError,
+    image_record,
+    record_parameters,
+    save_png,
+    write_atomically,
+)
 
-PAG_KEYS = ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop")
+PAG_KEYS = ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop", "pag_every",
+            "pag_branch")  # fmt: skip
 GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "height", "width", "guidance_scale",
                    "num_images")  # fmt: skip
 # Every job key but `id` is checked by the config setting that owns it.
@@ -279,7 +287,10 @@ def job_id(job: dict) -> str:
     """The line's `id`, or a hash of its resolved settings (stable across runs and line order)."""
     if "id" in job:
         return job["id"]
-    content = json.dumps({k: v for k, v in job.items() if k != "num_images"}, sort_keys=True)
+    kept = {
+        k: v for k, v in job.items() if k != "num_images" and not (k in LATER_SETTINGS and v == DEFAULTS[k])
+    }
+    content = json.dumps(kept, sort_keys=True)  # settings added later count only where not the default
     return hashlib.sha1(content.encode()).hexdigest()[:12]
 
 

@@ -42,7 +42,7 @@ from pipelines.settings import (
 
 TYPES = {"number": float, "integer": int, "text": str}
 PAG_FLAGS = [SOFTPAG_SETTINGS[k] for k in ("pag_heads", "pag_scale", "pag_strength", "pag_identity", "pag_start",
-                                           "pag_stop")]  # fmt: skip
+                                           "pag_stop", "pag_every", "pag_branch")]  # fmt: skip
 # Generation settings whose flag is not `--<name>`.
 FLAG_NAMES = {"num_inference_steps": "--steps", "prompt": "prompt"}
 GENERATION_FLAGS = [

@@ -308,7 +308,8 @@ def image_record(
     their defaults, as in the pipeline). `preset`: the preset the heads came from (a name in `PRESETS`, a file,
     or a label such as "custom"); by default the `pag_heads` file, if it is one. Recorded: the model by
     `model_name`, every call argument, and for guided images every head with the u it had, every group with
-    the scale that applied (a preset's own w, not `pag_scale`), identity, window, preset name and sha256."""
+    the scale that applied (a preset's own w, not `pag_scale`), identity, window, `pag_every` and `pag_branch` (where
+    not the default), preset name and sha256."""
     record = {"model": model_name(model), **{k: v for k, v in call.items() if v is not None}}
     heads = (pag or {}).get("pag_heads")
     if heads is None or (isinstance(heads, str) and not heads.strip()):
@@ -318,6 +319,11 @@ def image_record(
         **_guidance(HeadSelection.parse(heads), pag),
         **_preset(heads if preset is None else preset),
     }
+
+
+# Settings added after the record format: recorded only where they differ from their default, so that the
+# records written before them (absent = default) still describe their images exactly.
+LATER_SETTINGS = ("pag_every", "pag_branch")
 
 
 def _guidance(selection: HeadSelection, pag: dict) -> dict:
@@ -343,6 +349,7 @@ def _guidance(selection: HeadSelection, pag: dict) -> dict:
         "pag_start": float(given["pag_start"]),
         "pag_stop": float(given["pag_stop"]),
         "pag_shared_prefix": given["pag_shared_prefix"],
+        **{k: given[k] for k in LATER_SETTINGS if given[k] != SOFTPAG_SETTINGS[k].default},
     }
 
 
@@ -369,7 +376,7 @@ def _preset(value) -> dict:
 # The recorded keys that are pipeline arguments (`record_call`); every front end's call uses only these.
 RECORDED_CALL_KEYS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width",
                       "true_cfg_scale", "max_sequence_length", "pag_identity", "pag_start", "pag_stop",
-                      "pag_shared_prefix")  # fmt: skip
+                      "pag_shared_prefix", "pag_every", "pag_branch")  # fmt: skip
 
 
 def record_call(record: dict) -> dict:

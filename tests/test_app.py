@@ -114,7 +114,10 @@ def test_reuse_gives_back_the_inputs_of_a_gallery_item(server):
         "pag_stop": 0.5,
     }
     values = demo.reuse([{"image": "x.png", "record": record}], 0)
-    assert values == ("a red circle", "", 5, 2, 32, 32, 4.0, 1.25, "image", 0.0, 0.5, "custom", "L0H1=0.5")
+    shown = ("a red circle", "", 5, 2, 32, 32, 4.0, 1.25, "image", 0.0, 0.5, 1, "cond", "custom", "L0H1=0.5")
+    assert values == shown
+    record.update(pag_every=3, pag_branch="uncond")
+    assert demo.reuse([{"image": "x.png", "record": record}], 0)[11:13] == (3, "uncond")
     with pytest.raises(demo_app.gr.Error, match="Gallery: click an image"):
         demo.reuse([], None)
 
