@@ -9,6 +9,13 @@ of each counts. Prints a table and writes JSON to results/softpag_speed.json (SD
 results/softpag_speed_<family>.json.
 
     python benchmarks/softpag_speed.py [--family sd3] [--steps 8] [--layers 12] [--size 128]
+
+The cheaper variants of issue 28 (SD3): `every<k>` (pag_every=k), `window0-0.3` (pag_stop=0.3), `uncond`
+(pag_branch="uncond"), `uncond-every2`, next to CFG and diffusers' PAG, on the random model or a model folder:
+
+    python benchmarks/softpag_speed.py --variants cost --steps 12 --out results/softpag_speed_cost.json
+    python benchmarks/softpag_speed.py --variants cost --model assets/toy-sd3 --size 64 --steps 12 \
+        --out results/softpag_speed_cost_toy-sd3.json
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from pathlib import Path
 # Per family: the baseline first, then the SoftPAG variants. "generic" = the generic attention adapter.
 VARIANTS = {
     "sd3": ("cfg", "cfg+softpag", "cfg+softpag-joint", "cfg+softpag-no-prefix", "cfg+softpag-generic",
-            "cfg+diffusers-pag"),
+            "cfg+diffusers-pag", "cfg+softpag-every2", "cfg+softpag-every3", "cfg+softpag-every4",
+            "cfg+softpag-window0-0.3", "cfg+softpag-uncond", "cfg+softpag-uncond-every2"),
     "flux": ("plain", "softpag", "softpag-no-prefix", "softpag-generic"),
     "flux2": ("plain", "softpag-generic"),
     "qwenimage": ("cfg", "cfg+softpag-generic"),
@@ -35,6 +43,18 @@ VARIANTS = {
     "chroma": ("cfg", "cfg+softpag-generic"),
     "wan": ("cfg", "cfg+softpag-generic"),
 }  # fmt: skip
+# `--variants cost`: the cheaper SoftPAG settings of issue 28 beside every-step SoftPAG, CFG and diffusers' PAG.
+COST_VARIANTS = (
+    "cfg",
+    "cfg+softpag",
+    "cfg+softpag-every2",
+    "cfg+softpag-every3",
+    "cfg+softpag-every4",
+    "cfg+softpag-window0-0.3",
+    "cfg+softpag-uncond",
+    "cfg+softpag-uncond-every2",
+    "cfg+diffusers-pag",
+)
 HEADS, HEAD_DIM = 8, 16  # head_dim 16: the tiny builders' RoPE axes sum to 16
 
 
@@ -97,13 +117,31 @@ def _call_inputs(family: str, size: int) -> dict:
     return inputs
 
 
+def cheaper(variant: str) -> dict:
+    """The pag_every / pag_stop / pag_branch keywords a cost variant adds (`...-every2`, `-window0-0.3`, `-uncond`)."""
+    extra: dict = {}
+    for part in variant.removeprefix("cfg+softpag").split("-"):
+        if part.startswith("every"):
+            extra["pag_every"] = int(part.removeprefix("every"))
+        elif part.startswith("window"):
+            extra["pag_start"] = float(part.removeprefix("window"))
+        elif part.startswith("0."):  # the stop of `window0-0.3`
+            extra["pag_stop"] = float(part)
+        elif part == "uncond":
+            extra["pag_branch"] = "uncond"
+    return extra
+
+
 def worker(family: str, variant: str, folder: str, layers: int, size: int, steps: int, threads: int) -> dict:
     """Time one variant; returns seconds per step and peak RSS."""
     import torch
 
     torch.set_num_threads(threads)
     split = layers // 2
-    heads = ",".join(f"L{split}H{h}" for h in range(HEADS))
+    heads_per_layer = json.loads((Path(folder) / "transformer" / "config.json").read_text())[
+        "num_attention_heads"
+    ]
+    heads = ",".join(f"L{split}H{h}" for h in range(heads_per_layer))
     identity = (
         "image" if family == "sd3" and not variant.endswith("joint") else "joint"
     )  # diffusers' PAG: image
@@ -126,8 +164,14 @@ def worker(family: str, variant: str, folder: str, layers: int, size: int, steps
         extra = {}
     if variant.endswith("no-prefix"):
         extra["pag_shared_prefix"] = False
+    extra.update(cheaper(variant))
+    if extra.get("pag_branch") == "uncond":
+        del extra["pag_scale"]  # that branch has no weight of its own (CFG's scale sets its push)
     pipe.set_progress_bar_config(disable=True)
     inputs = _call_inputs(family, size)
+    toy = Path(folder) / "toyworld.json"  # a toy model folder: its recommended text length
+    if toy.is_file() and "max_sequence_length" in json.loads(toy.read_text()):
+        inputs["max_sequence_length"] = json.loads(toy.read_text())["max_sequence_length"]
 
     def run(n: int) -> float:
         start = time.perf_counter()
@@ -148,7 +192,7 @@ def _measure(args, folder: str) -> list[dict]:
     then slows every variant alike instead of whichever happened to run during it."""
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
-        for variant in VARIANTS[args.family]:
+        for variant in args.variant_list:
             cmd = [sys.executable, __file__, "--worker", variant, "--folder", folder, "--family", args.family,
                    "--layers", str(args.layers), "--size", str(args.size), "--steps", str(args.steps),
                    "--threads", str(args.threads)]  # fmt: skip
@@ -156,7 +200,7 @@ def _measure(args, folder: str) -> list[dict]:
             row = json.loads(out.strip().splitlines()[-1])
             if variant not in best or row["seconds_per_step"] < best[variant]["seconds_per_step"]:
                 best[variant] = row
-    rows = [best[v] for v in VARIANTS[args.family]]
+    rows = [best[v] for v in args.variant_list]
     for row in rows:
         row["time_vs_base"] = row["seconds_per_step"] / rows[0]["seconds_per_step"]
         row["rss_vs_base"] = row["peak_rss_mib"] / rows[0]["peak_rss_mib"]
@@ -176,6 +220,10 @@ def main() -> None:
     parser.add_argument(
         "--out", default=None, help="JSON path (default results/softpag_speed[_<family>].json)"
     )
+    parser.add_argument(
+        "--variants", nargs="*", default=None, help="variants to run ('cost': the issue-28 set); default: all"
+    )
+    parser.add_argument("--model", default=None, help="an SD3 model folder instead of the random model")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,13 +233,25 @@ def main() -> None:
         return
     args.out = args.out or ("results/softpag_speed.json" if args.family == "sd3" else
                             f"results/softpag_speed_{args.family}.json")  # fmt: skip
-    with tempfile.TemporaryDirectory() as folder:
-        build(args.family, Path(folder), args.layers)
-        rows = _measure(args, folder)
+    wanted = args.variants or list(VARIANTS[args.family])
+    args.variant_list = list(COST_VARIANTS) if wanted == ["cost"] else wanted
+    unknown = [v for v in args.variant_list if v not in VARIANTS[args.family]]
+    if unknown:
+        raise SystemExit(
+            f"--variants {unknown}: not variants of {args.family}; allowed: {VARIANTS[args.family]}"
+        )
+    if args.model:
+        args.layers = json.loads((Path(args.model) / "transformer" / "config.json").read_text())["num_layers"]
+        rows = _measure(args, args.model)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            build(args.family, Path(folder), args.layers)
+            rows = _measure(args, folder)
     machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch threads {args.threads}".strip()
     base = VARIANTS[args.family][0]
-    print(f"{args.family} random: {args.layers} layers x {HEADS} heads x {HEAD_DIM} dims, {args.size} px, perturbed "
-          f"layer {args.layers // 2} (all heads), batch 1; {machine}")  # fmt: skip
+    model = args.model or f"{args.family} random: {args.layers} layers x {HEADS} heads x {HEAD_DIM} dims"
+    print(f"{model}, {args.size} px, {args.steps} steps, perturbed layer {args.layers // 2} (all heads), batch 1; "
+          f"{machine}")  # fmt: skip
     print(f"{'variant':<24}{'s/step':>10}{'x ' + base:>8}{'peak RSS MiB':>14}{'x ' + base:>8}")
     for r in rows:
         print(f"{r['variant']:<24}{r['seconds_per_step']:>10.3f}{r['time_vs_base']:>8.2f}"
