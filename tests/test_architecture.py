@@ -108,6 +108,7 @@ def test_the_layer_check_can_fail(monkeypatch):
 
 def test_softpag_defaults_agree_on_every_surface():
     from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig
+    from guidance.guider import SoftPAGGuidance
     from guidance.search import SearchSettings
     from pipelines.batch import DEFAULTS, FIELDS
     from pipelines.cli import build_parser
@@ -121,10 +122,29 @@ def test_softpag_defaults_agree_on_every_surface():
     }
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     generate = subparsers.choices["generate"].parse_args(["a prompt"])
-    for key in ("pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop"):
+    for key in (
+        "pag_scale",
+        "pag_strength",
+        "pag_identity",
+        "pag_start",
+        "pag_stop",
+        "pag_every",
+        "pag_branch",
+    ):
         assert getattr(generate, key) == config[key], key
         assert DEFAULTS[key] == config[key], key
         assert FIELDS[key][1] == SOFTPAG_SETTINGS[key].allowed(), key
+    guider = inspect.signature(SoftPAGGuidance.__init__).parameters
+    for key in (
+        "pag_scale",
+        "pag_strength",
+        "pag_identity",
+        "pag_start",
+        "pag_stop",
+        "pag_every",
+        "pag_branch",
+    ):
+        assert guider[key].default == config[key], key
     search = subparsers.choices["search"].parse_args([])
     settings = SearchSettings(prompts=["p"], seeds=[0])
     assert search.pag_scale == settings.pag_scale == config["pag_scale"]
