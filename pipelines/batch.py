@@ -7,8 +7,9 @@ folder (a lock file) and writes no file through a link. Every item is written to
 then recorded in the manifest (JSONL) with everything that made it (`pipelines.settings.image_record`). A rerun
 skips finished items only if their record still equals what the job asks and their image decodes; anything else
 is an error naming the items, or with `redo_changed` is made again. Under `accelerate launch` (RANK /
-WORLD_SIZE) each rank takes every WORLD_SIZE-th item and keeps its own manifest; rank 0 merges them into
-`manifest.jsonl` at the end.
+WORLD_SIZE) each rank takes every WORLD_SIZE-th item (with `--engine accelerate`: a contiguous slice from
+accelerate's `split_between_processes`) and keeps its own manifest; rank 0 merges them into `manifest.jsonl` at
+the end. `pipelines.batch_ray` runs the same items on Ray actors.
 """
 
 from __future__ import annotations
@@ -536,8 +537,29 @@ class BatchRunner:
         self.manifest = self.out / (
             "manifest.jsonl" if self.world == 1 else f"manifest.rank{self.rank}.jsonl"
         )
-        # run() holds the folder's lock; False where the caller holds it (the Ray recipe's driver).
+        # run() holds the folder's lock; False where the caller holds it (the Ray engine's driver).
         self.lock = True
+        self._accelerate = None  # accelerate's PartialState under `--engine accelerate`
+
+    def use_accelerate(self) -> None:
+        """Ranks from accelerate's `PartialState`, each rank's share a contiguous slice of the plan
+        (`split_between_processes`): `accelerate launch -m pipelines.cli batch ... --engine accelerate`."""
+        import torch
+        from accelerate import PartialState
+
+        # On a machine without CUDA, accelerate counts a multi-process launch only when asked for its CPU backend.
+        self._accelerate = PartialState(cpu=not torch.cuda.is_available())
+        self.rank, self.world = self._accelerate.process_index, self._accelerate.num_processes
+        self.manifest = self.out / (
+            "manifest.jsonl" if self.world == 1 else f"manifest.rank{self.rank}.jsonl"
+        )
+
+    def _share(self, items: list[Item]) -> list[Item]:
+        """This rank's items: every WORLD_SIZE-th (ranks from the environment), or accelerate's slice."""
+        if self._accelerate is None:
+            return [item for i, item in enumerate(items) if i % self.world == self.rank]
+        with self._accelerate.split_between_processes(items) as share:
+            return list(share)
 
     def _call(self, item: Item) -> tuple[dict, dict | None]:
         """(call arguments, SoftPAG keywords or None) of an item, as the pipeline gets them."""
@@ -608,7 +630,7 @@ class BatchRunner:
 
         repair_manifest(self.manifest)
         done = read_manifests(self.out)
-        share = [item for i, item in enumerate(items) if i % self.world == self.rank]
+        share = self._share(items)
         for item in share:
             if item.id not in done:
                 (self.out / f".{item.file}.tmp").unlink(missing_ok=True)  # a partial file from a killed run

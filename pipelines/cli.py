@@ -355,6 +355,13 @@ def _batch(args: argparse.Namespace) -> int:
     """Validate a job file (before and after loading the model), generate what is not done, print a summary."""
     from pipelines.batch import BatchRunner, JobFileError, plan, print_problems
 
+    if args.engine != "ray" and (args.workers is not None or args.ray_address is not None):
+        flag = "--workers" if args.workers is not None else "--ray-address"
+        raise CLIError(f"{flag} is for --engine ray; this run uses --engine {args.engine}")
+    if args.engine == "ray":
+        from pipelines.batch_ray import require_ray
+
+        require_ray()  # before any work: says how to install it
     model = check_model(args.model)
     defaults = _batch_defaults(args, model)
     check_writable_folder(args.out, "--out")
@@ -372,7 +379,17 @@ def _batch(args: argparse.Namespace) -> int:
     runner = BatchRunner(
         pipe, str(args.model), args.out, args.batch_size, resolve_heads, model_call_extras(model)
     )
-    counts = runner.run(items, progress=not args.quiet, redo_changed=args.redo_changed)
+    if args.engine == "ray":
+        from functools import partial
+
+        from pipelines.batch_ray import run_ray
+
+        counts = run_ray(runner, items, partial(_load, model, args.dtype, device), args.workers or 2,
+                         args.ray_address, device.startswith("cuda"), args.redo_changed, not args.quiet)  # fmt: skip
+    else:
+        if args.engine == "accelerate":
+            runner.use_accelerate()
+        counts = runner.run(items, progress=not args.quiet, redo_changed=args.redo_changed)
     print(f"rank {runner.rank}: {counts['ok']} generated, {counts['done_before']} already done, "
           f"{counts['failed']} failed, {counts['items_per_second']:.2f} items/s")  # fmt: skip
     return 1 if counts["failed"] or problems else 0
@@ -512,6 +529,16 @@ def _search_parser(sub) -> None:
     search.set_defaults(func=_search)
 
 
+ENGINES = ("local", "accelerate", "ray")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    if not text.strip().isdigit() or len(text.strip()) > 6 or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not allowed; allowed: an integer >= 1")
+    return int(text)
+
+
 def _batch_parser(sub) -> None:
     batch = sub.add_parser(
         "batch", help="run a JSONL/CSV job file: resumable, one PNG + manifest line per item"
@@ -527,6 +554,15 @@ def _batch_parser(sub) -> None:
     add_setting_flags(batch, GENERATION_FLAGS, defaults=False)
     add_setting_flags(batch, PAG_FLAGS, defaults=False)  # unset flags leave the job file's values
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.add_argument(
+        "--engine", choices=ENGINES, default="local",
+        help="local: this process (ranks from RANK/WORLD_SIZE); accelerate: under `accelerate launch`, the jobs "
+        "split with PartialState; ray: a pool of Ray Data actors (pip install -e '.[ray]')",
+    )  # fmt: skip
+    batch.add_argument("--workers", type=_positive_int,
+                       help="--engine ray: actors, each with its own pipeline (default 2)")  # fmt: skip
+    batch.add_argument("--ray-address", help="--engine ray: join this cluster ('auto' or host:port); "
+                       "default: start a local one")  # fmt: skip
     batch.set_defaults(func=_batch)
 
 
