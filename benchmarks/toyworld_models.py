@@ -11,7 +11,7 @@ image; the evaluator scores it against the caption. "CFG" is guidance_scale for 
 
 The timing row runs the plain diffusers pipeline exactly as a user would (StableDiffusion3Pipeline with all of
 its max_sequence_length zero T5 tokens), 64 prompts in batches of 16 at the recommended CFG. For SD3 the
-score grid uses toyworld.train.RepeatedTokenJointAttnProcessor, which collapses the identical zero tokens
+score grid uses toyworld.inference.RepeatedTokenJointAttnProcessor, which collapses the identical zero tokens
 exactly (same images up to float rounding, ~4x faster); the timing table reports both.
 
 Writes results/toyworld/models.json and prints one table per model.

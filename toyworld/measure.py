@@ -59,7 +59,7 @@ def prompt_scenes(split: str, n_objects: int, count: int, seed: int = 10**6) -> 
 
 def load_pipeline(model: str, fast: bool, zero_t5_tokens: int | None = None):
     """Load a toy StableDiffusion3Pipeline or StableDiffusionPipeline and its toyworld.json; for SD3 `fast`
-    collapses the zero T5 tokens exactly. (The toy FLUX model has its own: python -m toyworld.train_flux measure.)"""
+    collapses the zero T5 tokens exactly. (The toy FLUX model has its own: python -m toyworld.train.flux measure.)"""
     from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
     from diffusers.utils import logging
 
@@ -70,7 +70,7 @@ def load_pipeline(model: str, fast: bool, zero_t5_tokens: int | None = None):
     if not isinstance(pipe, (StableDiffusion3Pipeline, StableDiffusionPipeline)):
         raise ValueError(
             f"--model {model}: {type(pipe).__name__} is not measured here (StableDiffusion3Pipeline or "
-            "StableDiffusionPipeline; toy FLUX: python -m toyworld.train_flux measure)"
+            "StableDiffusionPipeline; toy FLUX: python -m toyworld.train.flux measure)"
         )
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((Path(model) / "toyworld.json").read_text())
