@@ -20,7 +20,7 @@ from guidance.softpag import IDENTITIES
 __all__ = [
     "GENERATION_SETTINGS", "GenerationConfig", "GenerationError", "GuidanceError", "SEARCH_SETTINGS",
     "SOFTPAG_SETTINGS", "STRUCTURED_SETTINGS", "Setting", "SoftPAGConfig", "SoftPAGError", "StructuredConfig",
-    "StructuredError", "check_call_arguments", "check_text",
+    "StructuredError", "MAX_QUERY_CAMERAS", "UPFUSION_SETTINGS", "check_call_arguments", "check_finite", "check_text",
 ]  # fmt: skip
 
 STRUCTURED_MODES = ("key-value", "conjunction")
@@ -100,9 +100,40 @@ class Setting:
             return int(value) if self.kind == "integer" else float(value)
         if self.kind == "choice" and not any(type(value) is type(c) and value == c for c in self.choices):
             raise error(f"{label}={short_repr(value)} is not supported; allowed: {self.allowed()}")
-        if self.kind == "bool" and not isinstance(value, bool):
-            raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
+        if self.kind == "bool":
+            if _is_numpy_bool(value):
+                return bool(value)
+            if not isinstance(value, bool):
+                raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
         return value
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    """A numpy bool scalar (or 0-d bool array): the only non-`bool` a "bool" setting takes (as `bool(value)`)."""
+    return type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and value.dtype == bool
+
+
+def check_finite(value: Any, label: str, error: type[Exception] = GuidanceError) -> None:
+    """Raise `error` naming `label` if a tensor or array (or a list / tuple of them, or of numbers) holds NaN or
+    infinity: diffusers samples on, and NaN latents give all-NaN images without an error."""
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_finite(item, f"{label}[{i}]", error)
+        return
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        finite = math.isfinite(value)
+    elif type(value).__module__.startswith("torch") and hasattr(value, "is_floating_point"):
+        import torch
+
+        finite = not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
+    elif type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        import numpy as np
+
+        finite = value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+    else:
+        return
+    if not finite:
+        raise error(f"{label} contains NaN or infinite values; allowed: finite numbers only")
 
 
 def check_text(
@@ -286,6 +317,13 @@ CALL_SETTINGS = {
     "num_images_per_prompt": Setting("num_images_per_prompt", None, "integer", 1, 1000),
     "guidance_rescale": Setting("guidance_rescale", None, "number", 0, 1),
 }
+# Boolean call arguments: checked when passed at all (None too), so that "no" or 0 is not read as a flag.
+CALL_FLAGS = {"return_dict": Setting("return_dict", True, "bool")}
+# Tensor call arguments (and the sigmas / timesteps lists) that must be finite: checked when given.
+FINITE_KEYS = (
+    "latents", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
+    "prompt_embeds_2", "negative_prompt_embeds_2", "ip_adapter_image_embeds", "sigmas", "timesteps", "eta",
+)  # fmt: skip
 
 
 PROMPT_KEYS = tuple(f"{kind}prompt{n}" for n in ("", "_2", "_3") for kind in ("", "negative_"))
@@ -296,10 +334,18 @@ def check_call_arguments(kwargs: dict[str, Any]) -> None:
 
     Checks what the caller passed (None and absent mean the pipeline's default): steps, CFG scales, size,
     image count, and `prompt` / `negative_prompt` strings (or lists of strings) for valid text. diffusers
-    would otherwise turn `guidance_scale=nan` into 'CFG off' and `num_inference_steps=0` into an image."""
+    would otherwise turn `guidance_scale=nan` into 'CFG off' and `num_inference_steps=0` into an image. Flags
+    (`return_dict`) must be bools; latents, prompt embeddings, sigmas and timesteps must be finite (NaN latents
+    would give all-NaN images)."""
     for name, setting in CALL_SETTINGS.items():
         if kwargs.get(name) is not None:
             setting.check(kwargs[name], GenerationError)
+    for name, setting in CALL_FLAGS.items():
+        if name in kwargs:
+            setting.check(kwargs[name], GenerationError)
+    for name in FINITE_KEYS:
+        if kwargs.get(name) is not None:
+            check_finite(kwargs[name], name, GenerationError)
     for name in PROMPT_KEYS:
         value = kwargs.get(name)
         if isinstance(value, list | tuple):
@@ -307,6 +353,27 @@ def check_call_arguments(kwargs: dict[str, Any]) -> None:
                 check_text(text, f"{name}[{i}]", GenerationError, 0, PROMPT_LIMIT)
         elif value is not None:
             check_text(value, name, GenerationError, 0, PROMPT_LIMIT)
+
+
+# -- UpFusion ------------------------------------------------------------------------------------------------
+
+# Query views in one call (an orbit's frames included): one per degree of a turntable. Every view is a row of the
+# diffusion batch (two under CFG) and of UpSRT's ray batch, so this bounds the work and memory of a call; it is
+# not a promise that this many fit a given device.
+MAX_QUERY_CAMERAS = 360
+
+UPFUSION_SETTINGS = _settings(
+    Setting("frames", 24, "integer", 1, MAX_QUERY_CAMERAS,
+            help="Orbit frames: query views at equal azimuth steps around the object."),
+    Setting("elevation", 15.0, "number", -90, 90, help="Elevation of the orbit in degrees."),
+    Setting("frame_ms", 80, "integer", 1, 60_000, help="Milliseconds per frame of the orbit's GIF."),
+    Setting("upsrt_only", False, "bool", help="Return UpSRT's regression render (no diffusion)."),
+    Setting("scene_attention", True, "bool",
+            help="False drops the scene-token cross-attention (the ablation; the hint stays)."),
+    Setting("cfg_query_rays", None, "bool",
+            help="Whether the conditional rows of a CFG batch get the scene-token query rays (None: the preset's)."),
+    Setting("return_dict", True, "bool", help="Return an UpFusionPipelineOutput (else a tuple)."),
+)  # fmt: skip
 
 
 # -- Head search ---------------------------------------------------------------------------------------------
@@ -368,6 +435,33 @@ class StructuredConfig:
                 f"noun_phrases={self.noun_phrases!r} must be a list of phrases (or one list per prompt), "
                 "not a string"
             )
+        if self.noun_phrases is not None:
+            self._check_phrases()
+        if isinstance(self.layers, Sequence) and not isinstance(self.layers, str) and not self.layers:
+            raise StructuredError(
+                "structured_layers=[] chooses no layer, so the image would be the unstructured one; give layer "
+                "indices, or None for every layer"
+            )
+
+    def _check_phrases(self) -> None:
+        """Each phrase a non-blank string, each per-prompt list non-empty: a blank phrase (found at position 0 of
+        any prompt) or an empty list would structure nothing and give the unstructured image."""
+        phrases = self.noun_phrases
+        if not isinstance(phrases, Sequence):
+            raise StructuredError(f"noun_phrases={short_repr(phrases)} must be a list of phrases")
+        nested = bool(phrases) and not isinstance(phrases[0], str)
+        lists = list(enumerate(phrases)) if nested else [(None, phrases)]
+        for i, texts in lists:
+            label = "noun_phrases" if i is None else f"noun_phrases[{i}]"
+            if isinstance(texts, str) or not isinstance(texts, Sequence):
+                raise StructuredError(f"{label}={short_repr(texts)} must be a list of phrases")
+            if nested and not texts:
+                raise StructuredError(
+                    f"{label}=[] gives that prompt no phrase (its image would be the unstructured one); "
+                    "give at least one phrase of the prompt"
+                )
+            for j, text in enumerate(texts):
+                check_text(text, f"{label}[{j}]", StructuredError, 1)
 
     def check_layers(self, count: int) -> None:
         """Raise StructuredError unless every entry of `layers` is a layer index in 0..count-1."""

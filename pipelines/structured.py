@@ -10,6 +10,7 @@ cross-attention structured).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -23,6 +24,7 @@ from guidance.config import (
     StructuredConfig,
     StructuredError,
 )
+from guidance.heads import short_repr
 from guidance.noun_phrases import Phrase, noun_phrases_batch, token_spans
 from guidance.structured import (
     JointStructuredState,
@@ -121,6 +123,7 @@ class StructuredMixin:
                 stacks.append(stack)
                 i += len(row)
             else:
+                _warn_unstructured(prompt)
                 stacks.append(full[b][None])
         return stacks
 
@@ -321,6 +324,17 @@ def _unpacked_callback(callback, length: int):
         return outputs
 
     return wrapped
+
+
+def _warn_unstructured(prompt: str) -> None:
+    """A prompt without a noun phrase to structure (none found, only the whole prompt, or all past the text
+    encoder's length) runs, with a warning naming it: its image is the unstructured one."""
+    warnings.warn(
+        f"structured: no noun phrase to structure in the prompt {short_repr(prompt)} (none found other than the "
+        "whole prompt within the text encoder's length); its image is the unstructured one",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _sub_phrases(prompt: str, phrases: list[Phrase]) -> list[Phrase]:

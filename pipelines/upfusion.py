@@ -49,6 +49,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
 from guidance.cameras import check_pose, plucker_rays, query_camera
+from guidance.config import MAX_QUERY_CAMERAS, UPFUSION_SETTINGS
 from guidance.upfusion import (
     PLACEMENTS,
     SceneCall,
@@ -677,6 +678,10 @@ def check_images(images: object) -> list[PIL.Image.Image]:
     return list(images)
 
 
+def _is_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _is_real(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
@@ -685,13 +690,16 @@ def query_poses(query_cameras: object, distance: float) -> torch.Tensor:
     """Query cameras -> (Q, 4, 4) poses relative to the first view, from (azimuth, elevation) pairs or matrices."""
     allowed = "a list of (azimuth, elevation) pairs in degrees, or 4x4 matrices / a (Q, 4, 4) array"
     if isinstance(query_cameras, torch.Tensor | np.ndarray):
+        if query_cameras.ndim >= 2 and tuple(query_cameras.shape[-2:]) == (4, 4):
+            check_camera_count(math.prod(query_cameras.shape[:-2]))
         poses = check_pose(query_cameras, "query_cameras")
         return poses.reshape(-1, 4, 4)
     if not isinstance(query_cameras, Sequence) or isinstance(query_cameras, str) or not query_cameras:
         raise ValueError(f"query_cameras must be {allowed}; got {query_cameras!r:.80}")
     if len(query_cameras) == 4 and all(isinstance(r, Sequence) and len(r) == 4 for r in query_cameras):
-        if all(_is_real(x) for r in query_cameras for x in r):  # one matrix as a nested list
+        if all(_is_number(x) for r in query_cameras for x in r):  # one matrix as a nested list
             return check_pose(query_cameras, "query_cameras")[None]
+    check_camera_count(len(query_cameras))
     poses = []
     for i, camera in enumerate(query_cameras):
         if isinstance(camera, Sequence) and len(camera) == 2 and all(_is_real(x) for x in camera):
@@ -701,6 +709,10 @@ def query_poses(query_cameras: object, distance: float) -> torch.Tensor:
                     f"query_cameras[{i}]: elevation must lie in [-90, 90] degrees; got {elevation}"
                 )
             poses.append(query_camera(azimuth, elevation, distance))
+        elif isinstance(camera, Sequence) and len(camera) == 2 and all(_is_number(x) for x in camera):
+            raise ValueError(
+                f"query_cameras[{i}]={tuple(camera)!r}: azimuth and elevation must be finite angles in degrees"
+            )
         elif isinstance(camera, torch.Tensor | np.ndarray) or (
             isinstance(camera, Sequence) and len(camera) == 4
         ):
@@ -710,6 +722,23 @@ def query_poses(query_cameras: object, distance: float) -> torch.Tensor:
                 f"query_cameras[{i}] has an unknown camera format ({camera!r:.60}); expected {allowed}"
             )
     return torch.stack(poses)
+
+
+def check_camera_count(count: int) -> None:
+    """ValueError naming `query_cameras` unless 1 <= count <= MAX_QUERY_CAMERAS (every view is a diffusion row)."""
+    if count == 0:
+        raise ValueError(f"query_cameras holds no camera; allowed: 1 to {MAX_QUERY_CAMERAS} per call")
+    if count > MAX_QUERY_CAMERAS:
+        raise ValueError(
+            f"query_cameras holds {count} cameras; allowed: 1 to {MAX_QUERY_CAMERAS} per call (each is a row of "
+            "the diffusion batch); split them over several calls"
+        )
+
+
+def check_flags(**flags: object) -> dict[str, bool | None]:
+    """The call's flags as bools (`UPFUSION_SETTINGS`): True / False (a numpy bool too), None only where that is
+    the setting's default; anything else ("no", 1, None for a flag) is a ValueError naming the parameter."""
+    return {name: UPFUSION_SETTINGS[name].check(value, ValueError) for name, value in flags.items()}
 
 
 def check_sampling(num_inference_steps: object, guidance_scale: object, output_type: object, max_steps: int):
@@ -889,6 +918,11 @@ class UpFusionPipeline(DiffusionPipeline):
         preset = PRESETS[self.config.preset]
         steps = preset["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         guidance = preset["guidance_scale"] if guidance_scale is None else guidance_scale
+        flags = check_flags(
+            upsrt_only=upsrt_only, scene_attention=scene_attention, cfg_query_rays=cfg_query_rays,
+            return_dict=return_dict,
+        )  # fmt: skip
+        upsrt_only, scene_attention, cfg_query_rays, return_dict = flags.values()
         views = check_images(images)
         poses = query_poses(query_cameras, self.upsrt.config.distance)
         check_sampling(steps, guidance, output_type, self.scheduler.config.num_train_timesteps)
@@ -998,11 +1032,23 @@ def orbit(
 ) -> list[PIL.Image.Image]:
     """A turntable: `frames` views at equal azimuth steps around the object (relative to the first input view).
 
-    Extra keyword arguments go to the pipeline call; with `gif_path` the frames are written as a looping GIF."""
-    if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or not 1 <= frames <= 360:
-        raise ValueError(f"frames must be an integer in [1, 360]; got {frames!r}")
-    cameras = [(360.0 * k / frames, float(elevation)) for k in range(frames)]
+    Extra keyword arguments go to the pipeline call; with `gif_path` the frames are written as a looping GIF, whole
+    or not at all and never through a link (`pipelines.settings.write_atomically`)."""
+    from pathlib import Path
+
+    from pipelines.settings import write_atomically
+
+    frames, elevation, frame_ms = (
+        UPFUSION_SETTINGS[name].check(value, ValueError)
+        for name, value in (("frames", frames), ("elevation", elevation), ("frame_ms", frame_ms))
+    )
+    cameras = [(360.0 * k / frames, elevation) for k in range(frames)]
     views = pipe(images=images, query_cameras=cameras, output_type="pil", **kwargs).images
     if gif_path is not None:
-        views[0].save(gif_path, save_all=True, append_images=views[1:], duration=frame_ms, loop=0)
+        write_atomically(
+            Path(gif_path),
+            lambda f: views[0].save(
+                f, format="GIF", save_all=True, append_images=views[1:], duration=frame_ms, loop=0
+            ),
+        )
     return views
