@@ -18,6 +18,7 @@ from guidance.config import (
     GENERATION_SETTINGS,
     SEARCH_SETTINGS,
     SOFTPAG_SETTINGS,
+    UPFUSION_SETTINGS,
     GenerationConfig,
     GuidanceError,
     Setting,
@@ -570,7 +571,7 @@ def _batch_parser(sub) -> None:
 # views (UpFusion)
 # -------------------------------------------------------------------------------------------------------------
 
-MAX_ORBIT = 360
+FRAMES = UPFUSION_SETTINGS["frames"]  # --orbit's range, and the most --azimuth values (MAX_QUERY_CAMERAS)
 
 
 def _view_images(paths: list[str]) -> list:
@@ -603,10 +604,16 @@ def _view_cameras(args: argparse.Namespace) -> list[tuple[float, float]] | None:
     if args.orbit is not None:
         if args.azimuth:
             raise CLIError("views: give --azimuth or --orbit, not both")
-        if not 1 <= args.orbit <= MAX_ORBIT:
-            raise CLIError(f"--orbit {args.orbit} is out of range; allowed: 1 to {MAX_ORBIT} frames")
+        if not FRAMES.low <= args.orbit <= FRAMES.high:
+            raise CLIError(f"--orbit {args.orbit} is out of range; allowed: 1 to {FRAMES.high:g} frames")
+        UPFUSION_SETTINGS["elevation"].check(args.orbit_elevation, CLIError, "--orbit-elevation")
         return None
     azimuths = args.azimuth or [0.0]
+    if len(azimuths) > FRAMES.high:
+        raise CLIError(
+            f"--azimuth has {len(azimuths)} values; allowed: at most {FRAMES.high:g} views per run (use --orbit "
+            "for a turntable, or several runs)"
+        )
     elevations = args.elevation or [0.0]
     if len(elevations) == 1:
         elevations = elevations * len(azimuths)
@@ -618,18 +625,64 @@ def _view_cameras(args: argparse.Namespace) -> list[tuple[float, float]] | None:
         for value in values:
             if not math.isfinite(value) or abs(value) > limit:
                 raise CLIError(f"{flag} {value}: allowed: a finite angle in degrees within ±{limit:g}")
-    return list(zip(azimuths, elevations, strict=True))
+    cameras = list(zip(azimuths, elevations, strict=True))
+    _check_distinct(cameras)
+    return cameras
+
+
+def _view_name(azimuth: float, elevation: float) -> str:
+    """The file of one view: its angles to 6 significant digits (`:g`)."""
+    return f"view-az{azimuth:g}-el{elevation:g}.png"
+
+
+def _check_distinct(cameras: list[tuple[float, float]]) -> None:
+    """Refuse two cameras that are one: the same file name (angles equal to its 6 significant digits), or the
+    same azimuth modulo 360 (0 and 360, -90 and 270) to that precision at the same elevation."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, (azimuth, elevation) in enumerate(cameras):
+        turn = float(f"{azimuth % 360:g}") % 360
+        for key in (("name", _view_name(azimuth, elevation)), (f"{turn:g}", f"{elevation:g}")):
+            if key in seen:
+                j = seen[key]
+                (a, e), (b, f) = cameras[j], cameras[i]
+                raise CLIError(
+                    f"--azimuth/--elevation: view {j + 1} (azimuth {a!r}, elevation {e!r}) and view {i + 1} "
+                    f"(azimuth {b!r}, elevation {f!r}) are the same camera to the precision of the file names "
+                    f"({_view_name(a, e)}); give each view once"
+                )
+            seen[key] = i
+
+
+def _view_targets(out: str, names: list[str], overwrite: bool) -> list[Path]:
+    """The files `views` writes, checked before the model loads as `generate` checks its file (`png_target`): a
+    folder that can be written, no target a folder, none that exists (a link too) unless --overwrite."""
+    folder = check_writable_folder(out)
+    targets = [folder / name for name in names]
+    for target in targets:
+        if target.is_dir():
+            raise OutputError(f"--out: {str(target)!r} is a folder")
+    taken = [t for t in targets if t.exists() or t.is_symlink()]
+    if taken and not overwrite:
+        more = f" (and {len(taken) - 1} more of the {len(targets)} files)" if len(taken) > 1 else ""
+        raise OutputError(f"--out: {str(taken[0])!r} exists{more}; pass --overwrite or choose another --out")
+    return targets
 
 
 def _views(args: argparse.Namespace) -> int:
-    """Novel views of the object in the input images (UpFusion): one PNG per view, or an orbit and its GIF."""
+    """Novel views of the object in the input images (UpFusion): one PNG per view, or an orbit and its GIF.
+
+    Every file is written whole or not at all, never through a link (`save_png`, `write_atomically`)."""
     import torch
 
     images = _view_images(args.images)
     cameras = _view_cameras(args)
     steps = GENERATION_SETTINGS["num_inference_steps"].check(args.steps, CLIError, "--steps")
     cfg = GENERATION_SETTINGS["guidance_scale"].check(args.guidance_scale, CLIError, "--guidance-scale")
-    out = check_writable_folder(args.out)
+    if cameras is None:
+        names = [f"orbit-{i:03d}.png" for i in range(args.orbit)] + ["orbit.gif"]
+    else:
+        names = [_view_name(a, e) for a, e in cameras]
+    targets = _view_targets(args.out, names, args.overwrite)
     model = check_model(args.model)
     device = _device(args.device)
     from pipelines.upfusion import UpFusionPipeline, orbit
@@ -638,18 +691,21 @@ def _views(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     call = dict(num_inference_steps=steps, guidance_scale=cfg, upsrt_only=args.upsrt_only,
                 generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {"model": str(args.model), "steps": steps, "guidance_scale": cfg, "seed": args.seed,
+                "upsrt_only": args.upsrt_only}  # fmt: skip
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
     if cameras is None:
-        gif = out / "orbit.gif"
+        gif = targets.pop()
         views = orbit(pipe, images, frames=args.orbit, elevation=args.orbit_elevation, gif_path=gif, **call)
-        names = [f"orbit-{i:03d}.png" for i in range(len(views))]
+        cameras = [(360.0 * k / args.orbit, args.orbit_elevation) for k in range(args.orbit)]
         print(gif)
     else:
         views = pipe(images=images, query_cameras=cameras, **call).images
-        names = [f"view-az{a:g}-el{e:g}.png" for a, e in cameras]
-    for view, name in zip(views, names, strict=True):
-        view.save(out / name)
-        print(out / name)
+    for view, target, (azimuth, elevation) in zip(views, targets, cameras, strict=True):
+        record = {**settings, "azimuth": azimuth, "elevation": elevation}
+        text = "UpFusion view, " + ", ".join(f"{k}: {v}" for k, v in record.items())
+        save_png(view, target, text, {"upfusion": record})
+        print(target)
     return 0
 
 
@@ -661,8 +717,13 @@ def _views_parser(sub) -> None:
         "--azimuth", type=float, nargs="+", help="degrees, relative to the first image (default 0)"
     )
     views.add_argument("--elevation", type=float, nargs="+", help="degrees (one for all, or one per azimuth)")
-    views.add_argument("--orbit", type=int, help="render a turntable of N frames (PNGs and orbit.gif)")
-    views.add_argument("--orbit-elevation", type=float, default=15.0, help="elevation of the orbit (degrees)")
+    views.add_argument(
+        "--orbit", type=int, help=f"render a turntable of N frames, 1 to {FRAMES.high:g} (PNGs and orbit.gif)"
+    )
+    views.add_argument(
+        "--orbit-elevation", type=float, default=UPFUSION_SETTINGS["elevation"].default,
+        help="elevation of the orbit (degrees)",
+    )  # fmt: skip
     views.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     views.add_argument(
         "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)"
@@ -670,6 +731,7 @@ def _views_parser(sub) -> None:
     views.add_argument("--seed", type=int, default=0)
     views.add_argument("--upsrt-only", action="store_true", help="UpSRT's regression render, no diffusion")
     views.add_argument("--out", default="outputs/views", help="a folder (default: outputs/views)")
+    views.add_argument("--overwrite", action="store_true", help="replace files that exist")
     views.set_defaults(func=_views)
 
 
