@@ -44,13 +44,53 @@ def _classified(fuzz, root: Path) -> dict[str, list[tuple[str, str, str]]]:
         ("CLI", fuzz.CLI_CASES, lambda case, tmp: fuzz.classify_cli(case, str(model), tmp)),
         ("batch", fuzz.BATCH_CASES, fuzz.classify_batch),
     ]
+    runs += _input_runs(root)
     for surface, cases, classify in runs:
-        for i, case in enumerate(cases):
-            tmp = root / f"{surface.replace(' ', '-')}-{i}"
+        for case in cases:
+            tmp = root / f"{surface.replace(' ', '-')}-{len(results[surface])}"
             tmp.mkdir()
             outcome, message = classify(case, tmp)
             results[surface].append((case.name, outcome, " ".join(message.split())[-300:]))
     return results
+
+
+# -- Issue 27: non-values, bounds and `views` outputs (tests/test_reliability_inputs.py) ------------------------
+
+
+def _input_runs(root: Path) -> list[tuple]:
+    """(surface, cases, classify) of tests/test_reliability_inputs.py: SoftPAG, structured and UpFusion calls count
+    as the Python API, `headhunter views` lines as the CLI; each case named by its table."""
+    import dataclasses
+
+    from pipelines.headhunter import HeadHunterPipeline, StructuredDiffusionPipeline
+    from pipelines.tiny import TINY_PIPELINES
+    from pipelines.upfusion import build_upfusion
+
+    spec = importlib.util.spec_from_file_location(
+        "test_reliability_inputs", ROOT / "tests" / "test_reliability_inputs.py"
+    )
+    inputs = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = inputs
+    spec.loader.exec_module(inputs)
+    sd3 = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
+    sd15 = StructuredDiffusionPipeline.from_pipe(TINY_PIPELINES["sd15"]())
+    upfusion = build_upfusion("tiny", seed=0)
+    upfusion.save_pretrained(root / "tiny-upfusion")
+    for pipe in (sd3, sd15, upfusion):
+        pipe.set_progress_bar_config(disable=True)
+
+    def named(table: str, cases: list) -> list:
+        return [dataclasses.replace(case, name=f"{table}: {case.name}") for case in cases]
+
+    return [
+        ("Python API", named("softpag", inputs.SOFTPAG_CASES), lambda c, t: inputs.classify_softpag(sd3, c, t)),
+        ("Python API", named("structured", inputs.STRUCTURED_CASES),
+         lambda c, t: inputs.classify_structured(sd15, c, t)),
+        ("Python API", named("upfusion", inputs.UPFUSION_CASES),
+         lambda c, t: inputs.classify_upfusion(upfusion, c, t)),
+        ("CLI", named("views", inputs.VIEWS_CASES),
+         lambda c, t: inputs.classify_views(c, str(root / "tiny-upfusion"), t)),
+    ]  # fmt: skip
 
 
 def main() -> None:
