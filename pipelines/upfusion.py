@@ -1033,10 +1033,10 @@ def orbit(
     """A turntable: `frames` views at equal azimuth steps around the object (relative to the first input view).
 
     Extra keyword arguments go to the pipeline call; with `gif_path` the frames are written as a looping GIF, whole
-    or not at all and never through a link (`pipelines.settings.write_atomically`)."""
+    or not at all and never through a link (`pipelines.files.write_atomically`)."""
     from pathlib import Path
 
-    from pipelines.settings import write_atomically
+    from pipelines.files import write_atomically
 
     frames, elevation, frame_ms = (
         UPFUSION_SETTINGS[name].check(value, ValueError)
