@@ -171,6 +171,24 @@ def component_lock(component: object) -> threading.RLock:
         return _COMPONENT_LOCKS.setdefault(id(component), threading.RLock())
 
 
+@contextmanager
+def one_call_per_scheduler(scheduler: object, owner: str) -> Iterator[None]:
+    """Hold a pipeline's scheduler for one call. diffusers' schedulers keep per-call state (timesteps, step index),
+    so a call from another thread on the same scheduler, guided or plain, would corrupt both: it is refused before
+    any work. The holding thread may enter again (a pipeline's `__call__` calling its parent's)."""
+    lock = component_lock(scheduler)
+    if not lock.acquire(blocking=False):
+        raise GuidanceError(
+            f"{owner}: its scheduler is in use by a call running in another thread; diffusers' schedulers keep "
+            "per-call state, so give each thread its own pipeline: "
+            "HeadHunterPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class StepWindow:
     """Counts one pipeline call's main denoiser evaluations and tells whether each lies in [start, stop).
 

@@ -23,7 +23,7 @@ from diffusers import (
 from guidance.batch_rows import Rescale
 from guidance.config import SoftPAGConfig, SoftPAGError, check_call_arguments
 from guidance.perturbation import CondRows, SoftPAG
-from guidance.swap import component_lock, denoiser_of
+from guidance.swap import component_lock, denoiser_of, one_call_per_scheduler
 from pipelines.loading import absent_components, model_index
 from pipelines.structured import StructuredMixin, StructuredSD3Mixin
 
@@ -123,6 +123,17 @@ class SoftPAGMixin:
             eps_u~ + w_cfg (eps_c - eps_u~); needs CFG, one head group, pag_scale left at its default).
         """
         check_call_arguments({**dict(zip(("prompt",), args)), **kwargs})
+        with one_call_per_scheduler(self.scheduler, type(self).__name__):
+            return self._guided_call(
+                args, kwargs, pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop,
+                pag_shared_prefix, pag_heads_per_image, pag_every, pag_branch,
+            )  # fmt: skip
+
+    def _guided_call(
+        self, args, kwargs, pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop,
+        pag_shared_prefix, pag_heads_per_image, pag_every, pag_branch,
+    ):  # fmt: skip
+        """The call, with its scheduler held: the parent's alone without heads, else inside `SoftPAG.applied`."""
         if pag_heads is None and pag_heads_per_image is None:
             return super().__call__(*args, **kwargs)
         config = SoftPAGConfig(

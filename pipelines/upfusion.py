@@ -50,6 +50,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Con
 
 from guidance.cameras import check_pose, plucker_rays, query_camera
 from guidance.config import MAX_QUERY_CAMERAS, UPFUSION_SETTINGS
+from guidance.swap import one_call_per_scheduler
 from guidance.upfusion import (
     PLACEMENTS,
     SceneCall,
@@ -947,10 +948,11 @@ class UpFusionPipeline(DiffusionPipeline):
             return self._output(rgb[0], output_type, return_dict)
 
         hint = diffusion_hint(self.upsrt, features[0], poses)
-        images = self.denoise(
-            scene.expand(queries, -1, -1), hint, poses, steps, guidance, generator, scene_attention,
-            callback_on_step_end, prompt, cfg_query_rays,
-        )  # fmt: skip
+        with one_call_per_scheduler(self.scheduler, type(self).__name__):
+            images = self.denoise(
+                scene.expand(queries, -1, -1), hint, poses, steps, guidance, generator, scene_attention,
+                callback_on_step_end, prompt, cfg_query_rays,
+            )  # fmt: skip
         return self._output(images, output_type, return_dict)
 
     @torch.no_grad()

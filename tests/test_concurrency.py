@@ -86,3 +86,76 @@ def test_two_threads_structured_and_heads_on_one_unet(tiny_folder):
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
     assert all(unet.attn_processors[k] is v for k, v in before.items())
+
+
+# Every mix of guided and plain calls, 4 threads: own schedulers -> each call its own image; one shared
+# scheduler -> each call its own image or a clear refusal before any work, never a corrupted image or a crash.
+MIXES = {
+    "guided+plain": ("L2H1", None, "L0H1", None),
+    "all guided": ("L2H1", "L0H1", "L1H0,L2H1", "L2H0"),
+    "all plain": (None, None, None, None),
+}
+
+
+def _job(target, heads, seed):
+    extra = {} if heads is None else {"pag_heads": heads}
+    return lambda: (
+        target("a red circle", generator=torch.Generator().manual_seed(seed), **CALL, **extra).images
+    )
+
+
+def _outcomes(jobs):
+    """Run the jobs at the same moment; each result is an array or the GuidanceError it raised."""
+    from guidance.config import GuidanceError
+
+    def caught(job):
+        def run():
+            try:
+                return job()
+            except GuidanceError as error:
+                return error
+
+        return run
+
+    return _run_together([caught(job) for job in jobs])
+
+
+def test_four_threads_with_own_schedulers_every_mix_equal_one_after_the_other(tiny_folder):
+    pipe, _, transformer = _twins(tiny_folder, "sd3")
+    pipes = [pipe] + [
+        HeadHunterPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler)) for _ in range(3)
+    ]
+    for p in pipes:
+        p.set_progress_bar_config(disable=True)
+    before = dict(transformer.attn_processors)
+    for mix, heads in MIXES.items():
+        jobs = [_job(p, h, seed) for seed, (p, h) in enumerate(zip(pipes, heads, strict=True))]
+        alone = [job() for job in jobs]
+        for a, b in zip(alone, _run_together(jobs), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=mix)
+    assert all(transformer.attn_processors[k] is v for k, v in before.items())
+    assert not transformer._forward_pre_hooks and not transformer._forward_hooks
+
+
+def test_four_threads_on_one_shared_pipeline_get_their_image_or_a_clear_refusal(tiny_folder):
+    """Before the scheduler was held per call, a guided and a plain call on one pipeline both failed with
+    `IndexError: index 5 is out of bounds` from the shared scheduler (issue 27)."""
+    from guidance.config import GuidanceError
+
+    pipe, _, transformer = _twins(tiny_folder, "sd3")
+    before = dict(transformer.attn_processors)
+    for mix, heads in MIXES.items():
+        jobs = [_job(pipe, h, seed) for seed, h in enumerate(heads)]
+        alone = [job() for job in jobs]
+        outcomes = _outcomes(jobs)
+        made = [i for i, o in enumerate(outcomes) if not isinstance(o, GuidanceError)]
+        assert made, f"{mix}: every call was refused"
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, GuidanceError):
+                assert "scheduler is in use by a call running in another thread" in str(outcome)
+                assert "from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))" in str(outcome)
+            else:
+                np.testing.assert_array_equal(outcome, alone[i], err_msg=f"{mix}, call {i}")
+        np.testing.assert_array_equal(jobs[0](), alone[0])  # the pipeline is whole afterwards
+    assert all(transformer.attn_processors[k] is v for k, v in before.items())
+    assert not transformer._forward_pre_hooks and not transformer._forward_hooks
