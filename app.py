@@ -63,18 +63,19 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
-from guidance.heads import HeadEntry, HeadGroup  # noqa: E402
+from guidance.heads import HeadEntry, HeadGroup, printable  # noqa: E402
 from guidance.layouts import layout_of  # noqa: E402
 from guidance.swap import denoiser_of  # noqa: E402
 from pipelines import HeadHunterPipeline  # noqa: E402
+from pipelines.loading import ModelFolderError  # noqa: E402
 from pipelines.settings import (  # noqa: E402
     ASSETS,
     DEFAULT_MODEL,
     LATER_SETTINGS,
     PRESETS,
-    list_presets,
     model_call_extras,
     png_parameters,
+    read_presets,
     recommended_settings,
     save_png,
 )
@@ -484,16 +485,26 @@ class Demo:
         self._stops: dict[str, threading.Event] = {}
 
     def _compatible_presets(self) -> dict[str, HeadSelection]:
-        """Shipped presets whose heads exist in the loaded model: name -> selection."""
-        found = {}
-        for name, data in list_presets(PRESETS):
-            try:
-                selection = HeadSelection.from_json(data, "Preset")
-                selection.validate(self.heads_per_layer)
-            except (HeadSelectionError, TypeError, AttributeError):
+        """Shipped presets whose heads exist in the loaded model: name -> selection. Each file is read alone;
+        broken ones (`read_presets`) are kept in `broken_presets` (name -> why) for the menu's note."""
+        found, self.broken_presets = {}, {}
+        for preset in read_presets(PRESETS):
+            if preset.selection is None:
+                self.broken_presets[preset.name] = preset.problem
                 continue
-            found[name] = selection
+            try:
+                preset.selection.validate(self.heads_per_layer)
+            except HeadSelectionError:
+                continue  # made for another model
+            found[preset.name] = preset.selection
         return found
+
+    def preset_note(self) -> str:
+        """The preset menu's help, naming the preset files that could not be read and why."""
+        if not self.broken_presets:
+            return HELP["preset"]
+        broken = "; ".join(f"{name}: {why}" for name, why in sorted(self.broken_presets.items()))
+        return printable(f"{HELP['preset']} Not usable (broken files): {broken}")
 
     # -- head selections -----------------------------------------------------------------------------------
 
@@ -517,18 +528,16 @@ class Demo:
         if not path:
             return gr.skip(), gr.skip(), gr.skip()
         file = Path(path)
-        if file.suffix.lower() != ".json" or file.stat().st_size > MAX_PRESET_BYTES:
-            raise InputError("Preset file: upload a .json preset of at most 256 KiB")
         try:
-            data = json.loads(file.read_text())
-            if not isinstance(data, dict):
-                raise HeadSelectionError("Preset file: the JSON must be an object with a 'groups' list")
-            selection = HeadSelection.from_json(data, "Preset file")
+            if file.suffix.lower() != ".json" or file.stat().st_size > MAX_PRESET_BYTES:
+                raise InputError("Preset file: upload a .json preset of at most 256 KiB")
+        except OSError:
+            raise InputError("Preset file: the upload cannot be read; upload it again") from None
+        try:  # the shipped presets' checks: strict JSON, bounded depth and size, the preset schema
+            selection = HeadSelection.parse(HeadSelection.load(file, "Preset file"), "Preset file")
             selection.validate(self.heads_per_layer, "Preset file")
-        except (HeadSelectionError, json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
-            raise InputError(
-                f"Preset file: {error}".replace("Preset file: Preset file:", "Preset file:")
-            ) from None
+        except HeadSelectionError as error:
+            raise InputError(printable(str(error))) from None
         scales = {g.scale for g in selection.groups if g.scale is not None}
         w = scales.pop() if len(scales) == 1 else PAG["scale"].default
         return str(explicit(selection, PAG["strength"].default)), float(w), CUSTOM
@@ -1077,7 +1086,7 @@ def _generate_inputs(demo: Demo) -> dict:
     ui["cfg"] = Slider(1, 15, value=demo.default_cfg, step=0.5, label="CFG scale", info=HELP["cfg"])
     heads, w = demo.preset_inputs(demo.default_preset)
     ui["preset"] = Dropdown(
-        [CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset", info=HELP["preset"]
+        [CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset", info=demo.preset_note()
     )
     ui["heads"] = gr.Textbox(
         elem_id="heads", label="Heads", value=heads, placeholder="L1H0=1, L7H7=0.5", info=HELP["heads"]
@@ -1327,7 +1336,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model = args.model or str(DEFAULT_MODEL)
-    pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(args.device)
+    try:
+        pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(args.device)
+    except ModelFolderError as error:  # one line naming the folder, the component and what to do
+        parser.exit(2, f"app.py: error: {printable(str(error))}\n")
     pipe.set_progress_bar_config(disable=True)
     limits = Limits(args.max_steps, args.max_size, args.queue_size)
     demo = Demo(pipe, model, limits, name=args.model or "assets/toy-sd3")

@@ -12,11 +12,14 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from guidance.strictjson import loads_strict, refused_values
 
 PRESET_FORMAT = "headhunter-preset"
 ATTENTIONS = ("attn", "attn2")
@@ -153,22 +156,8 @@ class HeadSelection:
 
     @classmethod
     def load(cls, path: str | os.PathLike, parameter: str = "pag_heads") -> HeadSelection:
-        """Load a preset JSON file (UTF-8, at most `MAX_PRESET_BYTES`)."""
-        where = f"{parameter}: preset file {short_repr(str(path))}"
-        try:
-            path = Path(path)
-            if not path.is_file():
-                raise HeadSelectionError(f"{where} does not exist")
-            if path.stat().st_size > MAX_PRESET_BYTES:
-                raise HeadSelectionError(f"{where} is larger than {MAX_PRESET_BYTES // 1024} KiB")
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except OSError as error:
-            raise HeadSelectionError(f"{where} cannot be read: {error.strerror or error}") from None
-        except UnicodeDecodeError:
-            raise HeadSelectionError(f"{where} is not UTF-8 text") from None
-        except (json.JSONDecodeError, RecursionError) as error:
-            raise HeadSelectionError(f"{where} is not valid JSON: {error}") from None
-        return cls.from_json(data, parameter)
+        """Load a preset JSON file (`read_preset`: UTF-8, strict JSON, at most `MAX_PRESET_BYTES`)."""
+        return cls.from_json(read_preset(path, parameter), parameter)
 
     # -- output -------------------------------------------------------------------------------------------
 
@@ -273,6 +262,45 @@ class HeadSelection:
             )
 
 
+def read_preset(path: str | os.PathLike, parameter: str = "pag_heads") -> Any:
+    """The JSON of a preset file, read strictly (`guidance.strictjson`): a regular file of at most
+    `MAX_PRESET_BYTES` of UTF-8, no NaN or Infinity, no integer over 64 digits, nesting at most 16 deep; else
+    HeadSelectionError naming the parameter, the file and the reason (and the field, where there is one)."""
+    where = f"{parameter}: preset file {shown_path(path)}"
+    try:
+        path = Path(path)
+        if not path.exists():
+            raise HeadSelectionError(f"{where} does not exist")
+        if not path.is_file():
+            raise HeadSelectionError(f"{where} is not a regular file")
+        with open(path, "rb") as file:  # read at most one byte more than allowed, whatever stat says
+            data = file.read(MAX_PRESET_BYTES + 1)
+    except OSError as error:
+        raise HeadSelectionError(f"{where} cannot be read: {error.strerror or error}") from None
+    if len(data) > MAX_PRESET_BYTES:
+        raise HeadSelectionError(f"{where} is larger than {MAX_PRESET_BYTES // 1024} KiB")
+    try:
+        value = loads_strict(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise HeadSelectionError(f"{where} is not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise HeadSelectionError(
+            f"{where} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise HeadSelectionError(f"{where} is not valid JSON: nested too deeply") from None
+    problems = refused_values(value)
+    if problems:
+        raise HeadSelectionError(f"{where}: " + "; ".join(problems[:3]))
+    return value
+
+
+def shown_path(path: str | os.PathLike, limit: int = 200) -> str:
+    """repr of a path for a message: whole up to `limit` characters, else its end (the file name stays)."""
+    text = repr(str(path))
+    return text if len(text) <= limit else "'..." + text[-(limit - 4) :]
+
+
 def is_notation(text: str) -> bool:
     """True if `text` reads as heads in the paper's notation (so it is neither a preset name nor a path)."""
     parts = [part.rpartition(":")[2] for part in text.split(";")]
@@ -292,6 +320,24 @@ def short_repr(value: Any, limit: int = 60) -> str:
     except ValueError:  # an int beyond Python's digit limit for str()
         return "<an integer with thousands of digits>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Bidirectional-text controls, which reorder what a terminal shows (the "Trojan Source" characters).
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print to a terminal: control characters other than tab and newline, lone surrogates and
+    bidi controls written as escapes (ESC as `\\x1b`, U+202E as `\\u202e`); everything else as it is."""
+    return "".join(_escaped(c) if _unsafe(c) else c for c in text)
+
+
+def _unsafe(c: str) -> bool:
+    return (c not in "\t\n" and unicodedata.category(c) in ("Cc", "Cs")) or c in _BIDI_CONTROLS
+
+
+def _escaped(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
 def _finite_number(value: Any) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, GuidanceError, Setting
 from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from guidance.ranks import barrier, process_index
+from guidance.strictjson import integer, loads_strict, refused_values
 from pipelines.settings import (
     LATER_SETTINGS,
     OutputError,
@@ -119,55 +120,12 @@ _NUMBER = re.compile(
 )
 
 
-MAX_INTEGER_DIGITS = 64  # every integer field fits in 19 digits; longer ones are refused before conversion
-MAX_JSON_DEPTH = 16
-
-
-class Refused:
-    """A value refused while it was read (an integer too long to convert, NaN), reported with its field."""
-
-    def __init__(self, shown: str, why: str):
-        self.shown, self.why = shown, why
-
-
-def _integer(text: str) -> int | Refused:
-    """An integer literal, converted only if it has at most MAX_INTEGER_DIGITS digits."""
-    digits = len(text.lstrip("+-"))
-    if digits > MAX_INTEGER_DIGITS:
-        return Refused(
-            f"{text[:12]}... ({digits} digits)", f"is too long; allowed: at most {MAX_INTEGER_DIGITS} digits"
-        )
-    return int(text)
-
-
-def _not_json(name: str) -> Refused:
-    return Refused(repr(float(name)), f"is not JSON ({name}); allowed: a finite number")
-
-
-def refused_values(value: Any) -> list[str]:
-    """Problems of a value read from a job line: each `Refused` value by its field, and nesting deeper than
-    MAX_JSON_DEPTH (walked without recursion, so any depth json accepts is measured)."""
-    problems, stack = [], [("", value, 0)]
-    while stack:
-        path, item, depth = stack.pop()
-        if isinstance(item, Refused):
-            problems.append(f"{path or 'value'}={item.shown} {item.why}")
-        elif depth > MAX_JSON_DEPTH:
-            problems.append(f"{path.partition('[')[0]}: nested deeper than {MAX_JSON_DEPTH} levels")
-            break
-        elif isinstance(item, dict):
-            stack += [(f"{path}.{k}" if path else k, v, depth + 1) for k, v in reversed(item.items())]
-        elif isinstance(item, list):
-            stack += [(f"{path}[{i}]", v, depth + 1) for i, v in reversed(list(enumerate(item)))]
-    return problems
-
-
 def _csv_value(key: str, text: str):
     """A CSV cell: numeric fields become numbers where the text is one; everything else stays a string."""
     kind = SETTINGS[key].kind if key in SETTINGS else "text"
     cell = text.strip()
     if kind == "integer" and _INTEGER.fullmatch(cell):
-        return _integer(cell)
+        return integer(cell)
     if kind == "number" and _NUMBER.fullmatch(cell):
         return float(cell)
     return text
@@ -209,12 +167,6 @@ def _csv_lines(text: str) -> list[tuple[int, dict | str]]:
         problems = refused_values(job)
         rows.append((reader.line_num, "; ".join(problems) if problems else job))
     return rows
-
-
-def loads_strict(text: str) -> Any:
-    """Strict JSON: NaN and Infinity, and integers longer than MAX_INTEGER_DIGITS, come back as `Refused`
-    values (see `refused_values`) instead of numbers or Python's digit-limit error."""
-    return json.loads(text, parse_int=_integer, parse_constant=_not_json)
 
 
 def _jsonl_lines(text: str) -> list[tuple[int, dict | str]]:

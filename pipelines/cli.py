@@ -24,7 +24,7 @@ from guidance.config import (
     Setting,
     SoftPAGConfig,
 )
-from guidance.heads import HeadSelection, HeadSelectionError, short_repr
+from guidance.heads import HeadSelection, HeadSelectionError, printable, short_repr
 from pipelines.settings import (
     DEFAULT_MODEL,
     DTYPES,
@@ -32,10 +32,10 @@ from pipelines.settings import (
     OutputError,
     check_model,
     check_writable_folder,
-    list_presets,
     model_call_extras,
     png_parameters,
     png_target,
+    read_presets,
     recommended_settings,
     resolve_heads,
     save_png,
@@ -372,7 +372,7 @@ def _batch(args: argparse.Namespace) -> int:
         pipe = _load(model, args.dtype, device)
         items, problems = plan(args.jobs, defaults, _heads_per_layer(pipe), resolve_heads, args.skip_invalid)
     except JobFileError as error:
-        print(f"headhunter batch: {error}", file=sys.stderr)
+        print(f"headhunter batch: {printable(str(error))}", file=sys.stderr)
         return 2
     if problems:
         print(f"headhunter batch: skipping {len(problems)} invalid line(s):", file=sys.stderr)
@@ -403,9 +403,9 @@ def _batch(args: argparse.Namespace) -> int:
 
 def table(rows: list[list[str]], header: list[str] | None = None, width: int | None = None) -> str:
     """Rows as aligned columns under an optional header; the last column wraps at word boundaries to fit
-    `width` (the terminal's)."""
+    `width` (the terminal's). Control characters in cells are printed escaped (`printable`)."""
     width = width or shutil.get_terminal_size((110, 24)).columns
-    cells = [header, *rows] if header else rows
+    cells = [[printable(cell) for cell in row] for row in ([header, *rows] if header else rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
     indent = sum(widths) + 2 * len(widths)
     last = max(20, width - indent)
@@ -424,17 +424,24 @@ def _preset_shape(data: dict) -> str:
 
 
 def _presets_list(width: int | None = None) -> int:
-    """One aligned row per preset (name, heads, the shape and model it is for), its source wrapped below."""
+    """One aligned row per preset (name, heads, the shape and model it is for), its source wrapped below; a
+    broken preset file is a row that says so, its reason below (exit code 0: the others are usable)."""
     width = width or shutil.get_terminal_size((110, 24)).columns
-    rows, sources = [], []
-    for name, data in list_presets():
-        heads = sum(len(g.get("heads", [])) for g in data.get("groups", []))
-        rows.append([name, str(heads), _preset_shape(data), str(data.get("model", "?"))])
-        sources.append(textwrap.wrap(str(data.get("source", "")), width - 4, break_long_words=False))
+    rows, notes = [], []
+    for preset in read_presets():
+        if preset.selection is None:
+            rows.append([preset.name, "-", "-", "broken (not usable)"])
+            note = preset.problem
+        else:
+            meta = preset.selection.metadata
+            shape = _preset_shape(dict(meta))
+            rows.append([preset.name, str(len(preset.selection.entries)), shape, str(meta.get("model", "?"))])
+            note = str(meta.get("source", ""))
+        notes.append(textwrap.wrap(printable(note), width - 4, break_long_words=False))
     lines = table(rows, ["name", "heads", "layers x heads", "model"], width).splitlines()
     print(lines[0])
-    for line, source in zip(lines[1:], sources, strict=True):
-        print("\n".join([line, *("    " + part for part in source)]))
+    for line, note in zip(lines[1:], notes, strict=True):
+        print("\n".join([line, *("    " + part for part in note)]))
     return 0
 
 
@@ -444,10 +451,13 @@ def _presets_show(name: str | None) -> int:
     path = resolve_heads(name, "name")
     if not str(path).lower().endswith(".json"):
         raise CLIError(f"presets show {name!r}: no such preset; see `headhunter presets list`")
-    selection = HeadSelection.load(path, "name")
+    selection = HeadSelection.load(path, Path(path).name)
+    selection.check(Path(path).name)
     meta = selection.metadata
     about = [["preset", Path(path).stem], ["model", str(meta.get("model", "?"))],
              ["layers x heads", _preset_shape(dict(meta))], ["source", str(meta.get("source", ""))]]  # fmt: skip
+    if "description" in meta:
+        about.append(["description", str(meta["description"])])
     print(table(about))
     print()
     scale = SOFTPAG_SETTINGS["pag_scale"]
@@ -798,7 +808,7 @@ def _fail(error: BaseException, debug: bool, code: int) -> int:
     """Print the error as one line (the traceback too with --debug); return the exit code."""
     if debug:
         traceback.print_exception(error)
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = printable(" ".join(str(error).split()) or type(error).__name__)
     if code != 2:
         text = f"{type(error).__name__}: {text}" + ("" if debug else " (run with --debug for the traceback)")
     print(f"headhunter: error: {text}", file=sys.stderr)

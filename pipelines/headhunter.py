@@ -11,6 +11,7 @@ import functools
 import importlib
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 
 from diffusers import (
     DiffusionPipeline,
@@ -22,9 +23,10 @@ from diffusers import (
 
 from guidance.batch_rows import Rescale
 from guidance.config import SoftPAGConfig, SoftPAGError, check_call_arguments
+from guidance.heads import shown_path
 from guidance.perturbation import CondRows, SoftPAG
 from guidance.swap import component_lock, denoiser_of, one_call_per_scheduler
-from pipelines.loading import absent_components, model_index
+from pipelines.loading import ModelFolderError, absent_components, check_components, load_checked, model_index
 from pipelines.structured import StructuredMixin, StructuredSD3Mixin
 
 _DEFAULTS = SoftPAGConfig.call_defaults()
@@ -253,11 +255,22 @@ class HeadHunterPipeline:
         hub_kwargs = {
             k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
         }
-        index = model_index(pretrained_model_name_or_path, **hub_kwargs)
-        target = pipeline_class(index.get("_class_name", "?"))
+        path = pretrained_model_name_or_path
+        index = model_index(path, **hub_kwargs)
+        local = Path(path).expanduser().exists()
+        try:
+            target = pipeline_class(index.get("_class_name", "?"))
+        except ValueError as error:
+            if not local:
+                raise
+            raise ModelFolderError(f"model folder {shown_path(path)}: model_index.json: {error}") from None
         for name, value in absent_components(target, index).items():
             kwargs.setdefault(name, value)
-        return target.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        kwargs.setdefault("use_safetensors", True)  # pickle weights are never loaded
+        if not local:
+            return target.from_pretrained(path, **kwargs)
+        check_components(path, index)
+        return load_checked(path, index, lambda: target.from_pretrained(path, **kwargs))
 
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> DiffusionPipeline:

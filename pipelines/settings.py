@@ -8,17 +8,19 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from guidance.config import SOFTPAG_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
+from pipelines.loading import ModelFolderError
 
 __all__ = [
-    "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "assets_folder", "check_model",
-    "check_writable_folder", "image_record", "list_presets", "model_call_extras", "model_name", "png_parameters",
-    "png_target", "recommended_call", "recommended_settings", "record_call", "record_parameters", "resolve_heads",
-    "save_png", "write_atomically",
+    "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "Preset", "assets_folder",
+    "check_model", "check_writable_folder", "image_record", "list_presets", "model_call_extras", "model_name",
+    "png_parameters", "png_target", "read_presets", "recommended_call", "recommended_settings", "record_call",
+    "record_parameters", "resolve_heads", "save_png", "write_atomically",
 ]  # fmt: skip
 
 ASSETS_VARIABLE = "HEADHUNTER_ASSETS"
@@ -96,23 +98,75 @@ def recommended_call(model: str | Path, steps: int = 20, guidance_scale: float =
     )
 
 
-def list_presets(folder: Path = PRESETS) -> list[tuple[str, dict]]:
-    """(file stem, preset JSON) for every preset file in `folder`, sorted by name."""
-    return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+@dataclass(frozen=True)
+class Preset:
+    """One file of the presets folder: its name and selection, or `problem` (why it cannot be used)."""
+
+    name: str
+    path: Path
+    selection: HeadSelection | None = None
+    problem: str | None = None
+
+
+def read_presets(folder: Path | None = None) -> list[Preset]:
+    """Every `*.json` of the presets folder (default `PRESETS`), sorted by name, each read alone: one that
+    cannot be read, is not strict JSON, is not a valid preset or is a link out of the folder comes back with its
+    `problem` (naming the file and the reason) instead of taking the others down."""
+    folder = PRESETS if folder is None else Path(folder)
+    try:
+        paths = sorted(folder.glob("*.json"))
+    except OSError as error:
+        raise HeadSelectionError(
+            f"presets folder {str(folder)!r} cannot be read: {error.strerror or error}"
+        ) from None
+    return [_read_preset(path, folder) for path in paths]
+
+
+def _read_preset(path: Path, folder: Path) -> Preset:
+    try:
+        _refuse_link_out(path, folder)
+        selection = HeadSelection.load(path, path.name)
+        selection.check(path.name)
+    except HeadSelectionError as error:
+        return Preset(path.stem, path, problem=str(error))
+    return Preset(path.stem, path, selection)
+
+
+def _refuse_link_out(path: Path, folder: Path) -> None:
+    """A preset file that is a symbolic link to something outside the presets folder is refused."""
+    try:
+        if not path.is_symlink() or path.resolve().is_relative_to(folder.resolve()):
+            return
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        target = "a loop of links"
+    raise HeadSelectionError(f"{path.name}: a link out of the presets folder (to {short_repr(str(target))})")
+
+
+def list_presets(folder: Path | None = None) -> list[tuple[str, dict]]:
+    """(file stem, preset JSON) for every usable preset file in `folder` (default `PRESETS`), sorted by name;
+    broken ones are left out (`read_presets` reports them)."""
+    return [(p.name, p.selection.to_json()) for p in read_presets(folder) if p.selection is not None]
 
 
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 _LOOKS_LIKE_HEAD = re.compile(r"L-?[0-9]", re.IGNORECASE | re.ASCII)
 
 
-def resolve_heads(value, parameter: str = "pag_heads", folder: Path = PRESETS):
+def resolve_heads(value, parameter: str = "pag_heads", folder: Path | None = None):
     """A head value in the order heads -> preset name -> path: notation (and non-strings) pass through, a preset
-    name (a file stem in `folder`) becomes its path, a `.json` value passes through as a path (its loader reports
-    what is wrong); any other name is refused here, naming the presets."""
+    name (a file stem in `folder`, default `PRESETS`) becomes its path (refused if it is a link out of the
+    folder), a `.json` value passes through as a path (its loader reports what is wrong); any other name is
+    refused here, naming the presets."""
+    folder = PRESETS if folder is None else Path(folder)
     if not isinstance(value, str) or not value.strip() or is_notation(value):
         return value
     name = value.strip()
     if PRESET_NAME.fullmatch(name) and (folder / f"{name}.json").is_file():
+        try:
+            _refuse_link_out(folder / f"{name}.json", folder)
+        except HeadSelectionError as error:
+            raise HeadSelectionError(f"{parameter}={name!r}: preset {error}") from None
         return str(folder / f"{name}.json")
     if name.lower().endswith(".json") or not PRESET_NAME.fullmatch(name) or _LOOKS_LIKE_HEAD.match(name):
         return value  # a path, or notation with a mistake: HeadSelection.parse names it
@@ -152,16 +206,24 @@ def _exists(path: str | Path) -> bool:
 
 
 def check_model(value: str, parameter: str = "--model") -> str:
-    """A model folder (with model_index.json) or a hub id, checked without touching the network."""
+    """A model folder (with model_index.json) or a hub id, checked without touching the network; a folder's
+    problems are ModelFolderError (its components are checked when it loads: `pipelines.loading`)."""
     if not isinstance(value, str) or not value.strip():
         raise OutputError(f"{parameter}={short_repr(value)}: give a model folder or a hub id")
     if _exists(value) or looks_like_path(value):
         folder = Path(value).expanduser()
-        if not _exists(folder) or not folder.is_dir():
-            raise OutputError(f"{parameter} {value!r}: no such folder")
+        if not _exists(folder):
+            raise ModelFolderError(
+                f"{parameter} {value!r}: no such folder; pass the folder that holds model_index.json, or a hub id"
+            )
+        if not folder.is_dir():
+            raise ModelFolderError(
+                f"{parameter} {value!r} is a file, not a folder; pass the folder that holds model_index.json"
+            )
         if not (folder / "model_index.json").is_file():
-            raise OutputError(
-                f"{parameter} {value!r} is a folder without model_index.json (not a diffusers model)"
+            raise ModelFolderError(
+                f"{parameter} {value!r} is a folder without model_index.json (not a diffusers model; empty, or a "
+                "component's folder); pass the pipeline's folder, the one save_pretrained wrote"
             )
         return value
     if not _HUB_ID.fullmatch(value):

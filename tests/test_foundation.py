@@ -46,9 +46,11 @@ def test_absent_components_are_none(tmp_path):
 
 
 def test_model_index_names_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pretrained_model_name_or_path"):
+    from pipelines.loading import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="is a folder without model_index.json"):
         model_index(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no such folder"):
+    with pytest.raises(ModelFolderError, match="no such folder"):
         model_index(tmp_path / "missing")
 
 

@@ -12,13 +12,14 @@ import contextlib
 import io
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection
-from pipelines.settings import PRESETS
+from pipelines.settings import PRESETS, UPFUSION_MODEL
 
 OUTCOMES = ("clear", "unclear", "silently accepted", "crash")
 LAYOUT = {"attn": {layer: 4 for layer in range(4)}, "attn2": {}}  # the tiny SD3's heads
@@ -32,6 +33,7 @@ class Case:
     given: object
     expect: str
     files: dict = field(default_factory=dict)
+    broken_model: str = ""  # a key of BROKEN_MODELS: {model} is a copy of the tiny model broken that way
 
 
 def _bad_numbers(key: str, values: list, expect: str | None = None) -> list[Case]:
@@ -174,6 +176,101 @@ def _batch(*args: str, jobs: str = "{tmp}/jobs.jsonl") -> list[str]:
 
 GOOD_JOBS = {"jobs.jsonl": '{"prompt": "a red circle"}\n'}
 
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _cut(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _wrong_shape(folder: Path) -> None:
+    """One weight of the transformer one row longer than its config makes it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    key = next(k for k, v in weights.items() if v.ndim == 2)
+    weights[key] = torch.zeros(weights[key].shape[0] + 1, weights[key].shape[1])
+    save_file(weights, path)
+
+
+def _pickle_only(folder: Path) -> None:
+    """The transformer's weights as diffusion_pytorch_model.bin (a pickle) only."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(path), path.with_suffix(".bin"))
+    path.unlink()
+
+
+def _emptied(folder: Path) -> None:
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _remove(*parts: str):
+    return lambda folder: (shutil.rmtree if (folder.joinpath(*parts)).is_dir() else Path.unlink)(
+        folder.joinpath(*parts)
+    )
+
+
+def _write(part: str, data: bytes):
+    return lambda folder: (folder / part).write_bytes(data)
+
+
+TE, TR, VAE = "text_encoder", "transformer", "vae"
+WEIGHTS = f"{TR}/diffusion_pytorch_model.safetensors"
+# A copy of the tiny SD3 folder broken one way: (how, the words a clear error holds besides the folder's name).
+BROKEN_MODELS = {
+    "no model_index.json": (_remove("model_index.json"), "without model_index.json"),
+    "model_index not JSON": (_write("model_index.json", b"{not json"), "model_index.json is not valid JSON"),
+    "model_index a list": (_write("model_index.json", b"[1]"), "model_index.json: a JSON list"),
+    "model_index NaN": (
+        _write("model_index.json", b'{"_class_name": "StableDiffusion3Pipeline", "x": NaN}'),
+        "x=nan is not JSON",
+    ),
+    "model_index no class": (_write("model_index.json", b"{}"), "has no '_class_name'"),
+    "unknown pipeline class": (
+        lambda d: _edit_json(d / "model_index.json", _class_name="NoSuchPipeline"),
+        "does not support 'NoSuchPipeline'",
+    ),
+    "unknown component class": (
+        lambda d: _edit_json(d / "model_index.json", vae=["diffusers", "NoSuchVAE"]),
+        "component 'vae' names the class 'NoSuchVAE'",
+    ),
+    "unknown library": (
+        lambda d: _edit_json(d / "model_index.json", vae=["nosuchlib", "AutoencoderKL"]),
+        "component 'vae' names the library 'nosuchlib'",
+    ),
+    "component not a pair": (
+        lambda d: _edit_json(d / "model_index.json", vae="AutoencoderKL"),
+        "component 'vae' must be [library, class]",
+    ),
+    "component folder missing": (_remove(VAE), "component 'vae' (AutoencoderKL): the folder vae/ is missing"),
+    "config missing": (_remove(TR, "config.json"), "component 'transformer' (SD3Transformer2DModel): transformer/config.json is missing"),
+    "config corrupt": (_write(f"{TR}/config.json", b"{corrupt"), "transformer/config.json is not valid JSON"),
+    "config a list": (_write(f"{TR}/config.json", b"[]"), "transformer/config.json: a JSON list"),
+    "scheduler config missing": (_remove("scheduler", "scheduler_config.json"), "scheduler/scheduler_config.json is missing"),
+    "text encoder config corrupt": (_write(f"{TE}/config.json", b"\xff\xfe"), "text_encoder/config.json is not UTF-8"),
+    "weights missing": (_remove(WEIGHTS), "component 'transformer' (SD3Transformer2DModel): transformer/ has no weights file"),
+    "text encoder weights missing": (_remove(TE, "model.safetensors"), "text_encoder/ has no weights file"),
+    "weights truncated": (lambda d: _cut(d / WEIGHTS, 5000), "diffusion_pytorch_model.safetensors is not a valid safetensors file"),
+    "weights cut in the header": (lambda d: _cut(d / VAE / "diffusion_pytorch_model.safetensors", 4), "component 'vae' (AutoencoderKL): vae/diffusion_pytorch_model.safetensors is not a valid"),
+    "weights zeros": (_write(f"{VAE}/diffusion_pytorch_model.safetensors", b"\0" * 64), "vae/diffusion_pytorch_model.safetensors is not a valid"),
+    "weights one byte longer": (lambda d: (d / WEIGHTS).write_bytes((d / WEIGHTS).read_bytes() + b"x"), "is not a valid safetensors file"),
+    "text encoder weights truncated": (lambda d: _cut(d / TE / "model.safetensors", 2000), "text_encoder/model.safetensors is not a valid"),
+    "weights of the wrong shape": (_wrong_shape, "component 'transformer' (SD3Transformer2DModel) does not load: weights of the wrong shape"),
+    "pickle weights only": (_pickle_only, "transformer/diffusion_pytorch_model.bin is a pickle file, which is never loaded"),
+    "tokenizer.json missing": (_remove("tokenizer", "tokenizer.json"), "component 'tokenizer' (CLIPTokenizer): tokenizer/ has no tokenizer.json or vocab.json + merges.txt"),
+    "tokenizer folder empty": (lambda d: [p.unlink() for p in (d / "tokenizer").iterdir()], "tokenizer/ has no tokenizer.json"),
+    "tokenizer.json corrupt": (_write("tokenizer_2/tokenizer.json", b"{bad"), "component 'tokenizer_2' (CLIPTokenizer): tokenizer_2/tokenizer.json cannot be read"),
+    "empty folder": (_emptied, "without model_index.json"),
+}  # fmt: skip
+
 CLI_CASES = [
     *[Case(f"--steps {v}", _gen("--steps", v), "--steps") for v in ("0", "-3", "1001", "abc", "2.5")],
     *[
@@ -216,6 +313,21 @@ CLI_CASES = [
         for m in ("./nope", "~/nope-headhunter", "a/b/c", "bad id!", "{tmp}/plain")
     ],  # fmt: skip
     Case("--model empty", ["generate", "x", "--model", "", "--out", "{out}"], "--model"),
+    Case("--model a file", _gen("--model", "{tmp}/plain"), "is a file, not a folder", files={"plain": "x"}),
+    Case(
+        "--model UpFusion folder",
+        _gen("--model", str(UPFUSION_MODEL), "--steps", "1"),
+        "UpFusionPipeline is not a SoftPAG pipeline: load it with",
+    ),  # fmt: skip
+    *[
+        Case(f"generate model {name}", _gen("--steps", "1"), expect, broken_model=name)
+        for name, (_, expect) in BROKEN_MODELS.items()
+    ],
+    *[
+        Case(f"{command} model {name}", args, BROKEN_MODELS[name][1], files=GOOD_JOBS, broken_model=name)
+        for name in ("weights truncated", "pickle weights only", "tokenizer.json missing")
+        for command, args in (("search", _search("--prompt", "p")), ("batch", _batch("--steps", "1")))
+    ],
     Case("--out is a folder", _gen("--out", "{tmp}/dir.png"), "is a folder", files={"dir.png/keep": ""}),
     Case("--out under a file", _gen("--out", "{tmp}/file/x.png"), "is a file", files={"file": "x"}),
     Case("--out a.jpg", _gen("--out", "{tmp}/a.jpg"), "must be a folder or a .png file"),
@@ -302,6 +414,30 @@ CLI_CASES = [
         "must be a JSON object",
         files={"p.json": "42"},
     ),  # fmt: skip
+    *[
+        Case(f"presets show {name}", ["presets", "show", "{tmp}/p.json"], expect, files={"p.json": text})
+        for name, text, expect in [
+            (
+                "NaN",
+                '{"groups": [{"heads": ["L1H1"], "scale": NaN}]}',
+                "groups[0].scale=nan is not JSON (NaN)",
+            ),
+            ("Infinity", '{"groups": [{"heads": ["L1H1"], "scale": -Infinity}]}', "groups[0].scale=-inf"),
+            (
+                "100-digit int",
+                '{"version": ' + "9" * 100 + ', "groups": []}',
+                "version=999999999999... (100 digits)",
+            ),
+            (
+                "deep",
+                '{"groups": [{"heads": ["L1H1"]}], "scores": ' + "[" * 20 + "]" * 20 + "}",
+                "scores: nested deeper than 16",
+            ),
+            ("100000 lists", "[" * 100_000, "is not valid JSON: nested too deeply"),
+            ("not json", "{not json", "p.json' is not valid JSON: Expecting property name"),
+            ("group a string", '{"groups": ["L0H0"]}', "groups[0] must be an object with a 'heads' list"),
+        ]
+    ],  # fmt: skip
     Case("unknown command", ["paint"], "invalid choice: 'paint'"),
 ]
 
@@ -311,6 +447,8 @@ def classify_cli(case: Case, model: str, tmp: Path) -> tuple[str, str]:
     from pipelines.cli import main
 
     _write_files(case, tmp)
+    if case.broken_model:
+        model = str(_broken_model(model, case.broken_model, tmp))
     out = tmp / "out"
     argv = [
         a.replace("{model}", model).replace("{out}", str(out)).replace("{tmp}", str(tmp)) for a in case.given
@@ -423,6 +561,14 @@ def _write_files(case: Case, tmp: Path) -> None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
+def _broken_model(model: str, name: str, tmp: Path) -> Path:
+    """A copy of the saved tiny model in `tmp`, broken as BROKEN_MODELS[name] says."""
+    folder = tmp / "model"
+    shutil.copytree(model, folder)
+    BROKEN_MODELS[name][0](folder)
+    return folder
+
+
 def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
@@ -458,6 +604,20 @@ def test_cli(case, tiny_folder, tmp_path):
 def test_batch_job_files(case, tmp_path):
     outcome, message = classify_batch(case, tmp_path)
     assert outcome == "clear", message
+
+
+@pytest.mark.parametrize("name", [n for n in BROKEN_MODELS if n != "empty folder"])
+def test_a_broken_model_folder_is_a_model_folder_error_naming_it(name, tiny_folder, tmp_path):
+    """The Python API: `HeadHunterPipeline.from_pretrained` raises ModelFolderError (a GuidanceError) with the
+    folder, the component and the reason; pickle weights are never unpickled."""
+    from pipelines.headhunter import HeadHunterPipeline
+    from pipelines.loading import ModelFolderError
+
+    folder = _broken_model(tiny_folder("sd3"), name, tmp_path)
+    with pytest.raises(ModelFolderError) as raised:
+        HeadHunterPipeline.from_pretrained(folder)
+    message = " ".join(str(raised.value).split())
+    assert str(folder) in message and BROKEN_MODELS[name][1] in message, message
 
 
 # Seeded random fuzz (hypothesis is not installed here; a fixed seed keeps failures reproducible).
