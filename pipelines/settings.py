@@ -7,13 +7,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from guidance.config import SOFTPAG_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
+from pipelines.files import write_atomically  # re-exported: the tools import it from here
 from pipelines.loading import ModelFolderError
 
 __all__ = [
@@ -307,28 +306,6 @@ def png_parameters(prompt: str, negative: str | None, settings: dict) -> str:
         lines.append(f"Negative prompt: {negative}")
     lines.append(", ".join(f"{k}: {v}" for k, v in settings.items() if v is not None))
     return "\n".join(lines)
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write `path` whole or not at all: `write(file)` fills a new temporary file (never one reached through a
-    link), which is fsynced and renamed over `path`; the folder is fsynced so that the rename lasts too."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(
-        missing_ok=True
-    )  # a leftover of a killed run, or a link someone put there: removed, not followed
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def save_png(image, path: Path, parameters: str, settings: dict) -> None:
