@@ -87,7 +87,8 @@ def check_components(path: str | os.PathLike, index: dict) -> None:
     corrupt, only pickle weights (never unpickled), a tokenizer without its vocabulary files."""
     where = f"model folder {shown_path(path)}"
     for name, value in index.items():
-        if not name.startswith("_"):
+        # a bool or number is a pipeline option (SD's requires_safety_checker, SDXL's force_zeros_for_empty_prompt)
+        if not name.startswith("_") and not isinstance(value, bool | int | float):
             _check_component(Path(path).expanduser(), where, name, value)
 
 

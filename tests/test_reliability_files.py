@@ -162,3 +162,16 @@ def test_an_uploaded_preset_goes_through_the_same_checks(demo, tmp_path, text, e
     with pytest.raises(demo_app.InputError) as raised:
         demo.read_preset_file(str(path))
     assert expect in str(raised.value) and "Preset file" in str(raised.value)
+
+
+def test_pipeline_options_in_model_index_are_not_read_as_components(tiny_folder):
+    """SD1.x folders record `requires_safety_checker: false` beside their components (every saved SD1.5 does); the
+    folder check took it for a malformed component and refused every SD1.x model folder."""
+    from pipelines.headhunter import HeadHunterPipeline
+    from pipelines.loading import check_components, read_model_index
+
+    folder = tiny_folder("sd15")
+    index = read_model_index(folder)
+    assert index["requires_safety_checker"] is False
+    check_components(folder, index)
+    assert type(HeadHunterPipeline.from_pretrained(folder)).__name__ == "HeadHunterSDPipeline"
