@@ -8,6 +8,7 @@ python app.py --model stabilityai/stable-diffusion-3-medium-diffusers --device c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -63,7 +64,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
-from guidance.heads import HeadEntry, HeadGroup, printable  # noqa: E402
+from guidance.heads import HeadEntry, HeadGroup, printable, short_repr  # noqa: E402
 from guidance.layouts import layout_of  # noqa: E402
 from guidance.swap import denoiser_of  # noqa: E402
 from pipelines import HeadHunterPipeline  # noqa: E402
@@ -146,36 +147,56 @@ class InputError(gr.Error):
 
 
 def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400) is no value of ours either
+        return False
 
 
 def whole(label: str, value, low: int, high: int) -> int:
     """`value` as an int if it is a whole number in [low, high], else InputError naming `label`."""
     if not _real(value) or value != int(value) or not low <= value <= high:
-        raise InputError(f"{label}: {value!r} is not allowed; use a whole number from {low} to {high}")
+        raise InputError(
+            f"{label}: {short_repr(value)} is not allowed; use a whole number from {low} to {high}"
+        )
     return int(value)
 
 
 def number(label: str, value, low: float, high: float) -> float:
     """`value` as a float if it is a finite number in [low, high], else InputError naming `label`."""
     if not _real(value) or not low <= value <= high:
-        raise InputError(f"{label}: {value!r} is not allowed; use a number from {low:g} to {high:g}")
+        raise InputError(
+            f"{label}: {short_repr(value)} is not allowed; use a number from {low:g} to {high:g}"
+        )
     return float(value)
 
 
 def choice(label: str, value, choices) -> str:
     """`value` if it is one of `choices`, else InputError naming `label`."""
-    if value not in choices:
-        raise InputError(f"{label}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{label}: {short_repr(value)} is not one of {', '.join(map(str, choices))}")
     return value
 
 
 def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHARS) -> str:
-    """`value` as stripped text of at most `limit` characters, else InputError naming `label`."""
+    """`value` as stripped text of at most `limit` characters, else InputError naming `label`: not a string,
+    a lone surrogate, a control character other than tab and newline (NUL too), too long, or (`required`)
+    blank."""
     if value is None:
         value = ""
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-        raise InputError(f"{label}: give text of at most {limit} characters")
+    if not isinstance(value, str):
+        raise InputError(
+            f"{label}: {short_repr(value)} is not text (a {type(value).__name__}); give a string"
+        )
+    if len(value) > limit:
+        raise InputError(f"{label}: give text of at most {limit} characters (got {len(value)})")
+    bad = next((i for i, c in enumerate(value) if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
+    if bad is not None:
+        raise InputError(
+            f"{label}: contains a NUL/control character ({value[bad]!r} at position {bad}); remove it"
+        )
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InputError(f"{label}: contains a lone surrogate (not valid Unicode text); send UTF-8 text")
     if required and not value.strip():
         raise InputError(f"{label}: write a {label.lower()}")
     return value.strip()
@@ -218,6 +239,134 @@ def Radio(*args, **kwargs) -> gr.Radio:  # noqa: N802
 def Dropdown(*args, **kwargs) -> gr.Dropdown:  # noqa: N802
     """A gr.Dropdown checked by us."""
     return raw(gr.Dropdown(*args, **kwargs))
+
+
+def Textbox(*args, **kwargs) -> gr.Textbox:  # noqa: N802
+    """A gr.Textbox checked by us (a list is refused, not turned into the text "['a red circle']")."""
+    return raw(gr.Textbox(*args, **kwargs))
+
+
+def Checkbox(*args, **kwargs) -> gr.Checkbox:  # noqa: N802
+    """A gr.Checkbox checked by us ("yes" is refused, not read as true)."""
+    return raw(gr.Checkbox(*args, **kwargs))
+
+
+def named(component: gr.components.Component, name: str) -> gr.components.Component:
+    """`component`, called `name` in API error messages (where its label is long)."""
+    component.api_label = name
+    return component
+
+
+# -- HTTP API payloads: checked before Gradio's own processing, whose errors would reach a client as
+# {"error": null} (show_error=False): a path that was never uploaded, a URL, a dict posted as a number ------------
+
+
+def _api_label(block) -> str:
+    return getattr(block, "api_label", None) or block.label or type(block).__name__
+
+
+def check_file_payload(label: str, payload, multiple: bool, suffixes: tuple[str, ...] = ()) -> None:
+    """An upload input's payload: None, or (a list of) files uploaded to this demo, each a regular file in
+    Gradio's upload folder (named with one of `suffixes`, where given); never a path elsewhere, a URL (which
+    Gradio would fetch), a folder or a link."""
+    if payload is None:
+        return
+    if multiple and not isinstance(payload, list):
+        raise InputError(
+            f"{label}: {short_repr(payload)} is not a list of uploaded files; upload the files "
+            "(gradio_client: [handle_file(path), ...])"
+        )
+    upload = Path(gr.utils.get_upload_folder()).resolve()
+    for i, entry in enumerate(payload if multiple else [payload], start=1):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str):
+            raise InputError(
+                f"{label}: file {i} ({short_repr(entry)}) is not an uploaded file; upload it first "
+                "(gradio_client: handle_file(path))"
+            )
+        if re.match(r"[a-z][a-z0-9+.-]*:", path, re.IGNORECASE) and not Path(path).is_absolute():
+            raise InputError(
+                f"{label}: file {i} is a URL ({short_repr(path)}); this demo reads uploaded files only, "
+                "upload the file itself"
+            )
+        try:
+            uploaded = "\x00" not in path and Path(path).resolve().is_relative_to(upload)
+            regular = uploaded and Path(path).is_file() and not Path(path).is_symlink()
+        except (OSError, ValueError):
+            uploaded = regular = False
+        if not uploaded:
+            raise InputError(
+                f"{label}: file {i} ({short_repr(path)}) was not uploaded to this demo; upload it first "
+                "(gradio_client: handle_file(path))"
+            )
+        if not regular:
+            raise InputError(
+                f"{label}: file {i} ({short_repr(path)}) is not an uploaded file (a folder, a link or gone); "
+                "upload it again"
+            )
+        if suffixes and Path(path).suffix.lower() not in suffixes:
+            raise InputError(
+                f"{label}: file {i} ({short_repr(Path(path).name)}) is not a {'/'.join(suffixes)} file"
+            )
+
+
+def check_payload(block, payload) -> None:
+    """One input's API payload, by its component: the types our event functions' checks expect."""
+    label = _api_label(block)
+    if isinstance(block, gr.File | gr.Image):
+        suffixes = tuple(t.lower() for t in getattr(block, "file_types", None) or () if t.startswith("."))
+        check_file_payload(label, payload, getattr(block, "file_count", "single") != "single", suffixes)
+        if payload is None:
+            return
+        try:  # Gradio's own reading of the upload record (keys, `meta`), named here
+            block.data_model.model_validate(payload, context={"validate_meta": True})
+        except Exception:
+            raise InputError(f"{label}: {short_repr(payload)} is not an uploaded file record") from None
+        return
+    if isinstance(block, gr.Dataset):
+        if not isinstance(payload, int) or isinstance(payload, bool) or not 0 <= payload < len(block.samples):
+            raise InputError(
+                f"{label}: {short_repr(payload)} is not an example number (0 to {len(block.samples) - 1})"
+            )
+    elif isinstance(block, gr.Checkbox):
+        if not isinstance(payload, bool):
+            raise InputError(f"{label}: {short_repr(payload)} must be true or false")
+    elif isinstance(block, gr.Number | gr.Slider):
+        if payload is None or isinstance(payload, dict | list):
+            raise InputError(f"{label}: {short_repr(payload)} is not a number; give a number")
+    elif isinstance(block, gr.Radio | gr.Dropdown):
+        if payload is None or isinstance(payload, dict | list):
+            values = [c[1] if isinstance(c, tuple) else c for c in block.choices]
+            raise InputError(f"{label}: {short_repr(payload)} is not one of {', '.join(map(str, values))}")
+    elif isinstance(payload, dict | list):
+        what = "text" if isinstance(block, gr.Textbox) else "allowed here"
+        raise InputError(f"{label}: {short_repr(payload)} is not {what}")
+
+
+def check_api_inputs(app: gr.Blocks) -> gr.Blocks:
+    """`app`, with every event's payloads checked by `check_payload` before Gradio processes them; anything
+    Gradio still cannot read is refused naming the event instead of reaching the client as {"error": null}."""
+    preprocess = app.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        event = f"/{block_fn.api_name or block_fn.name}"
+        if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
+            raise InputError(f"{event}: give {len(block_fn.inputs)} inputs (got {short_repr(inputs)})")
+        for block, payload in zip(block_fn.inputs, inputs, strict=False):
+            if not block.stateful:
+                check_payload(block, payload)
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except InputError:
+            raise
+        except gr.Error as error:  # Gradio's own refusal (a file type), named by the event
+            raise InputError(f"{event}: {error.message}") from None
+        except Exception as error:
+            LOG.debug("%s: Gradio could not read the inputs: %s", event, printable(str(error))[:300])
+            raise InputError(f"{event}: the inputs could not be read ({type(error).__name__})") from None
+
+    app.preprocess_data = preprocess_data  # an instance attribute, like `raw`
+    return app
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -471,6 +620,10 @@ class Demo:
 
     def __init__(self, pipe, model: str | Path, limits: Limits = Limits(), name: str | None = None):
         self.pipe, self.model, self.limits = pipe, str(model), limits
+        # The head search's own pipeline: the same components, its own scheduler (diffusers' schedulers keep
+        # per-call state; a search and a generation run at the same time).
+        self.search_pipe = HeadHunterPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))
+        self.search_pipe.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         self.name = name or display_name(model)
         self.denoiser = denoiser_of(pipe)
         self.heads_per_layer = layout_of(self.denoiser).heads_per_layer
@@ -520,8 +673,7 @@ class Demo:
 
     def choose_preset(self, preset: str):
         """Picking a preset: its heads and w go into the inputs."""
-        heads, w = self.preset_inputs(preset if preset in self.presets else CUSTOM)
-        return heads, w
+        return self.preset_inputs(choice("Preset", preset, [CUSTOM, *self.presets]))
 
     def read_preset_file(self, path: str | None):
         """An uploaded preset: its heads and w go into the inputs, and the selection is custom."""
@@ -840,7 +992,7 @@ class Demo:
             extra=self.extras,
         )
         out = Path(tempfile.mkdtemp(prefix="headhunter-search-"))
-        search = HeadSearch(self.pipe, obj, settings)
+        search = HeadSearch(self.search_pipe, obj, settings)
         report = [f"Unguided {obj.name}: **{search.baseline:.4f}** (higher is better)"]
         image = None
         if sweep:
@@ -951,13 +1103,25 @@ class NovelViews:
             raise InputError(f"Images: upload 1 to 6 images of the object (got {len(files)})")
         images = []
         for i, file in enumerate(files, start=1):
+            unreadable = f"Images: file {i} is not an image this demo can read"
             try:
                 with Image.open(file) as image:
-                    if max(image.size) > MAX_VIEW_PIXELS:
-                        raise InputError(f"Images: image {i} is larger than {MAX_VIEW_PIXELS} px")
+                    width, height = image.size
+                    if max(width, height) <= MAX_VIEW_PIXELS:
+                        image.verify()  # the whole file (a truncated PNG too), before decoding it
+            except Image.DecompressionBombError:  # PIL's own size limit, far above ours
+                raise InputError(f"Images: image {i} is larger than {MAX_VIEW_PIXELS} px a side") from None
+            except (OSError, ValueError, TypeError, SyntaxError):
+                raise InputError(unreadable) from None
+            if max(width, height) > MAX_VIEW_PIXELS:
+                raise InputError(
+                    f"Images: image {i} is {width}x{height} px; allowed: at most {MAX_VIEW_PIXELS} px a side"
+                )
+            try:
+                with Image.open(file) as image:
                     rgba = image.convert("RGBA")
-            except (OSError, ValueError, Image.DecompressionBombError):
-                raise InputError(f"Images: file {i} is not an image this demo can read") from None
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                raise InputError(unreadable) from None
             white = Image.new("RGBA", rgba.size, "white")
             images.append(Image.alpha_composite(white, rgba).convert("RGB"))
         return [im.resize(images[0].size) for im in images]
@@ -1043,20 +1207,20 @@ def build_app(demo: Demo, views: NovelViews | None = None) -> gr.Blocks:
         with gr.Tab("Novel views"):
             _novel_views_tab(views)
         ui["stop"].click(demo.stop, None, None, cancels=ui["events"], api_name=False)
-    return app
+    return check_api_inputs(app)
 
 
 def _generate_inputs(demo: Demo) -> dict:
     """The Generate tab's inputs, each with plain-words help."""
     ui = {}
-    ui["prompt"] = gr.Textbox(
+    ui["prompt"] = Textbox(
         elem_id="prompt",
         label="Prompt",
         value=EXAMPLE_PROMPTS[0],
         info=HELP["prompt"],
         max_length=MAX_PROMPT_CHARS,
     )
-    ui["negative"] = gr.Textbox(label="Negative prompt", value="", info=HELP["negative"])
+    ui["negative"] = Textbox(label="Negative prompt", value="", info=HELP["negative"])
     with gr.Row():
         ui["seed"] = Number(elem_id="seed", label="Seed", value=0, step=1, info=HELP["seed"])
         ui["random_seed"] = gr.Button("🎲 Random seed", size="sm")
@@ -1085,15 +1249,18 @@ def _generate_inputs(demo: Demo) -> dict:
         )
     ui["cfg"] = Slider(1, 15, value=demo.default_cfg, step=0.5, label="CFG scale", info=HELP["cfg"])
     heads, w = demo.preset_inputs(demo.default_preset)
-    ui["preset"] = Dropdown(
-        [CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset", info=demo.preset_note()
+    ui["preset"] = named(
+        Dropdown(
+            [CUSTOM, *demo.presets], value=demo.default_preset, label="Head preset", info=demo.preset_note()
+        ),
+        "Preset",
     )
-    ui["heads"] = gr.Textbox(
+    ui["heads"] = Textbox(
         elem_id="heads", label="Heads", value=heads, placeholder="L1H0=1, L7H7=0.5", info=HELP["heads"]
     )
     with gr.Row():
-        ui["pag_scale"] = _pag_slider("scale", "Head guidance w", 0, 10, 0.25, w)
-        ui["strength"] = _pag_slider("strength", "Default strength u", 0, 1, 0.05)
+        ui["pag_scale"] = named(_pag_slider("scale", "Head guidance w", 0, 10, 0.25, w), "PAG scale w")
+        ui["strength"] = named(_pag_slider("strength", "Default strength u", 0, 1, 0.05), "Strength u")
     with gr.Accordion("More head settings", open=False):
         ui["identity"] = Radio(
             list(PAG["identity"].choices),
@@ -1112,7 +1279,9 @@ def _generate_inputs(demo: Demo) -> dict:
                 label="Perturbed branch",
                 info=PAG["branch"].help,
             )
-        ui["preset_file"] = gr.File(label="Load a preset JSON", file_types=[".json"], type="filepath")
+        ui["preset_file"] = named(
+            gr.File(label="Load a preset JSON", file_types=[".json"], type="filepath"), "Preset file"
+        )
     with gr.Row():
         ui["run"] = gr.Button("Generate", variant="primary")
         ui["stop"] = gr.Button("Stop", variant="stop")
@@ -1206,27 +1375,36 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
                 label="Objective",
                 info="What the search tries to raise (toy-* use the toy world's evaluator).",
             )
-            prompts = gr.Textbox(
-                elem_id="search-prompts",
-                label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
-                lines=4,
-                value="a red circle\na blue square on the left and a yellow triangle on the right",
-                info="The search scores heads on these prompts.",
+            prompts = named(
+                Textbox(
+                    elem_id="search-prompts",
+                    label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
+                    lines=4,
+                    value="a red circle\na blue square on the left and a yellow triangle on the right",
+                    info="The search scores heads on these prompts.",
+                ),
+                "Prompts",
             )
             with gr.Row():
-                seeds = Number(
-                    elem_id="search-seeds",
-                    label="Seeds per prompt",
-                    value=2,
-                    step=1,
-                    info=f"1 to {MAX_SEARCH_SEEDS}.",
+                seeds = named(
+                    Number(
+                        elem_id="search-seeds",
+                        label="Seeds per prompt",
+                        value=2,
+                        step=1,
+                        info=f"1 to {MAX_SEARCH_SEEDS}.",
+                    ),
+                    "Seeds",
                 )
-                k = Number(
-                    elem_id="search-k",
-                    label="Heads per round k",
-                    value=4,
-                    step=1,
-                    info=f"Heads added per round, 1 to {MAX_K}.",
+                k = named(
+                    Number(
+                        elem_id="search-k",
+                        label="Heads per round k",
+                        value=4,
+                        step=1,
+                        info=f"Heads added per round, 1 to {MAX_K}.",
+                    ),
+                    "k",
                 )
                 rounds = Number(
                     elem_id="search-rounds",
@@ -1242,7 +1420,7 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
                     step=1,
                     info="Denoising steps per image.",
                 )
-            sweep = gr.Checkbox(label="Head map", value=True, info="Score every head alone first (slower).")
+            sweep = Checkbox(label="Head map", value=True, info="Score every head alone first (slower).")
             with gr.Row():
                 go = gr.Button("Search", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
@@ -1282,11 +1460,14 @@ def _novel_views_tab(views: NovelViews) -> None:
     gr.Markdown("A toy-object picker is not offered: `pipelines.upfusion` has no example-views function.")
     with gr.Row():
         with gr.Column():
-            files = gr.File(
-                label="Images of the object (1-6)",
-                file_count="multiple",
-                file_types=["image"],
-                type="filepath",
+            files = named(
+                gr.File(
+                    label="Images of the object (1-6)",
+                    file_count="multiple",
+                    file_types=["image"],
+                    type="filepath",
+                ),
+                "Images",
             )
             mode = Radio(
                 ["views", "orbit"],
@@ -1294,7 +1475,7 @@ def _novel_views_tab(views: NovelViews) -> None:
                 label="Mode",
                 info="'views': the cameras below; 'orbit': a full turn, as a GIF.",
             )
-            cameras = gr.Textbox(
+            cameras = Textbox(
                 label="Cameras",
                 value="90, 15; 180, 15; 270, 15",
                 info="'azimuth, elevation' in degrees, pairs separated by ';'.",

@@ -1,7 +1,10 @@
 """Bad inputs through the demo's Gradio API (gradio_client on localhost) and its event functions: each is
 refused with a clear message that names the input, before any work (issue #17, Gradio surface)."""
 
+import inspect
 import math
+import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -127,3 +130,293 @@ def test_novel_views_refuse_bad_inputs_by_name(views, kwargs, message):
 
 def test_the_matrix_has_at_least_30_bad_inputs():
     assert len(GENERATE) + len(SEARCH) + len(NOVEL_VIEWS) >= 30
+
+
+# -- The HTTP API as any client can post it (issue 27): every input of every event, bad types, bad files ------
+#
+# Sent as a browser sends them (POST /gradio_api/queue/join by event number, then the event stream), so values
+# gradio_client would change first reach the server as they are: lists, dicts, null, NaN, 10**400, paths and URLs
+# that were never uploaded. Each is refused with a message naming the input; none gives {"error": null}.
+
+GENERATE_INPUTS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "width",
+    "height",
+    "guidance_scale",
+    "pag_scale",
+    "pag_strength",
+    "pag_identity",
+    "pag_start",
+    "pag_stop",
+    "pag_every",
+    "pag_branch",
+    "preset",
+    "heads",
+)
+GOOD_GENERATE = dict(prompt="a red circle", seed=0, steps=1, width=32, height=32, guidance_scale=5)
+GOOD_SEARCH = ("saturation", "a red circle", 1, 1, 1, 1, False)
+GOOD_VIEWS = ([{"path": "{image}", "meta": {"_type": "gradio.FileData"}}], "views", "90, 0", 12, 15, 2, 3, 0)
+HUGE = 10**400  # beyond a float: math.isfinite raised OverflowError
+FILE = {"meta": {"_type": "gradio.FileData"}}  # an upload record's shape, with "path" added
+
+
+def generate_data(**changes) -> list:
+    """/generate's 17 payloads (the 16 inputs, then the gallery's state) with `changes` by parameter name."""
+    parameters = inspect.signature(demo_app.Demo.generate).parameters
+    values = {name: parameters[name].default for name in GENERATE_INPUTS}
+    values.update(GOOD_GENERATE, negative_prompt="", preset="custom", heads="")
+    values.update(changes)
+    return [values[name] for name in GENERATE_INPUTS] + [None]
+
+
+def search_data(i: int, value) -> list:
+    data = list(GOOD_SEARCH)
+    data[i] = value
+    return data
+
+
+def views_data(i: int, value) -> list:
+    data = list(GOOD_VIEWS)
+    data[i] = value
+    return data
+
+
+def file(path: str) -> dict:
+    return {"path": path, **FILE}
+
+
+# (case, event, payloads (strings "{name}" are replaced by the uploaded files of `uploads`), message)
+API_CASES = [
+    ("prompt list", "generate", generate_data(prompt=["a red circle"]), r"Prompt: \['a red circle'\] is not text"),
+    ("prompt dict", "generate", generate_data(prompt={"text": "a"}), r"Prompt: \{'text': 'a'\} is not text"),
+    ("prompt number", "generate", generate_data(prompt=5), "Prompt: 5 is not text"),
+    ("prompt bool", "generate", generate_data(prompt=True), "Prompt: True is not text"),
+    ("prompt upload record", "generate", generate_data(prompt=file("/etc/passwd")), "Prompt: .* is not text"),
+    ("prompt null", "generate", generate_data(prompt=None), "Prompt: write a prompt"),
+    ("prompt NUL", "generate", generate_data(prompt="a\x00b"), "Prompt: contains a NUL/control character"),
+    ("prompt ESC", "generate", generate_data(prompt="a\x1b[31mb"), "Prompt: contains a NUL/control character"),
+    ("prompt surrogate", "generate", generate_data(prompt="a\udcffb"), "Prompt: contains a lone surrogate"),
+    ("negative list", "generate", generate_data(negative_prompt=["x"]), "Negative prompt: .* is not text"),
+    ("negative NUL", "generate", generate_data(negative_prompt="\x00"), "Negative prompt: contains a NUL"),
+    ("seed null", "generate", generate_data(seed=None), "Seed: None is not a number"),
+    ("seed string", "generate", generate_data(seed="1"), "Seed: '1' is not allowed"),
+    ("seed bool", "generate", generate_data(seed=True), "Seed: True is not allowed"),
+    ("seed 10**400", "generate", generate_data(seed=HUGE), "Seed: 1000.* is not allowed"),
+    ("seed list", "generate", generate_data(seed=[1]), r"Seed: \[1\] is not a number"),
+    ("steps null", "generate", generate_data(steps=None), "Steps: None is not a number"),
+    ("steps dict", "generate", generate_data(steps={"value": 2}), "Steps: .* is not a number"),
+    ("steps upload record", "generate", generate_data(steps=file("/etc/passwd")), "Steps: .* is not a number"),
+    ("steps 10**400", "generate", generate_data(steps=HUGE), "Steps: 1000.* is not allowed"),
+    ("steps NaN", "generate", generate_data(steps=float("nan")), "Steps: nan is not allowed"),
+    ("steps string", "generate", generate_data(steps="1"), "Steps: '1' is not allowed"),
+    ("width null", "generate", generate_data(width=None), "Width: None is not a number"),
+    ("width 10**400", "generate", generate_data(width=HUGE), "Width: 1000.* is not allowed"),
+    ("height bool", "generate", generate_data(height=True), "Height: True is not allowed"),
+    ("height list", "generate", generate_data(height=[32]), "Height: .* is not a number"),
+    ("cfg null", "generate", generate_data(guidance_scale=None), "CFG scale: None is not a number"),
+    ("cfg 10**400", "generate", generate_data(guidance_scale=HUGE), "CFG scale: 1000.* is not allowed"),
+    ("cfg -inf", "generate", generate_data(guidance_scale=-math.inf), "CFG scale: -inf is not allowed"),
+    ("w dict", "generate", generate_data(pag_scale={}), r"PAG scale w: \{\} is not a number"),
+    ("w string", "generate", generate_data(pag_scale="3"), "PAG scale w: '3' is not allowed"),
+    ("u list", "generate", generate_data(pag_strength=[0.5]), r"Strength u: \[0.5\] is not a number"),
+    ("u 10**400", "generate", generate_data(pag_strength=HUGE), "Strength u: 1000.* is not allowed"),
+    ("identity null", "generate", generate_data(pag_identity=None), "Identity: None is not one of"),
+    ("identity number", "generate", generate_data(pag_identity=5), "Identity: 5 is not one of"),
+    ("identity list", "generate", generate_data(pag_identity=["joint"]), "Identity: .* is not one of"),
+    ("start string", "generate", generate_data(pag_start="0"), "Start: '0' is not allowed"),
+    ("stop dict", "generate", generate_data(pag_stop={"a": 1}), "Stop: .* is not a number"),
+    ("every 1.5", "generate", generate_data(pag_every=1.5), "Every k steps: 1.5 is not allowed"),
+    ("every bool", "generate", generate_data(pag_every=True), "Every k steps: True is not allowed"),
+    ("branch number", "generate", generate_data(pag_branch=1), "Perturbed branch: 1 is not one of"),
+    ("preset null", "generate", generate_data(preset=None), "Preset: None is not one of"),
+    ("preset list", "generate", generate_data(preset=["custom"]), "Preset: .* is not one of"),
+    ("heads list", "generate", generate_data(heads=["L0H0"]), r"Heads: \['L0H0'\] is not text"),
+    ("heads number", "generate", generate_data(heads=5), "Heads: 5 is not text"),
+    ("heads NUL", "generate", generate_data(heads="L0H0\x00"), "Heads: contains a NUL/control character"),
+    ("too few inputs", "generate", generate_data()[:3], "/generate: give 17 inputs"),
+    ("objective null", "search", search_data(0, None), "Objective: None is not one of"),
+    ("objective number", "search", search_data(0, 5), "Objective: 5 is not one of"),
+    ("prompts list", "search", search_data(1, ["a"]), r"Prompts: \['a'\] is not text"),
+    ("prompts number", "search", search_data(1, 7), "Prompts: 7 is not text"),
+    ("prompts NUL", "search", search_data(1, "a\x00"), "Prompts: contains a NUL/control character"),
+    ("seeds null", "search", search_data(2, None), "Seeds: None is not a number"),
+    ("seeds 10**400", "search", search_data(2, HUGE), "Seeds: 1000.* is not allowed"),
+    ("k string", "search", search_data(3, "2"), "k: '2' is not allowed"),
+    ("rounds bool", "search", search_data(4, True), "Rounds: True is not allowed"),
+    ("search steps NaN", "search", search_data(5, float("nan")), "Steps: nan is not allowed"),
+    ("search steps list", "search", search_data(5, [1]), "Steps: .* is not a number"),
+    ("head map string", "search", search_data(6, "yes"), "Head map: 'yes' must be true or false"),
+    ("head map null", "search", search_data(6, None), "Head map: None must be true or false"),
+    ("head map 1", "search", search_data(6, 1), "Head map: 1 must be true or false"),
+    ("images: a path never uploaded", "novel_views", views_data(0, [file("{outside}")]), "Images: file 1 .* was not uploaded to this demo"),
+    ("images: /etc/passwd", "novel_views", views_data(0, [file("/etc/passwd")]), "Images: file 1 .* was not uploaded to this demo"),
+    ("images: a bare path", "novel_views", views_data(0, ["/etc/passwd"]), "Images: file 1 .* is not an uploaded file"),
+    ("images: a URL", "novel_views", views_data(0, [file("http://127.0.0.1:9/x.png")]), "Images: file 1 is a URL"),
+    ("images: a file: URL", "novel_views", views_data(0, [file("file:///etc/passwd")]), "Images: file 1 is a URL"),
+    ("images: the upload folder", "novel_views", views_data(0, [file("{folder}")]), r"Images: file 1 .* is not an uploaded file \(a folder"),
+    ("images: a link in the upload folder", "novel_views", views_data(0, [file("{link}")]), "Images: file 1 .* (was not uploaded|is not an uploaded file)"),
+    ("images: one record, not a list", "novel_views", views_data(0, file("{image}")), "Images: .* is not a list of uploaded files"),
+    ("images: a number", "novel_views", views_data(0, 5), "Images: 5 is not a list of uploaded files"),
+    ("images: a record without meta", "novel_views", views_data(0, [{"path": "{image}"}]), "Images: .* is not an uploaded file record"),
+    ("images: path not a string", "novel_views", views_data(0, [{"path": 5, **FILE}]), "Images: file 1 .* is not an uploaded file"),
+    ("images: a text file", "novel_views", views_data(0, [file("{text}")]), "Images: file 1 is not an image this demo can read"),
+    ("images: a truncated PNG", "novel_views", views_data(0, [file("{truncated}")]), "Images: file 1 is not an image this demo can read"),
+    ("images: a PNG without its end", "novel_views", views_data(0, [file("{cut}")]), "Images: file 1 is not an image this demo can read"),
+    ("images: 5000x5000", "novel_views", views_data(0, [file("{huge}")]), r"Images: image 1 is 5000x5000 px; allowed: at most 4096"),
+    ("images: none", "novel_views", views_data(0, []), "Images: upload 1 to 6 images"),
+    ("images: null", "novel_views", views_data(0, None), "Images: upload 1 to 6 images"),
+    ("mode null", "novel_views", views_data(1, None), "Mode: None is not one of views, orbit"),
+    ("cameras list", "novel_views", views_data(2, [90, 0]), r"Cameras: \[90, 0\] is not text"),
+    ("cameras NUL", "novel_views", views_data(2, "90, 0\x00"), "Cameras: contains a NUL/control character"),
+    ("frames null", "novel_views", views_data(3, None), "Frames: None is not a number"),
+    ("elevation dict", "novel_views", views_data(4, {}), "Elevation: .* is not a number"),
+    ("views steps 10**400", "novel_views", views_data(5, HUGE), "Steps: 1000.* is not allowed"),
+    ("views cfg string", "novel_views", views_data(6, "3"), "CFG scale: '3' is not allowed"),
+    ("views seed bool", "novel_views", views_data(7, True), "Seed: True is not allowed"),
+    ("preset file never uploaded", "read_preset_file", [file("/etc/passwd")], "Preset file: file 1 .* was not uploaded"),
+    ("preset file a URL", "read_preset_file", [file("https://example.com/p.json")], "Preset file: file 1 is a URL"),
+    ("preset file a bare path", "read_preset_file", ["/etc/passwd"], "Preset file: file 1 .* is not an uploaded file"),
+    ("preset file a list", "read_preset_file", [[file("{preset}")]], "Preset file: file 1 .* is not an uploaded file"),
+    ("preset file not JSON", "read_preset_file", [file("{text.txt}")], r"Preset file: file 1 \(.text.txt.\) is not a .json file"),
+    ("preset file not a preset", "read_preset_file", [file("{preset}")], "Preset file: .*"),
+    ("preset menu number", "choose_preset", [5], "Preset: 5 is not one of"),
+    ("preset menu dict", "choose_preset", [{}], r"Preset: \{\} is not one of"),
+    ("example 999", "load_example", [999], r"Prompts this model understands: 999 is not an example number"),
+    ("example string", "load_example", ["0"], r"Prompts this model understands: '0' is not an example number"),
+    ("example -1", "load_example", [-1], r"Prompts this model understands: -1 is not an example number"),
+    ("reuse without a pick", "reuse", [None, None], "Gallery: click an image in the gallery first"),
+]  # fmt: skip
+
+
+def api_call(url: str, event: str, data: list, timeout: float = 60) -> tuple[str, str | None]:
+    """One event over HTTP as a browser posts it: ("error", message), ("ok", output) or ("http", status)."""
+    import json
+    import uuid
+
+    import httpx
+
+    ids = {
+        d.get("api_name"): d["id"] for d in httpx.get(url + "config", timeout=timeout).json()["dependencies"]
+    }
+    session = uuid.uuid4().hex
+    body = json.dumps({"data": data, "fn_index": ids[event], "session_hash": session, "trigger_id": None})
+    joined = httpx.post(
+        url + "gradio_api/queue/join",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=timeout,
+    )
+    if joined.status_code != 200:
+        return "http", f"{joined.status_code} {joined.text[:200]}"
+    stream = httpx.stream(
+        "GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=timeout
+    )
+    with stream as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                output = message.get("output") or {}
+                return ("ok", str(output)[:200]) if message.get("success") else ("error", output.get("error"))
+            if message.get("msg") == "unexpected_error":
+                return "error", message.get("message")
+    return "http", "the event stream ended without a result"
+
+
+@pytest.fixture(scope="module")
+def uploads(server, tmp_path_factory):
+    """Files uploaded to the server (name -> path in its upload folder), a path outside it, the upload folder and
+    a link inside it (as a client cannot make one: the worst case)."""
+    import io
+    import uuid
+
+    import httpx
+
+    tmp = tmp_path_factory.mktemp("api-files")
+    image = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(image, format="PNG")
+    noisy = io.BytesIO()
+    Image.effect_noise((64, 64), 50).save(noisy, format="PNG")
+    huge = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(huge, format="PNG")
+    contents = {
+        "image.png": image.getvalue(),
+        "huge.png": huge.getvalue(),
+        "cut.png": image.getvalue()[:-12],  # no IEND chunk: PIL decodes it without complaint
+        "truncated.png": noisy.getvalue()[: len(noisy.getvalue()) // 2],
+        "text.png": b"not an image",
+        "preset.json": b'{"groups": 5}',
+        "text.txt": b"hello",
+    }
+    files = [("files", (name, data)) for name, data in contents.items()]
+    paths = httpx.post(server[0] + "gradio_api/upload", files=files, timeout=60).json()
+    uploaded = dict(
+        zip(["image", "huge", "cut", "truncated", "text", "preset", "text.txt"], paths, strict=True)
+    )
+    (tmp / "outside.png").write_bytes(contents["image.png"])
+    link = Path(uploaded["image"]).parent / f"link-{uuid.uuid4().hex}.png"
+    link.symlink_to("/etc/passwd")
+    yield {**uploaded, "outside": str(tmp / "outside.png"), "folder": str(Path(uploaded["image"]).parent),
+            "link": str(link)}  # fmt: skip
+    link.unlink()
+
+
+def filled(data, files: dict):
+    """`data` with every "{name}" string replaced by that uploaded file's path."""
+    if isinstance(data, str) and data.startswith("{") and data.endswith("}") and data[1:-1] in files:
+        return files[data[1:-1]]
+    if isinstance(data, list):
+        return [filled(item, files) for item in data]
+    if isinstance(data, dict):
+        return {key: filled(value, files) for key, value in data.items()}
+    return data
+
+
+@pytest.mark.parametrize(("case", "event", "data", "message"), API_CASES, ids=[c[0] for c in API_CASES])
+def test_the_http_api_refuses_every_bad_input_by_name(server, uploads, case, event, data, message):
+    """Before: a list prompt generated "['a red circle']", 13 of these gave {"error": null}, 5000x5000 was "not
+    an image", NUL was "at most 2000 characters", 10**400 steps an OverflowError."""
+    data = filled(data, uploads)
+    outcome, text = api_call(server[0], event, data)
+    assert outcome == "error" and text, f"{case}: {outcome} {text}"
+    assert re.match(message, text), text
+    assert "Traceback" not in text
+
+
+def test_a_list_prompt_through_gradio_client_is_refused(client):
+    """The probe's finding, as gradio_client sends it."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=r"Prompt: \['a red circle'\] is not text"):
+        client.predict(["a red circle"], api_name="/generate", steps=1)
+
+
+def test_a_search_and_a_generation_at_the_same_time_both_finish(server):
+    """The search runs entirely inside a generation's step (its scheduler held): before, the search shared the
+    pipeline and was refused ("its scheduler is in use by a call running in another thread")."""
+    import threading
+
+    demo = server[1]
+    searched: list = []
+
+    def search() -> None:
+        searched.extend(demo.search("saturation", "a red circle", 1, 1, 1, 1, False, progress=None))
+
+    def during_the_first_step(*args, **kwargs) -> None:
+        if not searched:
+            worker = threading.Thread(target=search)
+            worker.start()
+            worker.join(timeout=120)
+
+    comparison, *_ = demo.generate("a red circle", steps=2, heads="L0H0", progress=during_the_first_step)
+    assert len(comparison) == 2
+    assert searched and "Unguided saturation" in searched[-1][1]
+
+
+def test_the_search_pipeline_shares_the_components_and_the_progress_bar_setting(server):
+    demo = server[1]
+    assert demo.search_pipe.scheduler is not demo.pipe.scheduler
+    assert demo.search_pipe.transformer is demo.pipe.transformer
+    assert demo.search_pipe._progress_bar_config == {"disable": True}
