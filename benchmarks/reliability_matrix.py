@@ -4,7 +4,7 @@
 
 Outcomes: clear (our error, naming the input, no traceback, nothing written, processors restored), unclear (an
 error that does not say what was wrong), silently accepted (no error), crash (a traceback or a foreign exception).
-The Gradio cases are counted by tests/test_app.py (see docs/reliability.md).
+The demo's HTTP API cases (tests/test_app_fuzz.py) are posted to the demo launched on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,13 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _fuzz_module():
-    """tests/test_fuzz.py as a module (its case tables and classifiers)."""
-    spec = importlib.util.spec_from_file_location("test_fuzz", ROOT / "tests" / "test_fuzz.py")
+def _test_module(name: str):
+    """tests/<name>.py as a module (its case tables and classifiers)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _fuzz_module():
+    """tests/test_fuzz.py as a module."""
+    return _test_module("test_fuzz")
 
 
 def _classified(fuzz, root: Path) -> dict[str, list[tuple[str, str, str]]]:
@@ -51,7 +56,28 @@ def _classified(fuzz, root: Path) -> dict[str, list[tuple[str, str, str]]]:
             tmp.mkdir()
             outcome, message = classify(case, tmp)
             results[surface].append((case.name, outcome, " ".join(message.split())[-300:]))
+    results["demo HTTP API"] = _demo_http_api(str(model), root)
     return results
+
+
+# -- Issue 27: the demo's HTTP API (tests/test_app_fuzz.py), the demo launched on 127.0.0.1 ---------------------
+
+
+def _demo_http_api(model: str, root: Path) -> list[tuple[str, str, str]]:
+    """(case, outcome, message) of every payload of tests/test_app_fuzz.py's `demo_cases`, posted as a browser
+    posts it to the demo on `model` (conftest's `launch_demo`), with the files of `upload_files`."""
+    conftest, app_fuzz = _test_module("conftest"), _test_module("test_app_fuzz")
+    url, _, app = conftest.launch_demo(model)
+    try:
+        files = app_fuzz.upload_files(url, root)
+        rows = []
+        for name, event, data, expected in app_fuzz.demo_cases():
+            outcome, message = app_fuzz.classify_api(url, event, data, expected, files)
+            rows.append((name, outcome, " ".join(str(message).split())[-300:]))
+        Path(files["link"]).unlink()
+    finally:
+        app.close()
+    return rows
 
 
 # -- Issue 27: non-values, bounds and `views` outputs (tests/test_reliability_inputs.py) ------------------------

@@ -94,20 +94,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_folder):
-    """The demo on a tiny SD3 model, launched on a free localhost port: (url, Demo)."""
+def launch_demo(folder: str):
+    """The demo on the model in `folder`, launched on a free localhost port: (url, Demo, Blocks to close)."""
     import app as demo_app
     from pipelines.headhunter import HeadHunterPipeline
 
-    pipe = HeadHunterPipeline.from_pretrained(tiny_folder("sd3"))
+    pipe = HeadHunterPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    demo = demo_app.Demo(pipe, tiny_folder("sd3"), demo_app.Limits(max_steps=4, max_size=64, queue_size=4))
+    demo = demo_app.Demo(pipe, folder, demo_app.Limits(max_steps=4, max_size=64, queue_size=4))
     app = demo_app.build_app(demo)
     app.queue(max_size=4, default_concurrency_limit=1)
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", demo
+    return f"http://127.0.0.1:{port}/", demo, app
+
+
+@pytest.fixture(scope="module")
+def server(tiny_folder):
+    """The demo on a tiny SD3 model (`launch_demo`): (url, Demo)."""
+    url, demo, app = launch_demo(tiny_folder("sd3"))
+    yield url, demo
     app.close()
 
 

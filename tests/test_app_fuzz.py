@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import app as demo_app
+from guidance.heads import short_repr
 
 GENERATE = [
     (dict(steps=0), "Steps: 0 is not allowed"),
@@ -70,6 +71,7 @@ def test_generate_refuses_bad_inputs_by_name(server, client, kwargs, message):
     the event function directly."""
     from gradio_client.exceptions import AppError
 
+    kwargs = dict(kwargs)  # the table is the matrix's too
     prompt = kwargs.pop("prompt", "a red circle")
     if any(isinstance(v, float) and not math.isfinite(v) for v in kwargs.values()):
         with pytest.raises(demo_app.gr.Error, match=message):
@@ -130,6 +132,7 @@ def test_novel_views_refuse_bad_inputs_by_name(views, kwargs, message):
 
 def test_the_matrix_has_at_least_30_bad_inputs():
     assert len(GENERATE) + len(SEARCH) + len(NOVEL_VIEWS) >= 30
+    assert len(demo_cases()) >= 70  # the demo HTTP API row of benchmarks/reliability_matrix.py
 
 
 # -- The HTTP API as any client can post it (issue 27): every input of every event, bad types, bad files ------
@@ -325,42 +328,42 @@ def api_call(url: str, event: str, data: list, timeout: float = 60) -> tuple[str
     return "http", "the event stream ended without a result"
 
 
-@pytest.fixture(scope="module")
-def uploads(server, tmp_path_factory):
-    """Files uploaded to the server (name -> path in its upload folder), a path outside it, the upload folder and
-    a link inside it (as a client cannot make one: the worst case)."""
+def upload_files(url: str, tmp: Path) -> dict[str, str]:
+    """Files uploaded to the server at `url` (name -> path in its upload folder), a path outside it (in `tmp`),
+    the upload folder and a link inside it to /etc/passwd (a client cannot make one: the worst case)."""
     import io
     import uuid
 
     import httpx
 
-    tmp = tmp_path_factory.mktemp("api-files")
-    image = io.BytesIO()
+    image, noisy, huge = io.BytesIO(), io.BytesIO(), io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(image, format="PNG")
-    noisy = io.BytesIO()
     Image.effect_noise((64, 64), 50).save(noisy, format="PNG")
-    huge = io.BytesIO()
     Image.new("1", (5000, 5000)).save(huge, format="PNG")
     contents = {
-        "image.png": image.getvalue(),
-        "huge.png": huge.getvalue(),
-        "cut.png": image.getvalue()[:-12],  # no IEND chunk: PIL decodes it without complaint
-        "truncated.png": noisy.getvalue()[: len(noisy.getvalue()) // 2],
-        "text.png": b"not an image",
-        "preset.json": b'{"groups": 5}',
-        "text.txt": b"hello",
+        "image": ("image.png", image.getvalue()),
+        "huge": ("huge.png", huge.getvalue()),
+        "cut": ("cut.png", image.getvalue()[:-12]),  # no IEND chunk: PIL decodes it without complaint
+        "truncated": ("truncated.png", noisy.getvalue()[: len(noisy.getvalue()) // 2]),
+        "text": ("text.png", b"not an image"),
+        "preset": ("preset.json", b'{"groups": 5}'),
+        "text.txt": ("text.txt", b"hello"),
     }
-    files = [("files", (name, data)) for name, data in contents.items()]
-    paths = httpx.post(server[0] + "gradio_api/upload", files=files, timeout=60).json()
-    uploaded = dict(
-        zip(["image", "huge", "cut", "truncated", "text", "preset", "text.txt"], paths, strict=True)
-    )
-    (tmp / "outside.png").write_bytes(contents["image.png"])
+    files = [("files", named) for named in contents.values()]
+    paths = httpx.post(url + "gradio_api/upload", files=files, timeout=60).json()
+    uploaded = dict(zip(contents, paths, strict=True))
+    (tmp / "outside.png").write_bytes(contents["image"][1])
     link = Path(uploaded["image"]).parent / f"link-{uuid.uuid4().hex}.png"
     link.symlink_to("/etc/passwd")
-    yield {**uploaded, "outside": str(tmp / "outside.png"), "folder": str(Path(uploaded["image"]).parent),
-            "link": str(link)}  # fmt: skip
-    link.unlink()
+    return {**uploaded, "outside": str(tmp / "outside.png"), "folder": str(link.parent), "link": str(link)}
+
+
+@pytest.fixture(scope="module")
+def uploads(server, tmp_path_factory):
+    """`upload_files` once per module; the link is removed afterwards."""
+    files = upload_files(server[0], tmp_path_factory.mktemp("api-files"))
+    yield files
+    Path(files["link"]).unlink()
 
 
 def filled(data, files: dict):
@@ -374,15 +377,38 @@ def filled(data, files: dict):
     return data
 
 
+def classify_api(url: str, event: str, data: list, message: str, files: dict) -> tuple[str, str]:
+    """(outcome, message) of one bad payload over HTTP: clear (an error matching `message`, which names the
+    input, no traceback), unclear (an error without a message or another one), silently accepted (a result),
+    crash (an HTTP error or no result)."""
+    outcome, text = api_call(url, event, filled(data, files))
+    if outcome == "ok":
+        return "silently accepted", text
+    if outcome != "error":
+        return "crash", text
+    if not text or not re.match(message, text) or "Traceback" in text:
+        return "unclear", str(text)
+    return "clear", text
+
+
 @pytest.mark.parametrize(("case", "event", "data", "message"), API_CASES, ids=[c[0] for c in API_CASES])
 def test_the_http_api_refuses_every_bad_input_by_name(server, uploads, case, event, data, message):
     """Before: a list prompt generated "['a red circle']", 13 of these gave {"error": null}, 5000x5000 was "not
     an image", NUL was "at most 2000 characters", 10**400 steps an OverflowError."""
-    data = filled(data, uploads)
-    outcome, text = api_call(server[0], event, data)
-    assert outcome == "error" and text, f"{case}: {outcome} {text}"
-    assert re.match(message, text), text
-    assert "Traceback" not in text
+    outcome, text = classify_api(server[0], event, data, message, uploads)
+    assert outcome == "clear", f"{case}: {outcome}: {text}"
+
+
+def demo_cases() -> list[tuple[str, str, list, str]]:
+    """Every HTTP case for the reliability matrix: `API_CASES`, then `GENERATE` and `SEARCH` as a browser posts
+    them (NaN and infinity too, which gradio_client cannot send)."""
+    generate = [
+        (f"generate {' '.join(f'{k}={short_repr(v)}' for k, v in kwargs.items())}", "generate",
+         generate_data(**kwargs), message)
+        for kwargs, message in GENERATE
+    ]  # fmt: skip
+    search = [(f"search {short_repr(args)}", "search", list(args), message) for args, message in SEARCH]
+    return [*API_CASES, *generate, *search]
 
 
 def test_a_list_prompt_through_gradio_client_is_refused(client):
