@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -436,9 +437,12 @@ def test_a_search_and_a_generation_at_the_same_time_both_finish(server):
             worker.start()
             worker.join(timeout=120)
 
-    comparison, *_ = demo.generate("a red circle", steps=2, heads="L0H0", progress=during_the_first_step)
-    assert len(comparison) == 2
+    call = dict(seed=3, steps=2, heads="L0H0")
+    together, *_ = demo.generate("a red circle", **call, progress=during_the_first_step)
     assert searched and "Unguided saturation" in searched[-1][1]
+    alone, *_ = demo.generate("a red circle", **call, progress=lambda *a, **k: None)
+    for image, same in zip(together, alone, strict=True):  # guided and unguided: each call its own image
+        assert np.array_equal(np.asarray(image), np.asarray(same))
 
 
 def test_the_search_pipeline_shares_the_components_and_the_progress_bar_setting(server):
