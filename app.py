@@ -185,9 +185,7 @@ def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHAR
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise InputError(
-            f"{label}: {short_repr(value)} is not text (a {type(value).__name__}); give a string"
-        )
+        raise InputError(f"{label}: {short_repr(value)} is not text ({type(value).__name__}); give a string")
     if len(value) > limit:
         raise InputError(f"{label}: give text of at most {limit} characters (got {len(value)})")
     bad = next((i for i, c in enumerate(value) if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)

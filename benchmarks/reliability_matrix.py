@@ -66,6 +66,9 @@ def _classified(fuzz, root: Path) -> dict[str, list[tuple[str, str, str]]]:
 def _demo_http_api(model: str, root: Path) -> list[tuple[str, str, str]]:
     """(case, outcome, message) of every payload of tests/test_app_fuzz.py's `demo_cases`, posted as a browser
     posts it to the demo on `model` (conftest's `launch_demo`), with the files of `upload_files`."""
+    import logging
+
+    logging.getLogger("headhunter.app").setLevel(logging.ERROR)  # not one "refused: ..." line per case
     conftest, app_fuzz = _test_module("conftest"), _test_module("test_app_fuzz")
     url, _, app = conftest.launch_demo(model)
     try:
