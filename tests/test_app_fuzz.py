@@ -142,24 +142,7 @@ def test_the_matrix_has_at_least_30_bad_inputs():
 # gradio_client would change first reach the server as they are: lists, dicts, null, NaN, 10**400, paths and URLs
 # that were never uploaded. Each is refused with a message naming the input; none gives {"error": null}.
 
-GENERATE_INPUTS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "width",
-    "height",
-    "guidance_scale",
-    "pag_scale",
-    "pag_strength",
-    "pag_identity",
-    "pag_start",
-    "pag_stop",
-    "pag_every",
-    "pag_branch",
-    "preset",
-    "heads",
-)
+GENERATE_INPUTS = tuple(inspect.signature(demo_app.Demo.generate).parameters)[1:17]  # self, then 16 inputs
 GOOD_GENERATE = dict(prompt="a red circle", seed=0, steps=1, width=32, height=32, guidance_scale=5)
 GOOD_SEARCH = ("saturation", "a red circle", 1, 1, 1, 1, False)
 GOOD_VIEWS = ([{"path": "{image}", "meta": {"_type": "gradio.FileData"}}], "views", "90, 0", 12, 15, 2, 3, 0)
