@@ -176,7 +176,7 @@ class HeadSelection:
         data = self.to_json()
         data.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")  # strict: `read_preset` reads it
         tmp.replace(path)
         return path
 

@@ -322,7 +322,8 @@ class HeadSearch:
         split) beats the best earlier selection, the unguided images before round 1; else the search stops, and
         if round 1 is not adopted the selection is empty (no heads helped). Without `early_stop` every round is
         adopted. Each record:
-        `round`, `added`, `tried`, `score` / `validation` (of the tried set), `adopted`, `selected` / `heads` (the
+        `round`, `added`, `tried`, `score` / `validation` (of the tried set; -inf where a guard objective failed),
+        `adopted` and `why` (in words), `selected` / `heads` (the
         adopted selection after the round: `history[-1]["selected"]` is the final one), `images` (so far).
         `self.result` holds the final selection, its scores, the unguided scores and the images generated."""
         k = self.settings.k if k is None else k
@@ -341,6 +342,7 @@ class HeadSearch:
             record = {"round": r, "added": [label((h,)) for h in added], "tried": list(tried),
                       **self._scores_of(tried)}  # fmt: skip
             record["adopted"] = not self.settings.early_stop or _beats(record, best)
+            record["why"] = _why(record, best, self.settings.early_stop)
             if record["adopted"]:
                 selected, best = list(tried), record
             record.update(selected=sorted(selected), heads=label(tuple(sorted(selected))), images=self.images)
@@ -374,9 +376,49 @@ def _beats(record: dict, best: dict) -> bool:
     return record[key] > best[key]
 
 
+def _why(record: dict, best: dict, early_stop: bool) -> str:
+    """Why a round was adopted or not, in words: the score it was judged on against the best earlier one."""
+    if not early_stop:
+        return "adopted: without early stop every round is"
+    key = "validation" if record["validation"] is not None else "score"
+    pairs = "validation pairs" if key == "validation" else "search pairs"
+    earlier = "the unguided images" if best["round"] == 0 else f"round {best['round']}"
+    if not math.isfinite(record[key]):
+        return f"not adopted: the guard objective failed on the {pairs}"
+    verdict = "adopted" if record["adopted"] else "not adopted"
+    compared = "beats" if record["adopted"] else "does not beat"
+    return f"{verdict}: {record[key]:.4f} on the {pairs} {compared} {earlier} ({best[key]:.4f})"
+
+
 # -------------------------------------------------------------------------------------------------------------
 # Outputs
 # -------------------------------------------------------------------------------------------------------------
+
+GUARD_KEYS = {"score": "guard", "validation": "validation_guard"}
+
+
+def strict_scores(value):
+    """`value` as strict JSON (which has no infinity or NaN; the strict preset reader refuses them): a score of
+    -inf (its guard objective failed) or any other non-finite number becomes null, and the object holding it
+    says so: `"guard": "failed"` for its `score`, `"validation_guard": "failed"` for its `validation`, and
+    `"guard_failed": [keys]` for other keys (a head map's heads)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [strict_scores(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out, failed = {}, []
+    for key, item in value.items():
+        out[key] = strict_scores(item)
+        if out[key] is None and isinstance(item, float | np.floating):
+            if key in GUARD_KEYS:
+                out[GUARD_KEYS[key]] = "failed"
+            else:
+                failed.append(key)
+    return {**out, "guard_failed": failed} if failed else out
 
 
 def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | Path, cell: int = 24) -> Path:
@@ -426,7 +468,7 @@ def preset(selected: Sequence[tuple[int, int]], settings: SearchSettings, use_st
     )
     meta = {"model": settings.model, "objective": settings.objective, "source": "headhunter search (measured)",
             "search": {k: v for k, v in asdict(settings).items() if k not in ("prompts", "model", "objective")},
-            "prompts": settings.prompts, "scores": scores}  # fmt: skip
+            "prompts": settings.prompts, "scores": strict_scores(scores)}  # fmt: skip
     if layout is not None:
         meta["architecture"] = layout.arch
         meta["layers_x_heads"] = [layout.num_layers, max(layout.heads_per_layer["attn"].values())]
