@@ -33,13 +33,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, GuidanceError, Setting
+from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, GuidanceError, Setting
 from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from guidance.ranks import barrier, process_index
 from guidance.strictjson import integer, loads_strict, refused_values
 from pipelines.settings import (
     LATER_SETTINGS,
     OutputError,
+    StructuredSupport,
+    check_structured,
     image_record,
     record_parameters,
     save_png,
@@ -54,15 +56,21 @@ GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "
 SETTINGS: dict[str, Setting] = {
     **{key: GENERATION_SETTINGS[key] for key in GENERATION_KEYS},
     **{key: SOFTPAG_SETTINGS[key] for key in PAG_KEYS},
+    "structured": STRUCTURED_SETTINGS["structured"],
 }
+# Keys added after the first job files: they count in a line's hash only where not the default, so that the ids of
+# the lines written before them stay as they were (a rerun finds its items).
+LATER_KEYS = (*LATER_SETTINGS, "structured")
 ID_ALLOWED = "a string of letters, digits, '-', '_', '.' (at most 128)"
 # name -> (check, what is allowed), for readers of the job format (docs, tests).
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "id": (lambda v: _id_ok(v), ID_ALLOWED),
     **{key: (lambda v, s=setting: _passes(s, v), setting.allowed()) for key, setting in SETTINGS.items()},
 }
-DEFAULTS = {key: SETTINGS[key].default for key in (*GENERATION_KEYS[1:], *PAG_KEYS) if key != "seed"}
-CALL_KEYS = ("negative_prompt", "num_inference_steps", "height", "width", "guidance_scale")
+DEFAULTS = {
+    key: SETTINGS[key].default for key in (*GENERATION_KEYS[1:], *PAG_KEYS, "structured") if key != "seed"
+}
+CALL_KEYS = ("negative_prompt", "num_inference_steps", "height", "width", "guidance_scale", "structured")
 MAX_JOB_BYTES = 64 * 1024 * 1024
 
 
@@ -216,8 +224,14 @@ def _check_value(key: str, value: Any) -> str | None:
     return None
 
 
-def check_job(job: dict, heads_per_layer: dict | None, resolve_heads: Callable[..., str]) -> list[str]:
-    """Every problem of one job (after defaults), as messages naming the key, the value and what is allowed."""
+def check_job(
+    job: dict,
+    heads_per_layer: dict | None,
+    resolve_heads: Callable[..., str],
+    structured: StructuredSupport | None = None,
+) -> list[str]:
+    """Every problem of one job (after defaults), as messages naming the key, the value and what is allowed;
+    `structured`: what the model's family allows of `structured` (None: not known yet, not checked)."""
     problems = [
         f"unknown key {short_repr(k)}; allowed: {', '.join(sorted(FIELDS))}" for k in job if k not in FIELDS
     ]
@@ -226,6 +240,11 @@ def check_job(job: dict, heads_per_layer: dict | None, resolve_heads: Callable[.
     problems += [p for key, value in job.items() if key in FIELDS and (p := _check_value(key, value))]
     if not problems and job.get("pag_start", 0) >= job.get("pag_stop", 1):
         problems.append(f"pag_start={job['pag_start']!r} must be below pag_stop={job['pag_stop']!r}")
+    if not problems and job.get("structured") and structured is not None:
+        try:
+            check_structured(job["structured"], structured, job.get("pag_heads"))
+        except GuidanceError as error:
+            problems.append(str(error))
     if not problems and job.get("pag_heads"):
         try:
             selection = HeadSelection.parse(resolve_heads(job["pag_heads"], "pag_heads"), "pag_heads")
@@ -240,9 +259,7 @@ def job_id(job: dict) -> str:
     """The line's `id`, or a hash of its resolved settings (stable across runs and line order)."""
     if "id" in job:
         return job["id"]
-    kept = {
-        k: v for k, v in job.items() if k != "num_images" and not (k in LATER_SETTINGS and v == DEFAULTS[k])
-    }
+    kept = {k: v for k, v in job.items() if k != "num_images" and not (k in LATER_KEYS and v == DEFAULTS[k])}
     content = json.dumps(kept, sort_keys=True)  # settings added later count only where not the default
     return hashlib.sha1(content.encode()).hexdigest()[:12]
 
@@ -253,10 +270,12 @@ def plan(
     heads_per_layer: dict | None,
     resolve_heads: Callable[..., str] = lambda heads, parameter="pag_heads": heads,
     skip_invalid: bool = False,
+    structured: StructuredSupport | None = None,
 ) -> tuple[list[Item], list[tuple[int, str]]]:
-    """Validate every line, then expand valid lines into items. Raises JobFileError unless skip_invalid."""
+    """Validate every line, then expand valid lines into items. Raises JobFileError unless skip_invalid.
+    `structured`: the model family's structured modes (`structured_support`), checked per line where given."""
     problems: list[tuple[int, str]] = []
-    bad_defaults = check_job({"prompt": "-", **defaults}, heads_per_layer, resolve_heads)
+    bad_defaults = check_job({"prompt": "-", **defaults}, heads_per_layer, resolve_heads, structured)
     if bad_defaults:
         raise JobFileError("defaults (model folder, --config, flags)", [], "; ".join(bad_defaults))
     items: list[Item] = []
@@ -266,7 +285,7 @@ def plan(
             problems.append((n, job))
             continue
         resolved = {**DEFAULTS, **defaults, **job}
-        messages = check_job(resolved, heads_per_layer, resolve_heads)
+        messages = check_job(resolved, heads_per_layer, resolve_heads, structured)
         ident = None if messages else job_id(resolved)
         if ident is not None and ident in seen:
             messages.append(f"id {ident!r} repeats line {seen[ident]}")
@@ -527,7 +546,12 @@ class BatchRunner:
     def expected(self, item: Item) -> dict:
         """The manifest record (but its time) of an item made now: `image_record` and where it was written."""
         call, pag = self._call(item)
-        made = image_record(self.model, {"prompt": item.settings["prompt"], "seed": item.seed, **call}, pag)
+        prompt = item.settings["prompt"]
+        if call.get("structured"):
+            from pipelines.structured import structured_phrases
+
+            call["noun_phrases"] = structured_phrases(prompt)  # recorded; the call parses the prompt again
+        made = image_record(self.model, {"prompt": prompt, "seed": item.seed, **call}, pag)
         return {"id": item.id, "file": item.file, "line": item.line, **made, "batch_size": self.batch_size,
                 "version": self.version}  # fmt: skip
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from guidance.config import (
     GENERATION_SETTINGS,
     SEARCH_SETTINGS,
     SOFTPAG_SETTINGS,
+    STRUCTURED_SETTINGS,
     UPFUSION_SETTINGS,
     GenerationConfig,
     GuidanceError,
@@ -25,20 +27,25 @@ from guidance.config import (
     SoftPAGConfig,
 )
 from guidance.heads import HeadSelection, HeadSelectionError, printable, short_repr
+from pipelines.console import before_loading, quiet_console
 from pipelines.settings import (
     DEFAULT_MODEL,
     DTYPES,
     UPFUSION_MODEL,
     OutputError,
     check_model,
+    check_structured,
     check_writable_folder,
+    image_record,
     model_call_extras,
-    png_parameters,
+    model_name,
     png_target,
     read_presets,
     recommended_settings,
+    record_parameters,
     resolve_heads,
     save_png,
+    structured_support,
 )
 
 TYPES = {"number": float, "integer": int, "text": str}
@@ -49,6 +56,8 @@ FLAG_NAMES = {"num_inference_steps": "--steps", "prompt": "prompt"}
 GENERATION_FLAGS = [
     GENERATION_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "height", "width")
 ]
+STRUCTURED = STRUCTURED_SETTINGS["structured"]
+OFF = "off"  # a choice setting's None ("not used") on the command line
 MAX_FILE_BYTES = 64 * 1024 * 1024  # job, prompt and config files
 
 
@@ -74,14 +83,29 @@ def add_setting_flags(
     """One flag per config setting (`--pag-scale`, ...), its default, choices and help taken from the config."""
     for setting in settings:
         kwargs = {"help": setting.help, "dest": setting.name}
-        if setting.kind == "choice":
+        default = setting.default
+        if setting.kind == "choice" and None in setting.choices:  # None is "off" on the command line
+            names = [OFF if c is None else c for c in setting.choices]
+            kwargs.update(type=lambda text, s=setting: _choice(s, text), metavar="{" + ",".join(names) + "}")
+            default = OFF if default is None else default
+        elif setting.kind == "choice":
             kwargs["choices"] = setting.choices
         else:
             kwargs["type"] = TYPES[setting.kind]
-        if defaults and setting.default is not None:
+        if defaults and default is not None:
             kwargs["default"] = setting.default
-            kwargs["help"] += f" (default: {setting.default})"
+            kwargs["help"] += f" (default: {default})"
         parser.add_argument(flag_of(setting), **kwargs)
+
+
+def _choice(setting: Setting, text: str):
+    """A flag's value of a choice setting that takes None: `off` is None, the others as named."""
+    if text == OFF:
+        return None
+    if text not in setting.choices:
+        names = ", ".join(OFF if c is None else c for c in setting.choices)
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not allowed; allowed: {names}")
+    return text
 
 
 def check_flags(args: argparse.Namespace, settings: list[Setting]) -> None:
@@ -156,7 +180,8 @@ def _heads(args: argparse.Namespace) -> str | None:
 
 
 def _load(model: str, dtype: str, device: str):
-    """The HeadHunter pipeline of a checked model, on its device, progress bar off."""
+    """The HeadHunter pipeline of a checked model, on its device, progress bars off (`pipelines.console`)."""
+    before_loading(recommended_settings(model).get("max_sequence_length"))
     import torch
 
     from pipelines.headhunter import HeadHunterPipeline
@@ -189,28 +214,45 @@ def _generation(args: argparse.Namespace, recommended: dict) -> GenerationConfig
     return GenerationConfig(args.prompt, args.negative_prompt, seed=args.seed, **given)
 
 
+def _structured(args: argparse.Namespace, model: str, heads: str | None) -> dict:
+    """`--structured` as call arguments, refused before the model loads where its family does not allow it."""
+    if args.structured is None:
+        return {}
+    before_loading()  # the family is read through the pipeline classes, which import the libraries
+    mode = check_structured(args.structured, structured_support(model), heads, flag_of(STRUCTURED))
+    return {"structured": mode}
+
+
 def _generate(args: argparse.Namespace) -> int:
-    """Generate one image (and its unguided twin with --compare) into a file that did not exist."""
+    """Generate one image (and its unguided twin with --compare) into a file that did not exist; its PNG records
+    what made it (`image_record`), enough to make it again (`record_call`)."""
     import torch
 
     model = check_model(args.model)
     recommended = recommended_settings(model)
     generation = _generation(args, recommended)
     heads = _heads(args)
+    structured = _structured(args, model, heads)
     target = png_target(args.out, args.name, args.overwrite, ("-unguided",) if args.compare and heads else ())
     pipe = _load(model, args.dtype, _device(args.device))
     if heads:
         HeadSelection.parse(heads, "--pag-heads").validate(_heads_per_layer(pipe), "--pag-heads")
-    call = dict(model_call_extras(model), **generation.call_arguments())
+    call = dict(model_call_extras(model), **generation.call_arguments(), **structured)
     pag = {**{s.name: getattr(args, s.name) for s in PAG_FLAGS}, "pag_heads": heads} if heads else {}
+    if structured:
+        from pipelines.structured import structured_phrases
+
+        # recorded (`record_call` passes them); this call parses the prompt itself and finds the same ones
+        phrases = {"noun_phrases": structured_phrases(generation.prompt)}
+    else:
+        phrases = {}
 
     def write(path: Path, extra: dict) -> None:
         generator = torch.Generator(device="cpu").manual_seed(generation.seed)
         image = pipe(generation.prompt, generator=generator, **call, **extra).images[0]
-        settings = {"model": str(args.model), "seed": generation.seed, **call, **extra}
-        save_png(
-            image, path, png_parameters(generation.prompt, generation.negative_prompt, settings), settings
-        )
+        made = {"prompt": generation.prompt, "seed": generation.seed, **call, **phrases}
+        record = image_record(args.model, made, extra)
+        save_png(image, path, record_parameters(record), record)
         print(path)
 
     write(target, pag)
@@ -252,6 +294,11 @@ def _check_search(args: argparse.Namespace) -> list[str]:
     return _read_prompts(args)
 
 
+def _score(value: float) -> str:
+    """A search score in the report: -inf is a candidate whose guard objective failed."""
+    return f"{value:.4f}" if math.isfinite(value) else "guard failed"
+
+
 def _search(args: argparse.Namespace) -> int:
     """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out."""
     from guidance.layouts import layout_of
@@ -276,13 +323,13 @@ def _search(args: argparse.Namespace) -> int:
     settings = SearchSettings.from_profile(
         args.profile, arch, prompts, args.seeds, defaults, steps=args.num_inference_steps, size=args.size,
         guidance_scale=args.guidance_scale, pag_scale=args.pag_scale, strength=args.search_strength,
-        identity=args.pag_identity, batch=args.batch, k=args.k, rounds=args.rounds, model=str(args.model),
+        identity=args.pag_identity, batch=args.batch, k=args.k, rounds=args.rounds, model=model_name(args.model),
         objective=objective.name, extra=model_call_extras(model),
     )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     search = HeadSearch(pipe, objective, settings, cache=out / "cache")
-    report = [f"# Head search: {objective.name}", "", f"model `{args.model}`, {len(settings.prompts)} prompts x "
+    report = [f"# Head search: {objective.name}", "", f"model `{settings.model}`, {len(settings.prompts)} prompts x "
               f"{len(settings.seeds)} seeds, {settings.steps} steps, CFG {settings.guidance_scale}, "
               f"w {settings.pag_scale}, search u {settings.strength}", "", f"unguided: {search.baseline:.4f}"]  # fmt: skip
     scores: dict = {"unguided": search.baseline}
@@ -290,18 +337,24 @@ def _search(args: argparse.Namespace) -> int:
         head_map = search.head_map()
         heatmap(head_map, search.baseline, out / "headmap.png")
         best = sorted(head_map, key=lambda h: -head_map[h])[:10]
-        report += ["", "best single heads: " + ", ".join(f"{label((h,))} {head_map[h]:.4f}" for h in best)]
+        report += [
+            "",
+            "best single heads: " + ", ".join(f"{label((h,))} {_score(head_map[h])}" for h in best),
+        ]
         scores["head_map"] = {label((h,)): v for h, v in head_map.items()}
     if args.layers:
         layers = search.layer_scores()
-        report += ["", "layer-level PAG: " + ", ".join(f"L{layer} {v:.4f}" for layer, v in layers.items())]
+        report += [
+            "",
+            "layer-level PAG: " + ", ".join(f"L{layer} {_score(v)}" for layer, v in layers.items()),
+        ]
         scores["layers"] = {f"L{layer}": v for layer, v in layers.items()}
     history = search.greedy()
     for record in history:
-        validation = "" if record["validation"] is None else f", validation {record['validation']:.4f}"
-        adopted = "adopted" if record["adopted"] else "not adopted"
+        validation = "" if record["validation"] is None else f", validation {_score(record['validation'])}"
         report.append(
-            f"round {record['round']}: +{', '.join(record['added'])} -> {record['score']:.4f}{validation} ({adopted})"
+            f"round {record['round']}: +{', '.join(record['added'])} -> {_score(record['score'])}{validation} "
+            f"({record['why']})"
         )
     scores["rounds"] = history
     if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
@@ -367,10 +420,14 @@ def _batch(args: argparse.Namespace) -> int:
     defaults = _batch_defaults(args, model)
     check_writable_folder(args.out, "--out")
     device = _device(args.device)
-    try:
-        plan(args.jobs, defaults, None, resolve_heads, args.skip_invalid)  # everything but the model's heads
+    before_loading()  # the model's family is read through the pipeline classes, which import the libraries
+    support = structured_support(model)
+    try:  # everything but the model's heads, then with them
+        plan(args.jobs, defaults, None, resolve_heads, args.skip_invalid, support)
         pipe = _load(model, args.dtype, device)
-        items, problems = plan(args.jobs, defaults, _heads_per_layer(pipe), resolve_heads, args.skip_invalid)
+        items, problems = plan(
+            args.jobs, defaults, _heads_per_layer(pipe), resolve_heads, args.skip_invalid, support
+        )
     except JobFileError as error:
         print(f"headhunter batch: {printable(str(error))}", file=sys.stderr)
         return 2
@@ -478,7 +535,9 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _debug(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (and --verbose)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' notices and loading bars (dropped by default)")  # fmt: skip
 
 
 def _common(
@@ -502,6 +561,7 @@ def _generate_parser(sub) -> None:
     gen.add_argument("--negative-prompt")
     add_setting_flags(gen, GENERATION_FLAGS, defaults=False)  # default: the model's recommendation
     add_setting_flags(gen, PAG_FLAGS)
+    add_setting_flags(gen, [STRUCTURED])
     gen.add_argument(
         "--compare", action="store_true", help="also write the unguided image from the same seed"
     )
@@ -695,6 +755,7 @@ def _views(args: argparse.Namespace) -> int:
     targets = _view_targets(args.out, names, args.overwrite)
     model = check_model(args.model)
     device = _device(args.device)
+    before_loading()
     from pipelines.upfusion import UpFusionPipeline, orbit
 
     pipe = UpFusionPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(device)
@@ -819,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `headhunter` console script: exit code 0, 1 (failed while running) or 2 (bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    quiet_console(verbose=debug or "--verbose" in argv)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

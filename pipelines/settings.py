@@ -10,16 +10,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from guidance.config import SOFTPAG_SETTINGS
+from guidance.config import SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, StructuredError
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
 from pipelines.files import write_atomically  # re-exported: the tools import it from here
 from pipelines.loading import ModelFolderError
 
 __all__ = [
     "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "Preset", "assets_folder",
-    "check_model", "check_writable_folder", "image_record", "list_presets", "model_call_extras", "model_name",
-    "png_parameters", "png_target", "read_presets", "recommended_call", "recommended_settings", "record_call",
-    "record_parameters", "resolve_heads", "save_png", "write_atomically",
+    "check_model", "check_structured", "check_writable_folder", "image_record", "list_presets", "model_call_extras",
+    "model_name", "png_parameters", "png_target", "read_presets", "recommended_call", "recommended_settings",
+    "record_call", "record_model", "record_parameters", "resolve_heads", "save_png", "structured_support",
+    "write_atomically",
 ]  # fmt: skip
 
 ASSETS_VARIABLE = "HEADHUNTER_ASSETS"
@@ -232,6 +233,50 @@ def check_model(value: str, parameter: str = "--model") -> str:
     return value
 
 
+@dataclass(frozen=True)
+class StructuredSupport:
+    """What a model's family allows of structured cross-attention (`structured_support`)."""
+
+    family: str  # model_index.json's `_class_name`
+    modes: tuple[str, ...]  # the `structured` modes it takes; () for none
+    with_pag: bool  # whether a structured call may use pag_heads too (not on the SD3 port)
+
+
+def structured_support(model: str) -> StructuredSupport:
+    """Read from the model's model_index.json before it loads: SD1.x/2.x and SDXL take every mode with SoftPAG,
+    SD3 key-value only (the experimental MMDiT port) without pag_heads, other families none."""
+    from pipelines.headhunter import pipeline_class
+    from pipelines.loading import model_index
+    from pipelines.structured import StructuredSD3Mixin, structured_modes
+
+    family = model_index(model).get("_class_name", "?")
+    cls = pipeline_class(family)
+    return StructuredSupport(family, structured_modes(cls), not issubclass(cls, StructuredSD3Mixin))
+
+
+def check_structured(
+    mode: str | None, support: StructuredSupport, pag_heads=None, parameter: str = "structured"
+) -> str | None:
+    """The mode if the model's family allows it (and with `pag_heads` where they are given), else
+    StructuredError naming the parameter, the family and what is allowed there."""
+    mode = STRUCTURED_SETTINGS["structured"].check(mode, StructuredError, parameter)
+    if mode is None:
+        return None
+    if mode not in support.modes:
+        allowed = " or ".join([*(repr(m) for m in support.modes), "off"])
+        raise StructuredError(
+            f"{parameter} {mode!r} is not available for this model's family ({support.family}); allowed there: "
+            f"{allowed} (structured cross-attention: SD1.x/2.x and SDXL, key-value or conjunction; SD3, key-value "
+            "only, an experimental port)"
+        )
+    if pag_heads and not support.with_pag:
+        raise StructuredError(
+            f"{parameter} {mode!r} does not combine with pag_heads on this model's family ({support.family}) yet; "
+            "use one of them"
+        )
+    return mode
+
+
 def check_writable_folder(folder: str | Path, parameter: str = "--out") -> Path:
     """The folder (created later if missing): refused if it or an ancestor is a file, or it cannot be written."""
     path = Path(folder).expanduser()
@@ -348,7 +393,8 @@ def image_record(
     or a label such as "custom"); by default the `pag_heads` file, if it is one. Recorded: the model by
     `model_name`, every call argument, and for guided images every head with the u it had, every group with
     the scale that applied (a preset's own w, not `pag_scale`), identity, window, `pag_every` and `pag_branch` (where
-    not the default), preset name and sha256."""
+    not the default), preset name and sha256. Structured images: `structured` and `noun_phrases` (the phrases the
+    call structured, found by the parser) are call arguments like the others."""
     record = {"model": model_name(model), **{k: v for k, v in call.items() if v is not None}}
     heads = (pag or {}).get("pag_heads")
     if heads is None or (isinstance(heads, str) and not heads.strip()):
@@ -415,16 +461,27 @@ def _preset(value) -> dict:
 # The recorded keys that are pipeline arguments (`record_call`); every front end's call uses only these.
 RECORDED_CALL_KEYS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height", "width",
                       "true_cfg_scale", "max_sequence_length", "pag_identity", "pag_start", "pag_stop",
-                      "pag_shared_prefix", "pag_every", "pag_branch")  # fmt: skip
+                      "pag_shared_prefix", "pag_every", "pag_branch", "structured", "noun_phrases")  # fmt: skip
 
 
 def record_call(record: dict) -> dict:
     """The pipeline keywords that make a recorded image (`image_record`) again, but the generator: call
     `pipe(generator=torch.Generator().manual_seed(record["seed"]), **record_call(record))` on `record["model"]`."""
     call = {k: record[k] for k in RECORDED_CALL_KEYS if k in record}
+    if not call.get("noun_phrases"):  # none found: the structured call parses the prompt (and warns)
+        call.pop("noun_phrases", None)
     if record.get("guidance") == "softpag":
         call["pag_heads"] = _selection(record["pag_groups"])
     return call
+
+
+def record_model(record: dict) -> str:
+    """The model to load for a record: a shipped model (`assets/...`) from this machine's assets folder, any
+    other as recorded (a hub id, or a folder relative to the working directory)."""
+    model = str(record["model"])
+    if model.startswith("assets/") and not _exists(model):
+        return str(ASSETS / model.removeprefix("assets/"))
+    return model
 
 
 def record_parameters(record: dict) -> str:

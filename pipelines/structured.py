@@ -337,6 +337,17 @@ def _warn_unstructured(prompt: str) -> None:
     )
 
 
+def structured_phrases(prompt: str) -> list[str]:
+    """The noun phrases a structured call on `prompt` structures (parsed; whole-prompt ones left out), as texts:
+    what the tools record with a structured image."""
+    return [phrase.text for phrase in _phrases_for([prompt], None)[0]]
+
+
+def structured_modes(pipeline_class: type) -> tuple[str, ...]:
+    """The `structured` modes a pipeline class takes: its own for the StructuredMixin pipelines, else none."""
+    return pipeline_class._structured_modes if issubclass(pipeline_class, StructuredMixin) else ()
+
+
 def _sub_phrases(prompt: str, phrases: list[Phrase]) -> list[Phrase]:
     """Only true sub-phrases: one covering the whole prompt would align W_p with itself and dilute the mean
     (the official `get_all_nps` keeps the full sentence as context 0 only)."""

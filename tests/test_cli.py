@@ -1,6 +1,7 @@
 """The `headhunter` command line on a tiny saved model."""
 
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -18,7 +19,10 @@ def test_generate_writes_png_with_parameters(tiny_folder, tmp_path):
     assert image.size == (32, 32)
     assert image.text["parameters"].startswith("a red circle\n")
     settings = json.loads(image.text["headhunter"])
-    assert settings["pag_heads"] == "L1H0,L2H1=0.5" and settings["seed"] == 0
+    assert settings["pag_heads"] == "L1H0=1, L2H1=0.5" and settings["seed"] == 0  # every u written out
+    assert (
+        settings["model"] == os.path.relpath(tiny_folder("sd3")) and settings["pag_groups"][0]["scale"] == 3.0
+    )
     assert "pag_heads" not in json.loads(Image.open(tmp_path / "img-unguided.png").text["headhunter"])
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -64,7 +68,8 @@ def test_search_that_finds_no_helpful_head_writes_no_preset(tiny_folder, tmp_pat
         self, k=None, rounds=None, pool=None
     ):  # round 1 tried and, worse than unguided, refused
         record = {"round": 1, "added": ["L0H0"], "tried": [(0, 0)], "score": 0.1, "validation": 0.1,
-                  "adopted": False, "selected": [], "heads": "", "images": self.images}  # fmt: skip
+                  "adopted": False, "why": "not adopted: 0.1 does not beat 0.2", "selected": [], "heads": "",
+                  "images": self.images}  # fmt: skip
         self.result = {"selected": [], "heads": "", "round": 0, "history": [record]}
         return [record]
 
@@ -76,7 +81,7 @@ def test_search_that_finds_no_helpful_head_writes_no_preset(tiny_folder, tmp_pat
             "--seeds", "0", "--steps", "1", "--size", "32", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     report = (out / "report.md").read_text()
-    assert "round 1: +L0H0 -> 0.1000, validation 0.1000 (not adopted)" in report
+    assert "round 1: +L0H0 -> 0.1000, validation 0.1000 (not adopted: 0.1 does not beat 0.2)" in report
     assert "no preset.json is written" in capsys.readouterr().out and not (out / "preset.json").exists()
 
 
@@ -185,7 +190,10 @@ def test_long_head_lists_are_heads_not_paths(tiny_folder, tmp_path):
     grouped = "; ".join(f"group{i}: {heads}" for i in range(3))
     assert len(grouped) > 250
     assert main(_gen(tiny_folder("sd3"), "--out", str(tmp_path / "a.png"), "--pag-heads", grouped)) == 0
-    assert json.loads(Image.open(tmp_path / "a.png").text["headhunter"])["pag_heads"] == grouped
+    recorded = json.loads(Image.open(tmp_path / "a.png").text["headhunter"])
+    assert [(g["name"], [h["u"] for h in g["heads"]]) for g in recorded["pag_groups"]] == [
+        (f"group{i}", [0.5] * 16) for i in range(3)
+    ]
 
 
 def test_presets_list_is_an_aligned_table_without_cut_words(capsys):
