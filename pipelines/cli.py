@@ -762,7 +762,7 @@ def _views(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     call = dict(num_inference_steps=steps, guidance_scale=cfg, upsrt_only=args.upsrt_only,
                 generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
-    settings = {"model": str(args.model), "steps": steps, "guidance_scale": cfg, "seed": args.seed,
+    settings = {"model": model_name(args.model), "steps": steps, "guidance_scale": cfg, "seed": args.seed,
                 "upsrt_only": args.upsrt_only}  # fmt: skip
     targets[0].parent.mkdir(parents=True, exist_ok=True)
     if cameras is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 
 __all__ = ["LibraryNotices", "before_loading", "quiet_console"]
 
@@ -24,8 +23,6 @@ NOTICES = (
 # SD3 / FLUX tokenizing with a T5 length shorter than the prompt; dropped only for a length a model was trained
 # at (`before_loading`), so a real model's truncated prompt is still reported.
 T5_TRUNCATION = re.compile(r"truncated because `max_sequence_length` is set to\s*(\d+)\s*tokens")
-# Python warnings the libraries raise while loading that say nothing about this run (narrow: by message).
-WARNINGS = (r".*requires torchvision.*",)
 
 _state = {"quiet": False, "t5_lengths": set(), "bars_off": set()}
 
@@ -43,16 +40,14 @@ class LibraryNotices(logging.Filter):
 
 def quiet_console(verbose: bool = False) -> None:
     """The console of one command: with `verbose`, the libraries as they are; else their notices are dropped
-    (Python warnings now; the loggers and loading bars of the libraries already imported now, the others when a
-    model loads: `before_loading`)."""
+    (from the libraries already imported now, the others when a model loads: `before_loading`). No Python warning
+    is filtered: a plain run raises none (the notices are the libraries' log records)."""
     import sys
 
     _state["quiet"] = not verbose
     if verbose:
         _restore()
         return
-    for message in WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
     for name in LIBRARY_LOGGERS:
         if name in sys.modules:
             _quiet_library(name)
