@@ -29,34 +29,10 @@ LOG = logging.getLogger("headhunter.app")
 # A quiet console: known library messages dropped where they are emitted (before the libraries load)
 # ------------------------------------------------------------------------------------------------------------
 
-LIBRARY_NOISE = (
-    "requires torchvision",  # transformers: CLIP/Siglip image processors fall back to PIL (we never use them)
-    "truncated because `max_sequence_length`",  # diffusers: the toy SD3 is run with one (zero) T5 token
-)
+from pipelines.console import before_loading, quiet_console  # noqa: E402
 
-
-class _DropLibraryNoise(logging.Filter):
-    """Drops the library messages in `LIBRARY_NOISE`; everything else passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text in LIBRARY_NOISE)
-
-
-def quiet_library_logs() -> None:
-    """Attach `_DropLibraryNoise` to the handlers of transformers' and diffusers' library loggers."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (transformers_logging, diffusers_logging):
-        library.get_logger("x")  # configures the library's root logger and its handler
-        root = logging.getLogger(library.__name__.split(".")[0])
-        for handler in root.handlers:
-            if not any(isinstance(f, _DropLibraryNoise) for f in handler.filters):
-                handler.addFilter(_DropLibraryNoise())
-
-
-quiet_library_logs()
+quiet_console()  # the libraries' notices and loading bars off (pipelines/console.py, as in the CLI) ...
+before_loading()  # ... installed now, before gradio and diffusers are imported
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -626,6 +602,7 @@ class Demo:
         self.denoiser = denoiser_of(pipe)
         self.heads_per_layer = layout_of(self.denoiser).heads_per_layer
         settings = recommended_settings(model)
+        before_loading(settings.get("max_sequence_length"))  # its T5 length by design: no truncation notice
         self.extras = model_call_extras(model)
         self.default_steps = min(settings.get("num_inference_steps", 28), limits.max_steps)
         self.default_cfg = settings.get("guidance_scale", 5.0)
@@ -1512,9 +1489,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=Limits.max_steps)
     parser.add_argument("--max-size", type=int, default=Limits.max_size)
     parser.add_argument("--queue-size", type=int, default=Limits.queue_size)
+    parser.add_argument(
+        "--verbose", action="store_true", help="the libraries' notices, loading bars and requests"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(
+        logging.INFO if args.verbose else logging.WARNING
+    )  # a line per request
+    quiet_console(verbose=args.verbose)
     model = args.model or str(DEFAULT_MODEL)
+    before_loading(recommended_settings(model).get("max_sequence_length"))
     try:
         pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(args.device)
     except ModelFolderError as error:  # one line naming the folder, the component and what to do

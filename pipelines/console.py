@@ -19,6 +19,9 @@ LIBRARY_LOGGERS = ("transformers", "diffusers")
 # Messages dropped wherever they come from in the libraries' loggers.
 NOTICES = (
     "requires torchvision",  # transformers: CLIP/Siglip image processors fall back to PIL (never used here)
+    # diffusers' from_pipe casts every component to the dtype it already has; the list of modules to keep in
+    # float32 is empty, so nothing is lost (a non-empty list is still reported)
+    "that should be kept in float32: [].",
 )
 # SD3 / FLUX tokenizing with a T5 length shorter than the prompt; dropped only for a length a model was trained
 # at (`before_loading`), so a real model's truncated prompt is still reported.
