@@ -807,15 +807,19 @@ def _views_parser(sub) -> None:
 
 
 def _convert_upfusion(args: argparse.Namespace) -> int:
-    """Convert the official UpFusion checkpoints to a diffusers folder (`pipelines.convert_upfusion`)."""
-    from pipelines.convert_upfusion import convert_upfusion, parameter_counts
+    """Convert the official UpFusion checkpoints to a diffusers folder, or print the key tables or the parameter
+    counts (`pipelines.convert_upfusion`, imported here: it loads diffusers and transformers)."""
+    from pipelines.convert_upfusion import convert_upfusion, key_tables, parameter_counts
 
+    if args.tables:
+        print(key_tables(args.config), end="")
+        return 0
     if args.counts:
         for name, count in parameter_counts(args.config).items():
             print(f"{name:14s} {count:>13,d}")
         return 0
     if args.upsrt is None or args.upfusion2d is None or args.out is None:
-        raise CLIError("convert-upfusion: pass UPSRT.pt UPFUSION2D.pt and --out DIR (or --counts)")
+        raise CLIError("convert-upfusion: pass UPSRT.pt UPFUSION2D.pt and --out DIR (or --counts, --tables)")
     print(convert_upfusion(args.upsrt, args.upfusion2d, args.dinov2, args.sd15, args.out, args.config))
     return 0
 
@@ -831,7 +835,9 @@ def _convert_parser(sub) -> None:
         "--dinov2", default="facebook/dinov2-base", help="DINOv2 ViT-B/14: a hub id or folder"
     )
     convert.add_argument(
-        "--sd15", default="stable-diffusion-v1-5/stable-diffusion-v1-5", help="SD1.5: a hub id or folder"
+        "--sd15",
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        help="SD1.5 (its tokenizer): hub id or folder",
     )
     convert.add_argument("--out", help="the folder to write (new or empty)")
     convert.add_argument(
@@ -839,6 +845,7 @@ def _convert_parser(sub) -> None:
         help="the module sizes: paper (the official release) or paper-tiny (reduced, for tests)",
     )  # fmt: skip
     convert.add_argument("--counts", action="store_true", help="print the configuration's parameter counts")
+    convert.add_argument("--tables", action="store_true", help="print the key tables as Markdown")
     _debug(convert)
     convert.set_defaults(func=_convert_upfusion)
 

@@ -13,12 +13,11 @@ copy of the same ViT-B/14 weights. `sd15` gives the CLIP tokenizer only.
 
 Every key is mapped by the row tables below (official prefix -> our prefix, and a renaming of the rest by the
 row's kind), strictly: an official key no row maps, a mapped key our module lacks, a shape that differs or a key of
-ours nothing fills stops the conversion with the key's name. docs/upfusion.md prints the tables (`--tables`).
+ours nothing fills stops the conversion with the key's name. docs/upfusion.md prints the tables (`headhunter convert-upfusion --tables`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import shutil
@@ -467,36 +466,3 @@ def parameter_counts(config: str = "paper") -> dict[str, int]:
         for name, module in components.items()
         if isinstance(module, torch.nn.Module)
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.convert_upfusion UPSRT.pt UPFUSION2D.pt --dinov2 ID --sd15 ID --out DIR`, or `--counts`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="*", help="upsrt.pt and upfusion2d.pt")
-    parser.add_argument(
-        "--dinov2", default="facebook/dinov2-base", help="DINOv2 ViT-B/14: a hub id or folder"
-    )
-    parser.add_argument(
-        "--sd15", default="stable-diffusion-v1-5/stable-diffusion-v1-5", help="for its tokenizer"
-    )
-    parser.add_argument("--out", help="the folder to write")
-    parser.add_argument(
-        "--counts", action="store_true", help="print the paper configuration's parameter counts"
-    )
-    parser.add_argument("--tables", action="store_true", help="print the key tables as Markdown")
-    args = parser.parse_args(argv)
-    if args.tables:
-        print(key_tables(), end="")
-        return 0
-    if args.counts:
-        for name, count in parameter_counts().items():
-            print(f"{name:14s} {count:>13,d}")
-        return 0
-    if len(args.checkpoints) != 2 or not args.out:
-        parser.error("pass UPSRT.pt UPFUSION2D.pt and --out DIR (or --counts)")
-    print(convert_upfusion(*args.checkpoints, args.dinov2, args.sd15, args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
