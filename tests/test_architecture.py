@@ -129,28 +129,13 @@ def test_softpag_defaults_agree_on_every_surface():
     }
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     generate = subparsers.choices["generate"].parse_args(["a prompt"])
-    for key in (
-        "pag_scale",
-        "pag_strength",
-        "pag_identity",
-        "pag_start",
-        "pag_stop",
-        "pag_every",
-        "pag_branch",
-    ):
+    keys = ("pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop", "pag_every", "pag_branch")
+    for key in keys:
         assert getattr(generate, key) == config[key], key
         assert DEFAULTS[key] == config[key], key
         assert FIELDS[key][1] == SOFTPAG_SETTINGS[key].allowed(), key
     guider = inspect.signature(SoftPAGGuidance.__init__).parameters
-    for key in (
-        "pag_scale",
-        "pag_strength",
-        "pag_identity",
-        "pag_start",
-        "pag_stop",
-        "pag_every",
-        "pag_branch",
-    ):
+    for key in keys:
         assert guider[key].default == config[key], key
     search = subparsers.choices["search"].parse_args([])
     settings = SearchSettings(prompts=["p"], seeds=[0])
