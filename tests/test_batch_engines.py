@@ -155,7 +155,9 @@ def test_a_ray_run_killed_as_a_whole_resumes(local_run, tiny_folder, tmp_path):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the actors it started
     process.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120
+    )
     made = len(list(out.glob("*.png")))
     assert 0 < made < len(more), "the kill came too late to test a resume"
     result = _run(args)
