@@ -116,6 +116,14 @@ def _actor_pids(out):
             for p in out.glob("manifest.rank-ray-*.jsonl")]  # fmt: skip
 
 
+def _size(path) -> int:
+    """The size of a file that may be merged away at any moment (0 once it is gone)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_a_killed_actor_is_replaced_and_every_item_ends_up_once(local_run, tiny_folder, tmp_path):
     """SIGKILL one actor by pid once it has written an item; Ray restarts it and retries its group."""
     out = tmp_path / "out"
@@ -126,7 +134,7 @@ def test_a_killed_actor_is_replaced_and_every_item_ends_up_once(local_run, tiny_
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline, killed = time.time() + 300, None
     while time.time() < deadline and process.poll() is None and killed is None:
-        pids = [pid for pid in _actor_pids(out) if (out / f"manifest.rank-ray-{pid}.jsonl").stat().st_size]
+        pids = [pid for pid in _actor_pids(out) if _size(out / f"manifest.rank-ray-{pid}.jsonl")]
         if pids:
             killed = pids[0]
             os.kill(killed, signal.SIGKILL)
