@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
+from guidance.adapters import heads_layout  # noqa: E402
 from guidance.heads import HeadEntry, HeadGroup, printable, short_repr  # noqa: E402
-from guidance.layouts import layout_of  # noqa: E402
 from guidance.swap import denoiser_of  # noqa: E402
 from pipelines import HeadHunterPipeline  # noqa: E402
 from pipelines.loading import ModelFolderError  # noqa: E402
@@ -600,7 +600,7 @@ class Demo:
         self.search_pipe.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         self.name = name or display_name(model)
         self.denoiser = denoiser_of(pipe)
-        self.heads_per_layer = layout_of(self.denoiser).heads_per_layer
+        self.heads_per_layer = heads_layout(self.denoiser).heads_per_layer
         settings = recommended_settings(model)
         before_loading(settings.get("max_sequence_length"))  # its T5 length by design: no truncation notice
         self.extras = model_call_extras(model)

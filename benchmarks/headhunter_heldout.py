@@ -77,7 +77,7 @@ def main() -> None:
 
     import torch
 
-    from guidance.layouts import layout_of
+    from guidance.adapters import heads_layout
     from guidance.objectives import get_objective
     from guidance.search import HeadSearch, SearchSettings, label
     from guidance.stats import paired_difference
@@ -89,7 +89,7 @@ def main() -> None:
     pipe = HeadHunterPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     call = recommended_call(args.model)
-    layout = layout_of(denoiser_of(pipe))
+    layout = heads_layout(denoiser_of(pipe))
     seeds = list(range(args.seeds))
 
     t0 = time.perf_counter()

@@ -319,7 +319,7 @@ def main() -> None:
 
     import torch
 
-    from guidance.layouts import layout_of
+    from guidance.adapters import heads_layout
     from guidance.stats import paired_difference
     from guidance.swap import denoiser_of
     from pipelines import HeadHunterPipeline
@@ -330,7 +330,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     call = recommended_call(args.model, guidance_scale=DEFAULT_CFG)
     default_cfg = float(call[cfg_keyword(call)])  # the unguided baseline: the model's recommended CFG
-    layout = layout_of(denoiser_of(pipe))
+    layout = heads_layout(denoiser_of(pipe))
     excluded = set()
     if args.exclude:
         seed, _, count = args.exclude.partition(":")

@@ -26,6 +26,7 @@ _EXPORTS = {
     "register_objective": "guidance.objectives",
     "softpag_attention": "guidance.softpag",
     "layout_of": "guidance.layouts",
+    "heads_layout": "guidance.adapters",
 }
 
 __all__ = sorted(_EXPORTS)

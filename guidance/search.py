@@ -26,9 +26,9 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from guidance.adapters import heads_layout
 from guidance.config import SOFTPAG_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection
-from guidance.layouts import layout_of
 from guidance.objectives import Objective
 from guidance.ranks import barrier, process_index
 from guidance.swap import denoiser_of
@@ -45,7 +45,7 @@ def label(candidate: Candidate) -> str:
 # Settings and named profiles
 # -------------------------------------------------------------------------------------------------------------
 
-# `layout_of(denoiser).arch`, and the families the generic adapter supports (`guidance.generic.FAMILIES`).
+# `heads_layout(denoiser).arch`, and the families the generic adapter supports (`guidance.generic.FAMILIES`).
 GENERIC_ARCHS = ("flux2", "chroma", "qwenimage", "zimage", "wan")
 ARCHS = ("sd3", "flux", "unet", *GENERIC_ARCHS)
 FLUX_LIKE = ("flux", "flux2", "chroma")  # guidance-distilled or FLUX-sized: the paper's FLUX search settings
@@ -168,7 +168,7 @@ class HeadSearch:
                  progress: bool = True):  # fmt: skip
         self.pipe, self.objective, self.settings = pipe, objective, settings
         denoiser = denoiser_of(pipe)
-        self.layout = search_layout(denoiser)
+        self.layout = heads_layout(denoiser)
         self.heads_per_layer = self.layout.heads_per_layer["attn"]
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
         self.search_pairs, self.validation_pairs = split_pairs(len(self.pairs), settings.validation)
@@ -447,16 +447,6 @@ def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | P
     path = Path(path)
     image.save(path)
     return path
-
-
-def search_layout(denoiser):
-    """The model's layout: a hand-written one (SD3, FLUX.1, UNets) or the generic adapter's (newer families)."""
-    try:
-        return layout_of(denoiser)
-    except TypeError:
-        from guidance.generic import generic_layout
-
-        return generic_layout(denoiser)
 
 
 def preset(selected: Sequence[tuple[int, int]], settings: SearchSettings, use_strength: float, scores: dict,

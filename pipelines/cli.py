@@ -192,10 +192,10 @@ def _load(model: str, dtype: str, device: str):
 
 
 def _heads_per_layer(pipe) -> dict:
-    from guidance.layouts import layout_of
+    from guidance.adapters import heads_layout
     from guidance.swap import denoiser_of
 
-    return layout_of(denoiser_of(pipe)).heads_per_layer
+    return heads_layout(denoiser_of(pipe)).heads_per_layer
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def _score(value: float) -> str:
 
 def _search(args: argparse.Namespace) -> int:
     """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out."""
-    from guidance.layouts import layout_of
+    from guidance.adapters import heads_layout
     from guidance.objectives import get_objective
     from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset, search_profile
     from guidance.swap import denoiser_of
@@ -310,7 +310,7 @@ def _search(args: argparse.Namespace) -> int:
     prompts = _check_search(args)
     get_objective(args.objective)  # an unknown name fails before the model loads
     pipe = _load(model, args.dtype, _device(args.device))
-    arch = layout_of(denoiser_of(pipe)).arch
+    arch = heads_layout(denoiser_of(pipe)).arch
     profile = search_profile(args.profile, arch)
     recommended = recommended_settings(model)
     defaults = dict(steps=recommended.get("num_inference_steps", 28), size=recommended.get("height"),
