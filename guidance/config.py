@@ -1,7 +1,7 @@
 """One configuration object per technique: its defaults, its validation and its error messages.
 
 Every front end derives from these: the pipelines' `pag_*` / `structured*` keyword defaults, the CLI flags, the
-batch job keys, the demo's inputs and the head search's settings (`tests/test_config.py` fails if one drifts).
+batch job keys, the demo's inputs and the head search's settings (`tests/test_architecture.py` fails if one drifts).
 A `Setting` describes one call argument (default, type, range, help in plain words); `check` raises an error that
 names the parameter, the value and what is allowed.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from guidance.heads import SCALE_LIMIT, short_repr
+from guidance.heads import PRESET_SETTINGS, SCALE_LIMIT, HeadSelection, short_repr
 from guidance.softpag import IDENTITIES
 
 __all__ = [
@@ -203,7 +203,12 @@ class SoftPAGConfig:
     """Validated SoftPAG call settings (the pipelines' `pag_*` arguments); heads are parsed by `guidance.heads`.
 
     `scale` may be one number or one per head group; `heads_per_image` replaces `heads` with one selection per
-    generated image (a head search's batch)."""
+    generated image (a head search's batch).
+
+    `heads` is parsed here (`HeadSelection.parse`: notation, tuples, a preset path or a selection). A preset may
+    recommend call settings (its "settings": `pag_every`, `pag_branch`, `pag_start`, `pag_stop`, `pag_identity`);
+    they fill the arguments this call leaves at their defaults, and `from_preset` names the ones they filled. To
+    use a preset's heads without its settings, pass `HeadSelection.load(path).without_settings()`."""
 
     heads: Any = _default("pag_heads")
     scale: float | Sequence[float] = _default("pag_scale")
@@ -215,11 +220,15 @@ class SoftPAGConfig:
     heads_per_image: Sequence | None = None
     every: int = _default("pag_every")
     branch: str = _default("pag_branch")
+    from_preset: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self):
         """Check every value; raise SoftPAGError naming the first bad one."""
         if (self.heads is None) == (self.heads_per_image is None):
             raise SoftPAGError("give exactly one of pag_heads and pag_heads_per_image")
+        if self.heads is not None:
+            object.__setattr__(self, "heads", HeadSelection.parse(self.heads))
+            self._apply_preset_settings()
         for attribute in ("strength", "identity", "start", "stop", "shared_prefix", "every", "branch"):
             setting = SOFTPAG_SETTINGS[f"pag_{attribute}"]
             object.__setattr__(self, attribute, setting.check(getattr(self, attribute), SoftPAGError))
@@ -235,6 +244,20 @@ class SoftPAGConfig:
             object.__setattr__(self, "scale", scale.check(self.scale, SoftPAGError))
         if self.branch == "uncond":
             self._check_uncond_branch()
+
+    def _apply_preset_settings(self) -> None:
+        """The preset's recommended settings, checked, on the arguments left at their defaults."""
+        recommended = self.heads.metadata.get("settings") or {}
+        filled = []
+        for name in PRESET_SETTINGS:
+            if name not in recommended:
+                continue
+            setting, attribute = SOFTPAG_SETTINGS[name], name.removeprefix("pag_")
+            value = setting.check(recommended[name], SoftPAGError, f"pag_heads: the preset's settings.{name}")
+            if getattr(self, attribute) == setting.default and value != setting.default:
+                object.__setattr__(self, attribute, value)
+                filled.append(name)
+        object.__setattr__(self, "from_preset", tuple(filled))
 
     def _check_uncond_branch(self) -> None:
         """pag_branch='uncond' has no weight of its own (eps = eps_u~ + w_cfg (eps_c - eps_u~)): a chosen
@@ -259,7 +282,7 @@ class SoftPAGConfig:
     @classmethod
     def call_defaults(cls) -> dict[str, Any]:
         """{pipeline keyword: default} for every SoftPAG argument."""
-        return {f"pag_{f.name}": f.default for f in fields(cls)}
+        return {f"pag_{f.name}": f.default for f in fields(cls) if f.init}
 
 
 # -- Generation ------------------------------------------------------------------------------------------------

@@ -33,8 +33,11 @@ MAX_PRESET_BYTES = 1024 * 1024
 PRESET_KEYS = {
     "format": str, "version": int, "groups": list, "model": str, "architecture": str, "layers_x_heads": list,
     "source": str, "created": str, "objective": str, "prompts": list, "scores": dict, "search": dict,
-    "name": str, "description": str,
+    "name": str, "description": str, "settings": dict, "settings_source": str,
 }  # fmt: skip
+# The call settings a preset may recommend ("settings": {"pag_every": 2, ...}); checked by `SoftPAGConfig`, which
+# applies them to the arguments a call leaves at their defaults.
+PRESET_SETTINGS = ("pag_every", "pag_branch", "pag_start", "pag_stop", "pag_identity")
 # ASCII only: `\d` would also read "L０H０" (full-width digits) as L0H0.
 _ENTRY = re.compile(
     r"L(?P<layer>-?[0-9]+)H(?P<head>-?[0-9]+)(?:/(?P<attn>[A-Za-z0-9_]+))?(?:=(?P<u>[^\s,]+))?",
@@ -158,6 +161,11 @@ class HeadSelection:
     def load(cls, path: str | os.PathLike, parameter: str = "pag_heads") -> HeadSelection:
         """Load a preset JSON file (`read_preset`: UTF-8, strict JSON, at most `MAX_PRESET_BYTES`)."""
         return cls.from_json(read_preset(path, parameter), parameter)
+
+    def without_settings(self) -> HeadSelection:
+        """The same heads and metadata without the preset's recommended call settings."""
+        metadata = {k: v for k, v in self.metadata.items() if k not in ("settings", "settings_source")}
+        return HeadSelection(self.groups, metadata)
 
     # -- output -------------------------------------------------------------------------------------------
 
@@ -377,6 +385,12 @@ def _check_preset_keys(data: Any, parameter: str) -> None:
             raise HeadSelectionError(
                 f"{parameter}: preset key {key!r}={short_repr(value)} must be a JSON {_JSON_NAMES[kind]}"
             )
+    unknown = sorted(set(data.get("settings", {})) - set(PRESET_SETTINGS))
+    if unknown:
+        raise HeadSelectionError(
+            f"{parameter}: preset settings {short_repr(unknown)} are not call settings a preset may carry; "
+            f"allowed: {', '.join(PRESET_SETTINGS)}"
+        )
     if data.get("format", PRESET_FORMAT) != PRESET_FORMAT or data.get("version", 1) != 1:
         raise HeadSelectionError(
             f"{parameter}: preset format {data.get('format')!r} version {data.get('version')!r} is not "
