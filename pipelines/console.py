@@ -4,14 +4,18 @@ A plain `headhunter generate` printed about 13 library lines for one image: tran
 torchvision, diffusers' "Loading pipeline components" bar with transformers' "Loading weights" bars nested in it,
 and SD3's T5 truncation notice for the toy models, which are run with the T5 length they were trained at (1).
 `quiet_console()` (every CLI command, before any work) drops exactly these; everything else the libraries say
-still reaches stderr. The libraries' loggers exist only once they are imported, so their part (`before_loading`)
-runs just before a model loads, not at start-up (importing diffusers costs seconds).
+still reaches stderr. The libraries' handlers exist only once they are imported, so their part (`before_loading`)
+runs just before a model loads, not at start-up (importing diffusers costs seconds); the notices given while the
+libraries import (transformers' torchvision fallbacks, reached as soon as diffusers' pipelines import) are caught
+on the logger that gives them, which exists before its library does. One diffusers deprecation that its own
+modules raise at import (Chroma imports `FluxPosEmbed` from its old place) is the one Python warning dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 __all__ = ["LibraryNotices", "before_loading", "quiet_console"]
 
@@ -26,6 +30,11 @@ NOTICES = (
 # SD3 / FLUX tokenizing with a T5 length shorter than the prompt; dropped only for a length a model was trained
 # at (`before_loading`), so a real model's truncated prompt is still reported.
 T5_TRUNCATION = re.compile(r"truncated because `max_sequence_length` is set to\s*(\d+)\s*tokens")
+
+# Loggers that give notices while their library imports (before its handler, where `LibraryNotices` sits, exists).
+IMPORT_LOGGERS = ("transformers.utils.import_utils",)
+# Python warnings the libraries raise against themselves (nothing a user's code can change): (category, message).
+LIBRARY_WARNINGS = ((FutureWarning, r"`FluxPosEmbed` is deprecated"),)
 
 _state = {"quiet": False, "t5_lengths": set(), "bars_off": set()}
 
@@ -43,14 +52,18 @@ class LibraryNotices(logging.Filter):
 
 def quiet_console(verbose: bool = False) -> None:
     """The console of one command: with `verbose`, the libraries as they are; else their notices are dropped
-    (from the libraries already imported now, the others when a model loads: `before_loading`). No Python warning
-    is filtered: a plain run raises none (the notices are the libraries' log records)."""
+    (from the libraries already imported now, the others when a model loads: `before_loading`), and the
+    libraries' warnings against themselves (`LIBRARY_WARNINGS`); no other Python warning is filtered."""
     import sys
 
     _state["quiet"] = not verbose
     if verbose:
         _restore()
         return
+    for name in IMPORT_LOGGERS:
+        _add_filter(logging.getLogger(name))
+    for category, message in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     for name in LIBRARY_LOGGERS:
         if name in sys.modules:
             _quiet_library(name)
@@ -77,8 +90,12 @@ def _quiet_library(name: str) -> None:
         library.disable_progress_bar()  # "Loading pipeline components", "Loading weights"
         _state["bars_off"].add(name)
     for handler in logging.getLogger(name).handlers:
-        if not any(isinstance(f, LibraryNotices) for f in handler.filters):
-            handler.addFilter(LibraryNotices())
+        _add_filter(handler)
+
+
+def _add_filter(filterer: logging.Filterer) -> None:
+    if not any(isinstance(f, LibraryNotices) for f in filterer.filters):
+        filterer.addFilter(LibraryNotices())
 
 
 def _restore() -> None:
@@ -88,7 +105,11 @@ def _restore() -> None:
     for name in _state["bars_off"]:
         importlib.import_module(f"{name}.utils.logging").enable_progress_bar()
     _state["bars_off"].clear()
-    for name in LIBRARY_LOGGERS:
-        for handler in logging.getLogger(name).handlers:
-            for kept in [f for f in handler.filters if isinstance(f, LibraryNotices)]:
-                handler.removeFilter(kept)
+    filterers = [logging.getLogger(n) for n in IMPORT_LOGGERS]
+    filterers += [h for name in LIBRARY_LOGGERS for h in logging.getLogger(name).handlers]
+    for filterer in filterers:
+        for kept in [f for f in filterer.filters if isinstance(f, LibraryNotices)]:
+            filterer.removeFilter(kept)
+    for category, message in LIBRARY_WARNINGS:
+        warnings.filters[:] = [f for f in warnings.filters if not (f[0] == "ignore" and f[2] is category
+                               and f[1] is not None and f[1].pattern == message)]  # fmt: skip
