@@ -2,7 +2,9 @@
 
 `HeadHunterPipeline.from_pretrained(path_or_hub_id)` reads `model_index.json` and returns the matching subclass.
 Each subclass keeps its diffusers parent's whole `__call__` (schedulers, callbacks, LoRA, output types,
-generator lists, offloading) and adds the `pag_*` arguments; see `SoftPAGMixin.__call__`.
+generator lists, offloading) and adds the `pag_*` arguments; see `SoftPAGMixin.__call__`. A model folder's
+recommended call (`pipelines.loading.folder_recommendations`: steps, CFG, size, T5 length) is the default of the
+loaded pipeline's `__call__`; explicit arguments win.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from diffusers import (
     DiffusionPipeline,
@@ -22,11 +26,19 @@ from diffusers import (
 )
 
 from guidance.batch_rows import Rescale
-from guidance.config import SoftPAGConfig, SoftPAGError, check_call_arguments
+from guidance.config import SoftPAGConfig, SoftPAGError, StructuredError, check_call_arguments
 from guidance.heads import shown_path
 from guidance.perturbation import CondRows, SoftPAG
 from guidance.swap import component_lock, denoiser_of, one_call_per_scheduler
-from pipelines.loading import ModelFolderError, absent_components, check_components, load_checked, model_index
+from pipelines.loading import (
+    ModelFolderError,
+    absent_components,
+    check_components,
+    folder_recommendations,
+    load_checked,
+    model_index,
+    t5_length_by_design,
+)
 from pipelines.structured import StructuredMixin, StructuredSD3Mixin
 
 _DEFAULTS = SoftPAGConfig.call_defaults()
@@ -84,10 +96,48 @@ class SoftPAGMixin:
 
         @functools.wraps(parent)
         def encode_prompt(self, *args, **kwargs):
-            with component_lock(getattr(self, "tokenizer", None)):
+            trained = self.recorded_call.get("max_sequence_length")
+            by_design = trained if kwargs.get("max_sequence_length") == trained else None
+            with (
+                component_lock(getattr(self, "tokenizer", None)),
+                t5_length_by_design(parent.__module__, by_design),
+            ):
                 return parent(self, *args, **kwargs)
 
         cls.encode_prompt = encode_prompt
+
+    # The loaded folder's recommended call (`folder_recommendations`), the defaults of `__call__`; {} otherwise.
+    recorded_call: Mapping[str, Any] = MappingProxyType({})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' `from_pretrained`; a local folder's recommended call becomes the defaults of `__call__`."""
+        recorded = folder_recommendations(pretrained_model_name_or_path)  # checked before any weight loads
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe.recorded_call = MappingProxyType(recorded)
+        return pipe
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' `from_pipe`; the new pipeline keeps the recommended call of the one it is made from."""
+        pipe = super().from_pipe(pipeline, **kwargs)
+        pipe.recorded_call = getattr(pipeline, "recorded_call", MappingProxyType({}))
+        return pipe
+
+    def _with_recorded_call(self, args: tuple, kwargs: dict) -> dict:
+        """The call's keyword arguments with the recommended call filling those the caller left out (passed by
+        name or position, None included) and the parent's `__call__` takes; a recorded negative prompt only where
+        no negative embeddings are given."""
+        if not self.recorded_call:
+            return kwargs
+        names = list(_parent_parameters(type(self)))
+        given = set(names[: len(args)]) | set(kwargs)
+        if kwargs.get("negative_prompt_embeds") is not None:
+            given.add("negative_prompt")
+        filled = {
+            k: v for k, v in self.recorded_call.items() if k in names and k not in given and v is not None
+        }
+        return {**filled, **kwargs}
 
     def __call__(
         self,
@@ -124,6 +174,7 @@ class SoftPAGMixin:
             w_pag (eps_c - eps_p)) or "uncond" (CFG's own uncond rows are perturbed, no extra rows:
             eps_u~ + w_cfg (eps_c - eps_u~); needs CFG, one head group, pag_scale left at its default).
         """
+        kwargs = self._with_recorded_call(args, kwargs)
         check_call_arguments({**dict(zip(("prompt",), args)), **kwargs})
         with one_call_per_scheduler(self.scheduler, type(self).__name__):
             return self._guided_call(
@@ -153,11 +204,19 @@ class SoftPAGMixin:
 
 def _parent_default(cls: type, name: str):
     """The default of keyword `name` in the first diffusers `__call__` of `cls`'s bases (None if it has none)."""
+    parameter = _parent_parameters(cls).get(name)
+    return None if parameter is None else parameter.default
+
+
+@functools.cache
+def _parent_parameters(cls: type) -> Mapping[str, inspect.Parameter]:
+    """The parameters (after `self`) of the first diffusers `__call__` of `cls`'s bases."""
     for base in cls.__mro__:
         if base.__module__.startswith("diffusers.") and "__call__" in vars(base):
-            parameter = inspect.signature(base.__call__).parameters.get(name)
-            return None if parameter is None else parameter.default
-    return None
+            parameters = dict(inspect.signature(base.__call__).parameters)
+            parameters.pop("self", None)
+            return MappingProxyType(parameters)
+    return MappingProxyType({})
 
 
 class _RescaleMixin:
@@ -174,9 +233,13 @@ class _RescaleMixin:
         return Rescale(float(self.guidance_rescale), parts)
 
 
-class HeadHunterSD3Pipeline(StructuredSD3Mixin, SoftPAGMixin, StableDiffusion3Pipeline):
+class HeadHunterSD3Pipeline(SoftPAGMixin, StructuredSD3Mixin, StableDiffusion3Pipeline):
     """StableDiffusion3Pipeline (SD3, SD3.5) with SoftPAG (layers index `transformer.transformer_blocks`) and the
     experimental MMDiT port of structured attention."""
+
+    def _check_call(self, call_kwargs: dict) -> None:
+        if call_kwargs.get("structured") is not None:
+            raise StructuredError("structured on SD3 does not combine with pag_heads yet; use one of them")
 
 
 class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
@@ -189,11 +252,11 @@ class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
     _cfg_argument = "true_cfg_scale"  # `guidance_scale` is FLUX.1's distilled guidance, not CFG
 
 
-class HeadHunterSDPipeline(StructuredMixin, _RescaleMixin, SoftPAGMixin, StableDiffusionPipeline):
+class HeadHunterSDPipeline(_RescaleMixin, SoftPAGMixin, StructuredMixin, StableDiffusionPipeline):
     """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on self-attention and structured cross-attention."""
 
 
-class HeadHunterSDXLPipeline(StructuredMixin, _RescaleMixin, SoftPAGMixin, StableDiffusionXLPipeline):
+class HeadHunterSDXLPipeline(_RescaleMixin, SoftPAGMixin, StructuredMixin, StableDiffusionXLPipeline):
     """StableDiffusionXLPipeline with SoftPAG on self-attention and structured cross-attention."""
 
 

@@ -1,18 +1,22 @@
-"""Loading helpers shared by the pipelines: which optional components a saved folder leaves out, and a model
-folder checked component by component before (and explained after) diffusers loads it."""
+"""Loading helpers shared by the pipelines: which optional components a saved folder leaves out, a model folder
+checked component by component before (and explained after) diffusers loads it, and the call a folder recommends
+(`folder_recommendations`: the defaults of a loaded pipeline's `__call__`)."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from guidance.config import GuidanceError
+from guidance.config import CALL_SETTINGS, GENERATION_SETTINGS, GuidanceError, Setting
 from guidance.heads import shown_path
 from guidance.strictjson import loads_strict, refused_values
 
@@ -275,3 +279,67 @@ def _failed_component(error: BaseException, folder: str | os.PathLike, index: di
         tb = tb.tb_next
     text = str(error)
     return next((n for n in index if not n.startswith("_") and f"{os.sep}{n}{os.sep}" in text), None)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The call a model folder recommends (toy models: toyworld.json beside the weights)
+# -------------------------------------------------------------------------------------------------------------
+
+SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to a model's weights
+# The call arguments a folder may record, each checked as the pipelines check them; other keys (notes) are ignored.
+RECORDED_SETTINGS: dict[str, Setting] = {
+    **{k: CALL_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "true_cfg_scale", "height", "width")},
+    "max_sequence_length": Setting("max_sequence_length", None, "integer", 1, 512,
+                                   help="T5 tokens the model was trained with."),
+    "negative_prompt": GENERATION_SETTINGS["negative_prompt"],
+}  # fmt: skip
+
+
+def folder_recommendations(path: str | os.PathLike) -> dict:
+    """The call a local model folder recommends: the `RECORDED_SETTINGS` its `SETTINGS_FILE` holds, checked; {}
+    for a folder without that file (or a hub id). A file that is not strict JSON or records a bad value is a
+    ModelFolderError naming the folder, the file and the key."""
+    file = Path(path).expanduser() / SETTINGS_FILE
+    if not file.is_file():
+        return {}
+    where = f"model folder {shown_path(path)}"
+    data = _json_file(file, where, SETTINGS_FILE)
+    settings = {}
+    for key, setting in RECORDED_SETTINGS.items():
+        if key in data:
+            settings[key] = setting.check(data[key], ModelFolderError, f"{where}: {SETTINGS_FILE}: {key}")
+    return settings
+
+
+# SD3 / FLUX tokenizing with a T5 length shorter than the prompt (diffusers' notice on the pipeline's logger).
+T5_TRUNCATION = re.compile(r"truncated because `max_sequence_length` is set to\s*(\d+)\s*tokens")
+_T5_BY_DESIGN: ContextVar[int | None] = ContextVar("t5_length_by_design", default=None)
+
+
+class _TruncationByDesign(logging.Filter):
+    """Drops the T5 truncation notice at the length the running call was trained at (`t5_length_by_design`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        length = _T5_BY_DESIGN.get()
+        if length is None:
+            return True
+        truncated = T5_TRUNCATION.search(record.getMessage())
+        return not (truncated and int(truncated.group(1)) == length)
+
+
+@contextmanager
+def t5_length_by_design(logger_name: str, length: int | None) -> Iterator[None]:
+    """While the body encodes a prompt at `length`, the T5 length its model was trained at (its folder records
+    it), the truncation notice that logger `logger_name` gives for that length is dropped: prompts cut to it are
+    expected. Other lengths, other calls and other threads still get the notice."""
+    if length is None:
+        yield
+        return
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _TruncationByDesign) for f in logger.filters):
+        logger.addFilter(_TruncationByDesign())
+    token = _T5_BY_DESIGN.set(int(length))
+    try:
+        yield
+    finally:
+        _T5_BY_DESIGN.reset(token)

@@ -3,8 +3,8 @@
 `StructuredMixin.__call__` encodes the prompts and their noun phrases itself, packs the contexts the processors
 need (see `guidance.structured`), passes them to the parent pipeline as `prompt_embeds` /
 `negative_prompt_embeds`, and swaps `StructuredCrossAttnProcessor` onto the cross-attention layers for the call.
-It sits before `SoftPAGMixin` in the class order, so one call may use both (self-attention perturbed,
-cross-attention structured).
+It sits after `SoftPAGMixin` in the class order (SoftPAG's `__call__` takes the `pag_*` arguments and the folder's
+recommended call first), so one call may use both (self-attention perturbed, cross-attention structured).
 """
 
 from __future__ import annotations
@@ -213,7 +213,8 @@ class StructuredMixin:
 
 class StructuredSD3Mixin(StructuredMixin):
     """The MMDiT (SD3) port, key-value mode only: see `guidance.structured.StructuredJointAttnProcessor`.
-    `structured_layers` are transformer block indices (default: all). Does not combine with `pag_*` yet."""
+    `structured_layers` are transformer block indices (default: all). Does not combine with `pag_*` yet (the SD3
+    pipeline refuses both at once)."""
 
     _structured_modes = ("key-value",)
 
@@ -227,13 +228,6 @@ class StructuredSD3Mixin(StructuredMixin):
                 if segments and span is not None:
                     segments.append((offset + span[0], offset + span[1], offset))
         return per_phrase
-
-    def __call__(self, prompt=None, *args, **kwargs):
-        if kwargs.get("structured") is not None and (
-            kwargs.get("pag_heads") or kwargs.get("pag_heads_per_image")
-        ):
-            raise StructuredError("structured on SD3 does not combine with pag_heads yet; use one of them")
-        return super().__call__(prompt, *args, **kwargs)
 
     @contextmanager
     def _structured_installed(self, config: StructuredConfig, length: int, sets: int, options: EncodeOptions):

@@ -1,6 +1,7 @@
 """HeadHunter pipelines on tiny random models: equivalences, batching, restoration and errors."""
 
 import json
+import logging
 
 import diffusers
 import numpy as np
@@ -322,3 +323,103 @@ def test_preset_of_another_model_warns_on_same_shape_and_fails_on_another(loaded
         HeadSelectionError, match=r"this preset is for stabilityai/stable-diffusion-3-medium-diffusers"
     ):
         generate(pipe, pag_heads=str(path))
+
+
+# -- a model folder's recommended call: the defaults of `__call__` ------------------------------------------
+
+
+def _sd3_with_t5(folder, recommended: dict | None):
+    """A tiny SD3 with a tiny T5 (d_model = the transformer's joint dim) saved to `folder`, with a toyworld.json."""
+    from transformers import T5Config, T5EncoderModel
+
+    from pipelines.tiny import t5_tokenizer, tiny_sd3
+
+    pipe = tiny_sd3()
+    torch.manual_seed(1)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer()), d_model=64, d_kv=8, d_ff=64, num_layers=1,
+                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))  # fmt: skip
+    pipe.register_modules(text_encoder_3=t5.eval(), tokenizer_3=t5_tokenizer())
+    pipe.save_pretrained(folder, safe_serialization=True)
+    if recommended is not None:
+        (folder / "toyworld.json").write_text(json.dumps({**recommended, "note": "ignored"}))
+    return folder
+
+
+RECOMMENDED = dict(num_inference_steps=3, guidance_scale=2.0, height=48, width=48, max_sequence_length=2)
+
+
+def _steps_and_size(pipe, *args, **kwargs) -> tuple[int, tuple]:
+    steps = []
+    image = pipe(*args, callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw,
+                 generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images[0]  # fmt: skip
+    return len(steps), image.shape[:2]
+
+
+class _Notices(logging.Handler):
+    """The messages diffusers' loggers hand to their handlers (the library's stderr handler among them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def truncations(self) -> list[str]:
+        found, self.messages = [m for m in self.messages if "truncated because" in m], []
+        return found
+
+
+def test_folder_recommended_call_is_the_default_and_explicit_arguments_win(tmp_path):
+    """A folder's toyworld.json sets steps, size, CFG and the T5 length of a plain `pipe(prompt)`: its prompt cut
+    to the trained T5 length gives no truncation notice; explicit arguments win; from_pipe keeps the defaults."""
+    folder = _sd3_with_t5(tmp_path / "sd3", RECOMMENDED)
+    pipe = HeadHunterPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert dict(pipe.recorded_call) == RECOMMENDED
+    notices = _Notices()
+    logging.getLogger("diffusers").addHandler(notices)
+    try:
+        assert _steps_and_size(pipe, "a red circle on the left") == (3, (48, 48))
+        assert notices.truncations() == []
+        assert _steps_and_size(pipe, "a red circle", num_inference_steps=2, height=32, width=32) == (
+            2,
+            (32, 32),
+        )
+        assert _steps_and_size(pipe, "a red circle", None, None, 32, 40) == (
+            3,
+            (32, 40),
+        )  # height, width by position
+        twin = HeadHunterPipeline.from_pipe(pipe)
+        twin.set_progress_bar_config(disable=True)
+        assert _steps_and_size(twin, "a red circle", pag_heads="L1H0") == (3, (48, 48))
+        # The same image as the recommended call spelled out on a pipeline without the file.
+        plain = HeadHunterPipeline.from_pretrained(_sd3_with_t5(tmp_path / "plain", None))
+        plain.set_progress_bar_config(disable=True)
+        assert dict(plain.recorded_call) == {}
+        ours = pipe("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert notices.truncations() == []
+        spelled = plain("a red circle", generator=torch.Generator().manual_seed(0), output_type="np",
+                        **RECOMMENDED).images  # fmt: skip
+        np.testing.assert_array_equal(ours, spelled)
+        assert len(notices.truncations()) == 1  # there the length is not one the model records: reported
+    finally:
+        logging.getLogger("diffusers").removeHandler(notices)
+    # Without the file: the parent's defaults, as before (32 px from the tiny transformer's sample size).
+    assert _steps_and_size(plain, "a red circle", num_inference_steps=1) == (1, (32, 32))
+
+
+def test_folder_recommendations_are_checked(tmp_path, tiny_folder):
+    """A bad toyworld.json is refused before the weights load, naming the folder, the file and the key."""
+    import shutil
+
+    from pipelines.loading import ModelFolderError, folder_recommendations
+
+    folder = shutil.copytree(tiny_folder("sd3"), tmp_path / "sd3")
+    assert folder_recommendations(folder) == {}
+    (folder / "toyworld.json").write_text(json.dumps({"num_inference_steps": 0}))
+    with pytest.raises(ModelFolderError, match=r"toyworld.json: num_inference_steps=0 is out of range"):
+        folder_recommendations(folder)
+    (folder / "toyworld.json").write_text('{"height": NaN}')
+    with pytest.raises(ModelFolderError, match=r"sd3'?: toyworld.json: .*NaN"):
+        HeadHunterPipeline.from_pretrained(folder)
