@@ -13,6 +13,7 @@ import shutil
 import sys
 import textwrap
 import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from guidance.config import (
@@ -26,8 +27,9 @@ from guidance.config import (
     Setting,
     SoftPAGConfig,
 )
-from guidance.heads import HeadSelection, HeadSelectionError, printable, short_repr
+from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, printable, short_repr
 from pipelines.console import before_loading, quiet_console
+from pipelines.loading import ModelFolderError
 from pipelines.settings import (
     DEFAULT_MODEL,
     DTYPES,
@@ -39,9 +41,13 @@ from pipelines.settings import (
     image_record,
     model_call_extras,
     model_name,
+    output_images,
     png_target,
+    read_png_record,
     read_presets,
     recommended_settings,
+    record_call,
+    record_model,
     record_parameters,
     resolve_heads,
     save_png,
@@ -173,9 +179,9 @@ def _heads(args: argparse.Namespace) -> str | None:
     heads = resolve_heads(args.pag_heads, "--pag-heads")
     if not heads or not heads.strip():
         return None
+    selection = HeadSelection.parse(heads, "--pag-heads")
     config = {s.name.removeprefix("pag_"): getattr(args, s.name) for s in PAG_FLAGS if s.name != "pag_heads"}
-    SoftPAGConfig(heads=heads, **{k: v for k, v in config.items() if v is not None})
-    HeadSelection.parse(heads, "--pag-heads")
+    SoftPAGConfig(heads=selection, **{k: v for k, v in config.items() if v is not None})
     return heads
 
 
@@ -223,42 +229,160 @@ def _structured(args: argparse.Namespace, model: str, heads: str | None) -> dict
     return {"structured": mode}
 
 
+@dataclass(frozen=True)
+class _Image:
+    """One image `generate` makes: the model as the user named it, what the call is given (prompt, seed and every
+    argument, recorded as they are), its SoftPAG keywords ({} unguided) and record entries carried over from a
+    --from-png record (its preset's name and hash)."""
+
+    model: str
+    made: dict
+    pag: dict
+    kept: dict
+
+
 def _generate(args: argparse.Namespace) -> int:
     """Generate one image (and its unguided twin with --compare) into a file that did not exist; its PNG records
-    what made it (`image_record`), enough to make it again (`record_call`)."""
+    what made it (`image_record`), enough to make it again (`--from-png`, `record_call`)."""
+    image, model = _from_png(args) if args.from_png is not None else _from_flags(args)
+    twin = ("-unguided",) if args.compare and image.pag else ()
+    target = png_target(args.out, args.name, args.overwrite, twin)
+    pipe = _load(model, args.dtype, _device(args.device))
+    if image.pag:
+        HeadSelection.parse(image.pag["pag_heads"], "--pag-heads").validate(
+            _heads_per_layer(pipe), "--pag-heads"
+        )
+    _write(pipe, target, image)
+    if twin:
+        _write(pipe, target.with_name(target.stem + "-unguided.png"), replace(image, pag={}, kept={}))
+    return 0
+
+
+def _write(pipe, path: Path, image: _Image) -> None:
+    """Make `image` with `pipe` and write it with its record (a video as an animated PNG)."""
     import torch
 
+    call = {k: v for k, v in image.made.items() if k != "seed" and not (k == "noun_phrases" and not v)}
+    generator = torch.Generator(device="cpu").manual_seed(image.made["seed"])
+    picture = output_images(pipe(generator=generator, **call, **image.pag))[0]
+    record = {**image_record(image.model, image.made, image.pag), **image.kept}
+    save_png(picture, path, record_parameters(record), record)
+    print(path)
+
+
+def _from_flags(args: argparse.Namespace) -> tuple[_Image, str]:
+    """The image the flags describe, every value checked before the model loads; (image, model to load)."""
+    if args.prompt is None:
+        raise CLIError(
+            "headhunter generate: give a prompt, or --from-png IMAGE to make a recorded image again"
+        )
     model = check_model(args.model)
-    recommended = recommended_settings(model)
-    generation = _generation(args, recommended)
+    generation = _generation(args, recommended_settings(model))
     heads = _heads(args)
     structured = _structured(args, model, heads)
-    target = png_target(args.out, args.name, args.overwrite, ("-unguided",) if args.compare and heads else ())
-    pipe = _load(model, args.dtype, _device(args.device))
-    if heads:
-        HeadSelection.parse(heads, "--pag-heads").validate(_heads_per_layer(pipe), "--pag-heads")
-    call = dict(model_call_extras(model), **generation.call_arguments(), **structured)
-    pag = {**{s.name: getattr(args, s.name) for s in PAG_FLAGS}, "pag_heads": heads} if heads else {}
+    made = {"prompt": generation.prompt, "seed": generation.seed, **model_call_extras(model),
+            **generation.call_arguments(), **structured}  # fmt: skip
     if structured:
         from pipelines.structured import structured_phrases
 
-        # recorded (`record_call` passes them); this call parses the prompt itself and finds the same ones
-        phrases = {"noun_phrases": structured_phrases(generation.prompt)}
+        made["noun_phrases"] = structured_phrases(generation.prompt)  # the ones the call finds, recorded
+    pag = {**{s.name: getattr(args, s.name) for s in PAG_FLAGS}, "pag_heads": heads} if heads else {}
+    return _Image(args.model, made, pag, {}), model
+
+
+# What a --from-png flag given explicitly replaces in the record: generation settings by name, SoftPAG below.
+FROM_PNG_GENERATION = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "height",
+                       "width")  # fmt: skip
+PRESET_RECORD = ("pag_preset", "pag_preset_sha256")
+
+
+def _from_png(args: argparse.Namespace) -> tuple[_Image, str]:
+    """The image a PNG's record describes (`read_png_record`), with the flags given explicitly in place of the
+    recorded values (`--pag-heads` replaces the recorded guidance whole; `--pag-scale` sets every group's w,
+    `--pag-strength` every head's u); every value checked before the model loads."""
+    record = read_png_record(args.from_png, "--from-png")
+    given = args.explicit
+    if "model" in given:
+        named, model = args.model, check_model(args.model)
     else:
-        phrases = {}
+        named, model = record["model"], _recorded_model(record, args.from_png)
+    check_flags(
+        args, [GENERATION_SETTINGS[k] for k in ("prompt", "negative_prompt", "seed")] + GENERATION_FLAGS
+    )
+    call = record_call(record)
+    pag = {k: call.pop(k) for k in [*SOFTPAG_SETTINGS] if k in call}
+    made = {**call, "seed": record["seed"]}
+    made.update({k: getattr(args, k) for k in FROM_PNG_GENERATION if k in given})
+    GenerationConfig(made["prompt"], made.get("negative_prompt"), seed=made["seed"],
+                     **{k: made[k] for k in FROM_PNG_GENERATION[3:] if made.get(k) is not None})  # fmt: skip
+    pag, kept = _png_guidance(args, given, pag, {k: record[k] for k in PRESET_RECORD if k in record})
+    structured = args.structured if "structured" in given else made.get("structured")
+    made.pop("structured", None)
+    if "prompt" in given or "structured" in given:
+        made.pop("noun_phrases", None)  # found again for the prompt and mode of this call
+    if structured is not None:
+        before_loading()  # the family is read through the pipeline classes, which import the libraries
+        mode = check_structured(
+            structured, structured_support(model), pag.get("pag_heads"), flag_of(STRUCTURED)
+        )
+        made["structured"] = mode
+        if "noun_phrases" not in made:
+            from pipelines.structured import structured_phrases
 
-    def write(path: Path, extra: dict) -> None:
-        generator = torch.Generator(device="cpu").manual_seed(generation.seed)
-        image = pipe(generation.prompt, generator=generator, **call, **extra).images[0]
-        made = {"prompt": generation.prompt, "seed": generation.seed, **call, **phrases}
-        record = image_record(args.model, made, extra)
-        save_png(image, path, record_parameters(record), record)
-        print(path)
+            made["noun_phrases"] = structured_phrases(made["prompt"])
+    return _Image(named, made, pag, kept), model
 
-    write(target, pag)
-    if args.compare and heads:
-        write(target.with_name(target.stem + "-unguided.png"), {})
-    return 0
+
+def _recorded_model(record: dict, png: str) -> str:
+    """The model a record names, checked here (a hub id, or a folder relative to the working directory)."""
+    model = record_model(record)
+    try:
+        return check_model(model, "model")
+    except (ModelFolderError, OutputError) as error:
+        raise OutputError(
+            f"--from-png {short_repr(png)} was made with the model {short_repr(record['model'])}, which cannot be "
+            f"used here ({error}); run from the folder it was made in, or pass --model"
+        ) from None
+
+
+def _png_guidance(args: argparse.Namespace, given: set[str], pag: dict, preset: dict) -> tuple[dict, dict]:
+    """(SoftPAG keywords, record entries kept) of a --from-png image: the recorded guidance with the SoftPAG flags
+    given explicitly in its place; `--pag-heads` replaces it whole (the other flags as in a plain generate)."""
+    flags = [s.name for s in PAG_FLAGS if s.name in given]
+    if "pag_heads" in flags:
+        heads = _heads(args)
+        return (
+            {**{s.name: getattr(args, s.name) for s in PAG_FLAGS}, "pag_heads": heads} if heads else {}
+        ), {}
+    if not pag:
+        if flags:
+            raise CLIError(f"{flag_of(SOFTPAG_SETTINGS[flags[0]])}: --from-png's image was made without head "
+                           "guidance; give --pag-heads too")  # fmt: skip
+        return {}, {}
+    check_flags(args, [SOFTPAG_SETTINGS[name] for name in flags])
+    selection = pag["pag_heads"]
+    if "pag_scale" in flags or "pag_strength" in flags:
+        groups = tuple(
+            HeadGroup(tuple(HeadEntry(h.layer, h.head, args.pag_strength if "pag_strength" in flags else h.strength,
+                                      h.attention) for h in g.heads),
+                      g.name, args.pag_scale if "pag_scale" in flags else g.scale)
+            for g in selection.groups
+        )  # fmt: skip
+        selection = HeadSelection(groups, selection.metadata)
+    # w and u are in the groups and heads
+    kept = {name: getattr(args, name) for name in flags if name not in ("pag_scale", "pag_strength")}
+    pag = {**pag, **kept, "pag_heads": selection}
+    SoftPAGConfig(heads=selection, **{k.removeprefix("pag_"): v for k, v in pag.items() if k != "pag_heads"})
+    return pag, preset
+
+
+def _explicit(argv: list[str], command: str) -> set[str]:
+    """The destinations of the flags given on the command line for `command` (not those left at a default)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) & {a.dest for a in sub._actions}
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -552,7 +676,14 @@ def _common(
 
 def _generate_parser(sub) -> None:
     gen = sub.add_parser("generate", help="generate one image with SoftPAG heads (PNG with parameters)")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", nargs="?", help="what to draw (with --from-png: replaces the recorded prompt)")
+    gen.add_argument(
+        "--from-png", metavar="IMAGE",
+        help="make an image again from the record in a PNG of `headhunter generate`, `batch` or the demo (model as "
+        "named, prompt, seed, heads with their u and w, every setting), bit for bit; flags given with it replace "
+        "the recorded values (--pag-heads the recorded guidance whole, --pag-scale every group's w, --pag-strength "
+        "every head's u)",
+    )  # fmt: skip
     _common(gen)
     gen.add_argument("--out", default="outputs", help="a folder (default: outputs) or a .png file")
     gen.add_argument("--name", help="file name in the --out folder (default: image, numbered if taken)")
@@ -890,6 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_console(verbose=debug or "--verbose" in argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "generate":
+            args.explicit = _explicit(argv, "generate")
         return args.func(args)
     except INPUT_ERRORS as error:
         return _fail(error, debug, 2)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from guidance.config import SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, StructuredError
+from guidance.config import SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, SoftPAGConfig, StructuredError
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
 from pipelines.files import write_atomically  # re-exported: the tools import it from here
 from pipelines.loading import ModelFolderError
@@ -18,9 +18,9 @@ from pipelines.loading import ModelFolderError
 __all__ = [
     "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "Preset", "assets_folder",
     "check_model", "check_structured", "check_writable_folder", "image_record", "list_presets", "model_call_extras",
-    "model_name", "png_parameters", "png_target", "read_presets", "recommended_call", "recommended_settings",
-    "record_call", "record_model", "record_parameters", "resolve_heads", "save_png", "structured_support",
-    "write_atomically",
+    "model_name", "output_images", "png_parameters", "png_target", "read_png_record", "read_presets",
+    "recommended_call", "recommended_settings", "record_call", "record_model", "record_parameters", "resolve_heads",
+    "save_png", "structured_support", "write_atomically",
 ]  # fmt: skip
 
 ASSETS_VARIABLE = "HEADHUNTER_ASSETS"
@@ -353,15 +353,46 @@ def png_parameters(prompt: str, negative: str | None, settings: dict) -> str:
     return "\n".join(lines)
 
 
+VIDEO_FRAME_MS = 125  # frame duration of a video written as an animated PNG (8 frames per second)
+
+
 def save_png(image, path: Path, parameters: str, settings: dict) -> None:
-    """Write a PNG with `parameters` and full JSON `headhunter` text chunks (`write_atomically`)."""
+    """Write a PNG with `parameters` and full JSON `headhunter` text chunks (`write_atomically`); a list of
+    frames (a video pipeline's output) is written as one animated PNG, its first frame what viewers without
+    animation show."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("parameters", parameters)
     info.add_text("headhunter", json.dumps(settings, sort_keys=True))
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, list | tuple):
+        first, *rest = image
+        options = dict(save_all=True, append_images=rest, duration=VIDEO_FRAME_MS, loop=0) if rest else {}
+        write_atomically(path, lambda f: first.save(f, format="PNG", pnginfo=info, **options))
+        return
     write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+
+
+def output_images(output) -> list:
+    """The pictures of a pipeline's output, one per prompt: its `images`, or for a video pipeline (`frames`) each
+    video as a list of PIL frames."""
+    import numpy as np
+    from PIL import Image
+
+    if hasattr(output, "images"):
+        return list(output.images)
+    videos = []
+    for video in output.frames:
+        if isinstance(video, list):  # output_type="pil"
+            videos.append(list(video))
+            continue
+        array = video.detach().float().cpu().numpy() if hasattr(video, "detach") else np.asarray(video)
+        if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):
+            array = array.transpose(0, 2, 3, 1)  # (frames, channels, h, w) -> (frames, h, w, channels)
+        frames = (np.clip(array, 0, 1) * 255).round().astype("uint8")
+        videos.append([Image.fromarray(frame) for frame in frames])
+    return videos
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -371,7 +402,7 @@ def save_png(image, path: Path, parameters: str, settings: dict) -> None:
 
 def model_name(model: str | Path) -> str:
     """The model as the user named it: a hub id as given, a folder inside the assets as `assets/...`, any other
-    folder relative to the working directory; never an absolute path of this machine."""
+    folder relative to the working directory (`./models/mine`, `../mine`); never an absolute path of this machine."""
     text = str(model)
     if not (_exists(text) or looks_like_path(text)):
         return text
@@ -379,7 +410,9 @@ def model_name(model: str | Path) -> str:
     assets = Path(os.path.abspath(ASSETS))
     if path.is_relative_to(assets):
         return str("assets" / path.relative_to(assets))
-    return os.path.relpath(path)
+    relative = os.path.relpath(path)
+    # "./models/mine", not "models/mine": that would read as a hub id where the folder is missing
+    return relative if relative.startswith(".") else f".{os.sep}{relative}"
 
 
 def image_record(
@@ -412,8 +445,12 @@ LATER_SETTINGS = ("pag_every", "pag_branch")
 
 
 def _guidance(selection: HeadSelection, pag: dict) -> dict:
-    """The guided part of a record: the selection as it applied (every u and group scale written out)."""
+    """The guided part of a record: the selection as it applied (every u and group scale written out, and the
+    settings a preset recommended where the call left them at their defaults: `SoftPAGConfig.from_preset`)."""
     given = {k: s.default if pag.get(k) is None else pag[k] for k, s in SOFTPAG_SETTINGS.items()}
+    filled = SoftPAGConfig(heads=selection, identity=given["pag_identity"], start=given["pag_start"],
+                           stop=given["pag_stop"], every=given["pag_every"], branch=given["pag_branch"])  # fmt: skip
+    given.update({name: getattr(filled, name.removeprefix("pag_")) for name in filled.from_preset})
     w, u = given["pag_scale"], given["pag_strength"]
     scales = (
         list(w)
@@ -473,6 +510,49 @@ def record_call(record: dict) -> dict:
     if record.get("guidance") == "softpag":
         call["pag_heads"] = _selection(record["pag_groups"])
     return call
+
+
+RECORD_CHUNK = "headhunter"  # the PNG text chunk that holds an image's record (`save_png`)
+
+
+def read_png_record(path: str | Path, parameter: str = "--from-png") -> dict:
+    """The record (`image_record`) in a PNG written by `headhunter generate`, `batch` or the demo, checked so that
+    `record_call` can use it; OutputError naming `parameter`, the file and what is wrong otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    shown = f"{parameter} {short_repr(str(path))}"
+    try:
+        if not Path(path).is_file():
+            raise OutputError(f"{shown}: no such file")
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise OutputError(f"{shown} is a {image.format} image, not a PNG with a headhunter record")
+            text = dict(getattr(image, "text", {}) or {})
+    except (UnidentifiedImageError, OSError) as error:
+        raise OutputError(f"{shown} cannot be read as an image ({short_repr(str(error))})") from None
+    if RECORD_CHUNK not in text:
+        raise OutputError(
+            f"{shown} holds no headhunter record (the PNGs of `headhunter generate`, `batch` and the demo carry one "
+            "in a text chunk; this one has none, or its text chunks were removed), so it cannot be made again"
+        )
+    try:
+        record = json.loads(text[RECORD_CHUNK])
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise OutputError(f"{shown}: its headhunter record is damaged (not valid JSON: {error})") from None
+    if isinstance(record, dict) and "upfusion" in record:
+        raise OutputError(
+            f"{shown} is a novel view (`headhunter views`), not an image of `generate` or `batch`"
+        )
+    missing = [k for k in ("model", "prompt", "seed") if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise OutputError(f"{shown}: its headhunter record is damaged (no {', '.join(map(repr, missing))})")
+    try:
+        record_call(record)
+        if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+            raise TypeError(f"seed {short_repr(record['seed'])} is not an integer")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise OutputError(f"{shown}: its headhunter record is damaged ({short_repr(str(error))})") from None
+    return record
 
 
 def record_model(record: dict) -> str:

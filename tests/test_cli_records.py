@@ -151,13 +151,13 @@ def test_a_cli_png_with_a_preset_w_is_made_again_from_the_png_alone_elsewhere(
     # An absolute path below the working directory is recorded relative to it.
     assert main(["generate", "a red circle", "--model", str(first / "models" / "tiny"), "--out", "abs.png",
                  *SMALL]) == 0  # fmt: skip
-    assert _record(first / "abs.png")["model"] == "models/tiny"
+    assert _record(first / "abs.png")["model"] == "./models/tiny"
 
     shutil.copy(first / "made.png", second / "made.png")
     shutil.rmtree(first)
     monkeypatch.chdir(second)
     record = _record(Path("made.png"))
-    assert record["model"] == "models/tiny" and record["pag_preset"] == "style"
+    assert record["model"] == "./models/tiny" and record["pag_preset"] == "style"
     assert len(record["pag_preset_sha256"]) == 64
     assert [(h["u"], g["scale"]) for g in record["pag_groups"] for h in g["heads"]] == [
         (0.5, 1.5),
@@ -199,13 +199,13 @@ def test_search_with_a_failing_guard_writes_strict_json_and_says_why(tiny_folder
             "--size", "32", "--out", "out"]  # fmt: skip
     assert main(args) == 0
     data = read_preset(Path("out/preset.json"))  # strict: no NaN / Infinity
-    assert data["model"] == "models/tiny"
+    assert data["model"] == "./models/tiny"
     head_map = data["scores"]["head_map"]
     assert all(head_map[h] is None for h in head_map["guard_failed"]) and head_map["guard_failed"]
     failed = data["scores"]["rounds"][1]
     assert failed["score"] is None and failed["guard"] == "failed"
     report = Path("out/report.md").read_text()
-    assert "model `models/tiny`" in report
+    assert "model `./models/tiny`" in report
     assert "round 1: +" in report and "(adopted: " in report
     assert "round 2: +" in report and "guard failed (not adopted: the guard objective failed" in report
 

@@ -65,7 +65,7 @@ def test_model_names_are_never_absolute_paths_of_this_machine(tmp_path, monkeypa
     assert model_name("stabilityai/stable-diffusion-3-medium-diffusers") == (
         "stabilityai/stable-diffusion-3-medium-diffusers"
     )
-    assert model_name(tmp_path / "models" / "mine") == model_name("./models/mine/") == "models/mine"
+    assert model_name(tmp_path / "models" / "mine") == model_name("./models/mine/") == "./models/mine"
     assert model_name(ASSETS / "toy-sd3") == "assets/toy-sd3"  # the shipped models, from any folder
     elsewhere = model_name(tmp_path.parent)
     assert elsewhere == ".." and not os.path.isabs(elsewhere)
