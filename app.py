@@ -1,5 +1,6 @@
 """Gradio demo: SoftPAG generation with head selections, guided beside unguided from the same seed; head
-search; UpFusion novel views.
+search; structured prompts (StructureDiffusion); UpFusion novel views. The logic lives in tools/demo.py; this
+file lays it out and wires the events.
 
 python app.py                      # the embedded toy SD3 model, on http://127.0.0.1:7860, no network
 python app.py --model stabilityai/stable-diffusion-3-medium-diffusers --device cuda --dtype float16
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import functools
+import inspect
 import logging
-import math
-import numbers
 import os
 import random
 import re
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -35,38 +36,79 @@ quiet_console()  # the libraries' notices and loading bars off (pipelines/consol
 before_loading()  # ... installed now, before gradio and diffusers are imported
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
+from guidance import HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
 from guidance.adapters import heads_layout  # noqa: E402
-from guidance.heads import HeadEntry, HeadGroup, printable, short_repr  # noqa: E402
+from guidance.config import SEARCH_SETTINGS, STRUCTURED_SETTINGS  # noqa: E402
+from guidance.heads import printable, short_repr  # noqa: E402
+from guidance.search import SEARCH_PROFILES, SearchSettings, search_profile  # noqa: E402
 from guidance.swap import denoiser_of  # noqa: E402
 from pipelines import HeadHunterPipeline  # noqa: E402
 from pipelines.loading import ModelFolderError  # noqa: E402
 from pipelines.settings import (  # noqa: E402
-    ASSETS,
     DEFAULT_MODEL,
-    LATER_SETTINGS,
     PRESETS,
+    check_structured,
+    image_record,
     model_call_extras,
     png_parameters,
     read_presets,
     recommended_settings,
+    record_parameters,
     save_png,
+    structured_support,
 )
-
-PAG = {name.removeprefix("pag_"): setting for name, setting in SOFTPAG_SETTINGS.items()}
+from tools.demo import (  # noqa: E402
+    DIFFERENCE_GAIN,
+    MAX_FRAMES,
+    MAX_PROMPT_CHARS,
+    MAX_UPLOAD_BYTES,
+    PAG,
+    STRUCTURED_MODEL,
+    DemoInputError,
+    SearchRun,
+    Stopped,
+    choice,
+    chosen_heads_png,
+    difference,
+    display_name,
+    enlarge,
+    enlargement,
+    examples_for,
+    family_call,
+    first_image,
+    flat_parameters,
+    gallery_items,
+    guidance_record,
+    model_sizes,
+    number,
+    parse_cameras,
+    parse_heads,
+    phrases_markdown,
+    preset_fields,
+    prompt_reader_problem,
+    read_views,
+    setting,
+    shown_at,
+    structured_choices,
+    structured_effect,
+    structured_mode,
+    text,
+    toy_objects,
+    turntable_gif,
+    unknown_words,
+    unused_head_settings,
+    vocabulary,
+    whole,
+)
 
 CUSTOM = "custom"
 DEFAULT_PRESET = (
     "toy-sd3-dark"  # the one measured help on the toy SD3 (docs/toyworld.md: darker, fully correct +0.040)
 )
 MAX_PRESET_BYTES = 256 * 1024
-MAX_PROMPT_CHARS = 2000
-SHOWN_PX = 512  # small images are shown enlarged (nearest neighbour) to about this size
-DIFFERENCE_GAIN = 4
 GALLERY_KEEP = 24
 
 SEARCH_OBJECTIVES = (
@@ -79,19 +121,9 @@ SEARCH_OBJECTIVES = (
     "contrast",
     "sharpness",
 )
-MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS, MAX_K, MAX_ROUNDS = 8, 4, 8, 3
-SEARCH_USE_STRENGTH = 0.5  # the paper: search with u = 1, use about 0.5
-
-# Prompts the toy models were trained on (the toy world's caption grammar); shown where the loaded model's
-# vocabulary holds every word.
-EXAMPLE_PROMPTS = (
-    "a red circle on the left and a blue square on the right",
-    "a large green square",
-    "a small yellow triangle at the top",
-    "a purple circle in the center on a dark background",
-    "an outlined white square at the bottom",
-    "a blue triangle at the top, a red circle in the center and a green square at the bottom",
-)
+NO_GUARD = "none"
+MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS, MAX_K, MAX_ROUNDS = 8, 4, 8, 5  # 5 rounds: the paper profile's
+SEARCH_USE_STRENGTH = SEARCH_SETTINGS["use_strength"].default  # the paper: search with u = 1, use about 0.5
 
 HELP = {
     "prompt": "What to draw. The toy model knows only the words listed under 'Vocabulary'.",
@@ -104,13 +136,14 @@ HELP = {
     "preset": "Saved head selections that work with this model. Picking one fills the heads and w below; "
     "editing them turns the selection into 'custom'.",
     "heads": "Which attention heads to weaken: L<layer>H<head>, e.g. L1H0 = layer 1, head 0; '=0.5' sets "
-    "that head's strength u. 'name: heads; name2: heads' makes groups. Empty: no head guidance.",
+    "that head's strength u. 'name: heads; name2: heads' makes groups. Empty: no head guidance (then the "
+    "head settings below have no effect).",
     "preset_file": "A preset JSON (for example from the Head search tab). It fills the heads and w.",
 }
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Input checks: every bad value is refused with a message that names the input (logged as one line)
+# Refusals: every bad value is refused with a message that names the input (logged as one line)
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -122,68 +155,28 @@ class InputError(gr.Error):
         LOG.warning("refused: %s", message)
 
 
-def _real(value) -> bool:
-    try:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:  # an int too large for a float (10**400) is no value of ours either
-        return False
+def shows_refusals(function):
+    """`function` (an event function, or a generator of outputs) with the tools' `DemoInputError` shown to the
+    user as an `InputError`; Gradio still sees the function's own signature."""
+    if inspect.isgeneratorfunction(function):
 
+        @functools.wraps(function)
+        def generator(*args, **kwargs):
+            try:
+                yield from function(*args, **kwargs)
+            except DemoInputError as error:
+                raise InputError(str(error)) from None
 
-def whole(label: str, value, low: int, high: int) -> int:
-    """`value` as an int if it is a whole number in [low, high], else InputError naming `label`."""
-    if not _real(value) or value != int(value) or not low <= value <= high:
-        raise InputError(
-            f"{label}: {short_repr(value)} is not allowed; use a whole number from {low} to {high}"
-        )
-    return int(value)
+        return generator
 
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except DemoInputError as error:
+            raise InputError(str(error)) from None
 
-def number(label: str, value, low: float, high: float) -> float:
-    """`value` as a float if it is a finite number in [low, high], else InputError naming `label`."""
-    if not _real(value) or not low <= value <= high:
-        raise InputError(
-            f"{label}: {short_repr(value)} is not allowed; use a number from {low:g} to {high:g}"
-        )
-    return float(value)
-
-
-def choice(label: str, value, choices) -> str:
-    """`value` if it is one of `choices`, else InputError naming `label`."""
-    if not isinstance(value, str) or value not in choices:
-        raise InputError(f"{label}: {short_repr(value)} is not one of {', '.join(map(str, choices))}")
-    return value
-
-
-def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHARS) -> str:
-    """`value` as stripped text of at most `limit` characters, else InputError naming `label`: not a string,
-    a lone surrogate, a control character other than tab and newline (NUL too), too long, or (`required`)
-    blank."""
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise InputError(f"{label}: {short_repr(value)} is not text ({type(value).__name__}); give a string")
-    if len(value) > limit:
-        raise InputError(f"{label}: give text of at most {limit} characters (got {len(value)})")
-    bad = next((i for i, c in enumerate(value) if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
-    if bad is not None:
-        raise InputError(
-            f"{label}: contains a NUL/control character ({value[bad]!r} at position {bad}); remove it"
-        )
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise InputError(f"{label}: contains a lone surrogate (not valid Unicode text); send UTF-8 text")
-    if required and not value.strip():
-        raise InputError(f"{label}: write a {label.lower()}")
-    return value.strip()
-
-
-def setting(name: str, label: str, value):
-    """A SoftPAG setting checked against `SOFTPAG_SETTINGS` (the source of its range), named as in the UI."""
-    s = SOFTPAG_SETTINGS[name]
-    if s.kind == "choice":
-        return choice(label, value, s.choices)
-    if s.kind == "integer":
-        return whole(label, value, int(s.low), int(s.high))
-    return number(label, value, s.low, s.high)
+    return wrapper
 
 
 def raw(component: gr.components.Component) -> gr.components.Component:
@@ -344,233 +337,6 @@ def check_api_inputs(app: gr.Blocks) -> gr.Blocks:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The model folder: name, sizes, vocabulary
-# ------------------------------------------------------------------------------------------------------------
-
-
-def display_name(model: str | Path) -> str:
-    """The model as the user named it; a local folder is never shown by its absolute path."""
-    path = Path(model)
-    if not path.is_absolute():
-        return str(model)
-    for root in (ASSETS.parent, Path.cwd()):
-        if path.is_relative_to(root):
-            return str(path.relative_to(root))
-    return path.name
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """The image sizes a model supports: a multiple in [low, high], or the trained size only (toy models)."""
-
-    native: tuple[int, int]  # (height, width)
-    multiple: int
-    low: int
-    high: int
-    trained_only: bool
-
-    def check(self, label: str, value, native: int) -> int:
-        """`value` if this model supports it along one side, else InputError naming `label` and the range."""
-        if self.trained_only:
-            if not _real(value) or value != native:
-                raise InputError(
-                    f"{label}: {value!r} is not allowed; this toy model makes "
-                    f"{self.native[1]}x{self.native[0]} "
-                    f"images only (its training size; other sizes give noise)"
-                )
-            return native
-        if (
-            not _real(value)
-            or value != int(value)
-            or not self.low <= value <= self.high
-            or value % self.multiple
-        ):
-            raise InputError(
-                f"{label}: {value!r} is not allowed; use a multiple of {self.multiple} from {self.low} to "
-                f"{self.high}"
-            )
-        return int(value)
-
-    def describe(self) -> str:
-        """The rule in words."""
-        if self.trained_only:
-            return f"{self.native[1]}x{self.native[0]} only (the toy model's training size)"
-        return f"multiples of {self.multiple} from {self.low} to {self.high}"
-
-
-def model_sizes(pipe, settings: dict, max_size: int) -> Sizes:
-    """What the loaded model can make: toy folders (recorded height and width) their trained size only; SD3's
-    positional table limits it to `pos_embed_max_size * patch_size * vae_scale_factor`."""
-    denoiser = denoiser_of(pipe)
-    patch = getattr(denoiser.config, "patch_size", 1) or 1
-    multiple = pipe.vae_scale_factor * patch * (2 if type(pipe).__name__ == "HeadHunterFluxPipeline" else 1)
-    high = max_size
-    table = getattr(denoiser.config, "pos_embed_max_size", None)
-    if table:
-        high = min(high, table * patch * pipe.vae_scale_factor)
-    high -= high % multiple
-    default = pipe.default_sample_size * pipe.vae_scale_factor
-    native = (settings.get("height") or default, settings.get("width") or default)
-    trained_only = "height" in settings and "width" in settings
-    if not trained_only:
-        native = tuple(min(max(n - n % multiple, multiple), high) for n in native)
-    return Sizes(native, multiple, multiple, high, trained_only)
-
-
-def vocabulary(model: str | Path) -> list[str]:
-    """The whole words of a local model's CLIP vocabulary (not sub-word pieces), or [] for other models."""
-    path = Path(model) / "tokenizer" / "vocab.json"
-    if not path.is_file():
-        return []
-    tokens = json.loads(path.read_text())
-    words = {t[:-4] for t in tokens if re.fullmatch(r"[a-z]{2,}</w>", t)}
-    if len(words) > 5000:  # a real CLIP vocabulary: too long to list
-        return []
-    # Pieces of longer words ("ack" of "black") are whole-word tokens too: a word ending another is a piece.
-    return sorted(w for w in words if not any(o != w and o.endswith(w) for o in words))
-
-
-def examples_for(words: list[str]) -> list[str]:
-    """The example prompts the model can read: all of them for a real model, else those within `words`."""
-    if not words:
-        return list(EXAMPLE_PROMPTS)
-    known = set(words)
-    return [p for p in EXAMPLE_PROMPTS if set(re.findall(r"[a-z]+", p)) <= known]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# What guided an image: one record for the PNG chunks, the gallery and the note
-# ------------------------------------------------------------------------------------------------------------
-
-
-def effective_scales(selection: HeadSelection, pag_scale) -> list[float]:
-    """The scale each group is guided with (as `guidance.perturbation` resolves them)."""
-    if isinstance(pag_scale, list | tuple):
-        return [float(s) for s in pag_scale]
-    return [float(pag_scale if g.scale is None else g.scale) for g in selection.groups]
-
-
-def guidance_record(selection: HeadSelection | None, pag_kwargs: dict) -> dict:
-    """Everything that guided an image: heads with their own u, each group's scale, identity and window."""
-    if selection is None:
-        return {"guidance": "none"}
-    u = pag_kwargs.get("pag_strength", PAG["strength"].default)
-    scales = effective_scales(selection, pag_kwargs.get("pag_scale", PAG["scale"].default))
-    groups = [
-        {
-            "name": g.name,
-            "scale": scale,
-            "heads": [
-                {
-                    "layer": h.layer,
-                    "head": h.head,
-                    "attention": h.attention,
-                    "u": float(u if h.strength is None else h.strength),
-                }
-                for h in g.heads
-            ],
-        }
-        for g, scale in zip(selection.groups, scales, strict=True)
-    ]
-    return {
-        "guidance": "softpag",
-        "pag_heads": str(explicit(selection, u)),
-        "pag_groups": groups,
-        **{
-            k: pag_kwargs.get(k, SOFTPAG_SETTINGS[k].default)
-            for k in ("pag_identity", "pag_start", "pag_stop")
-        },
-        **{
-            k: pag_kwargs[k]
-            for k in LATER_SETTINGS
-            if pag_kwargs.get(k, SOFTPAG_SETTINGS[k].default) != SOFTPAG_SETTINGS[k].default
-        },
-    }
-
-
-def explicit(selection: HeadSelection, u: float, scale: float | None = None) -> HeadSelection:
-    """The selection with every head's u written out (and, with `scale`, every group's scale)."""
-    groups = tuple(
-        HeadGroup(
-            tuple(
-                HeadEntry(h.layer, h.head, float(u if h.strength is None else h.strength), h.attention)
-                for h in g.heads
-            ),
-            g.name,
-            g.scale if scale is None else scale,
-        )
-        for g in selection.groups
-    )
-    return HeadSelection(groups, selection.metadata)
-
-
-def flat_parameters(record: dict) -> dict:
-    """The record for the A1111 `parameters` line: group scales as `name=w`, no nested objects."""
-    flat = {k: v for k, v in record.items() if k not in ("pag_groups", "prompt", "negative_prompt")}
-    if "pag_groups" in record:
-        flat["pag_group_scales"] = " ".join(f"{g['name']}={g['scale']:g}" for g in record["pag_groups"])
-    return flat
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Pictures: enlargement, difference, head map
-# ------------------------------------------------------------------------------------------------------------
-
-
-def enlargement(size: tuple[int, int]) -> int:
-    """The whole factor that shows an image of `size` at about `SHOWN_PX` (1 for large images)."""
-    return max(1, SHOWN_PX // max(size))
-
-
-def enlarge(image: Image.Image, factor: int) -> Image.Image:
-    """Nearest-neighbour enlargement: every pixel becomes a factor x factor block (no smoothing)."""
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-
-
-def difference(a: Image.Image, b: Image.Image, gain: int = DIFFERENCE_GAIN) -> Image.Image:
-    """|a - b| per channel, brightened `gain` times (black = identical)."""
-    delta = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)) * gain
-    return Image.fromarray(np.clip(delta, 0, 255).astype(np.uint8))
-
-
-def _diverging(t: float) -> tuple[int, int, int]:
-    """Blue (-1) - white (0) - red (+1)."""
-    t = max(-1.0, min(1.0, t))
-    fade = int(255 * (1 - abs(t)))
-    return (255, fade, fade) if t >= 0 else (fade, fade, 255)
-
-
-def head_map_png(scores: dict, baseline: float, objective: str, path: Path, cell: int = 22) -> Path:
-    """The head map: layers x heads of (score - unguided), a symmetric colour bar centred on 0, a title."""
-    layers = sorted({layer for layer, _ in scores})
-    heads = sorted({head for _, head in scores})
-    finite = [v - baseline for v in scores.values() if math.isfinite(v)]
-    span = max((abs(v) for v in finite), default=0.0) or 1e-6
-    left, top, bar = 36, 48, 16
-    grid_w, grid_h = cell * len(heads), cell * len(layers)
-    image = Image.new("RGB", (left + grid_w + 24 + bar + 70, top + max(grid_h, 120) + 34), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((6, 6), f"Head map: {objective}, each head perturbed alone", fill="black")
-    draw.text((6, 22), "colour = score minus unguided (red helps, blue hurts)", fill="black")
-    for (layer, head), value in scores.items():
-        x, y = left + heads.index(head) * cell, top + layers.index(layer) * cell
-        t = (value - baseline) / span if math.isfinite(value) else -1.0
-        draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_diverging(t))
-    for i, head in enumerate(heads):
-        draw.text((left + i * cell + 3, top + grid_h + 4), f"H{head}", fill="black")
-    for i, layer in enumerate(layers):
-        draw.text((4, top + i * cell + 5), f"L{layer}", fill="black")
-    bx, height = left + grid_w + 24, max(grid_h, 120)
-    for y in range(height):
-        draw.line([bx, top + y, bx + bar, top + y], fill=_diverging(1 - 2 * y / (height - 1)))
-    for y, value in ((0, span), (height // 2, 0.0), (height - 1, -span)):
-        draw.text((bx + bar + 4, top + y - 6), f"{value:+.3g}", fill="black")
-    draw.text((bx - 4, top + height + 8), "score - unguided", fill="black")
-    image.save(path)
-    return path
-
-
-# ------------------------------------------------------------------------------------------------------------
 # The demo: a loaded pipeline and the event functions
 # ------------------------------------------------------------------------------------------------------------
 
@@ -585,8 +351,8 @@ class Limits:
     concurrency: int = 1
 
 
-class Stopped(Exception):
-    """The user pressed Stop; raised from the step callback so the pipeline restores its processors."""
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "local"
 
 
 class Demo:
@@ -594,23 +360,28 @@ class Demo:
 
     def __init__(self, pipe, model: str | Path, limits: Limits = Limits(), name: str | None = None):
         self.pipe, self.model, self.limits = pipe, str(model), limits
+        self.name = name or display_name(model)
+        problem = prompt_reader_problem(pipe, self.name)
+        if problem:
+            raise ModelFolderError(problem)
         # The head search's own pipeline: the same components, its own scheduler (diffusers' schedulers keep
         # per-call state; a search and a generation run at the same time).
         self.search_pipe = HeadHunterPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))
         self.search_pipe.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-        self.name = name or display_name(model)
         self.denoiser = denoiser_of(pipe)
-        self.heads_per_layer = heads_layout(self.denoiser).heads_per_layer
+        self.layout = heads_layout(self.denoiser)
+        self.heads_per_layer = self.layout.heads_per_layer
         settings = recommended_settings(model)
         before_loading(settings.get("max_sequence_length"))  # its T5 length by design: no truncation notice
-        self.extras = model_call_extras(model)
+        self.extras = {**model_call_extras(model), **family_call(pipe)}
         self.default_steps = min(settings.get("num_inference_steps", 28), limits.max_steps)
         self.default_cfg = settings.get("guidance_scale", 5.0)
         self.sizes = model_sizes(pipe, settings, limits.max_size)
         self.words = vocabulary(model)
         self.presets = self._compatible_presets()
         self.default_preset = DEFAULT_PRESET if DEFAULT_PRESET in self.presets else CUSTOM
-        self._stops: dict[str, threading.Event] = {}
+        self.scratch = Path(tempfile.mkdtemp(prefix="headhunter-demo-"))
+        self._stops: dict[tuple[str, str], threading.Event] = {}
 
     def _compatible_presets(self) -> dict[str, HeadSelection]:
         """Shipped presets whose heads exist in the loaded model: name -> selection. Each file is read alone;
@@ -636,20 +407,20 @@ class Demo:
 
     # -- head selections -----------------------------------------------------------------------------------
 
+    @shows_refusals
     def preset_inputs(self, preset: str) -> tuple[str, float]:
         """(heads text with every u written out, w) that reproduce a preset in the inputs; ("", default w) for
         custom."""
         if preset == CUSTOM:
             return "", PAG["scale"].default
-        selection = self.presets[choice("Preset", preset, list(self.presets))]
-        scales = {g.scale for g in selection.groups if g.scale is not None}
-        w = scales.pop() if len(scales) == 1 else PAG["scale"].default
-        return str(explicit(selection, PAG["strength"].default)), float(w)
+        return preset_fields(self.presets[choice("Preset", preset, list(self.presets))])
 
+    @shows_refusals
     def choose_preset(self, preset: str):
         """Picking a preset: its heads and w go into the inputs."""
         return self.preset_inputs(choice("Preset", preset, [CUSTOM, *self.presets]))
 
+    @shows_refusals
     def read_preset_file(self, path: str | None):
         """An uploaded preset: its heads and w go into the inputs, and the selection is custom."""
         if not path:
@@ -665,23 +436,16 @@ class Demo:
             selection.validate(self.heads_per_layer, "Preset file")
         except HeadSelectionError as error:
             raise InputError(printable(str(error))) from None
-        scales = {g.scale for g in selection.groups if g.scale is not None}
-        w = scales.pop() if len(scales) == 1 else PAG["scale"].default
-        return str(explicit(selection, PAG["strength"].default)), float(w), CUSTOM
+        return (*preset_fields(selection), CUSTOM)
 
-    def selection(self, heads_text: str) -> HeadSelection | None:
-        """The typed heads, checked against the loaded model; None when empty."""
-        heads_text = text("Heads", heads_text, limit=20_000)
-        if not heads_text:
-            return None
+    def heads_map(self, heads_text) -> str | None:
+        """The Generate tab's map of the typed heads (None while they cannot be read: no error while typing)."""
         try:
-            selection = HeadSelection.parse(heads_text, "Heads")
-            if heads_text.lower().endswith(".json"):
-                raise HeadSelectionError("Heads: write heads such as L1H0, not a file name")
-            selection.validate(self.heads_per_layer, "Heads")
-        except HeadSelectionError as error:
-            raise InputError(str(error)) from None
-        return selection
+            selection = parse_heads(heads_text, self.heads_per_layer)
+        except DemoInputError:
+            return None
+        name = re.sub(r"[^A-Za-z0-9]+", "-", str(selection or "none"))[:80]
+        return str(chosen_heads_png(selection, self.heads_per_layer, self.scratch / f"heads-{name}.png"))
 
     def preset_label(self, preset: str, selection: HeadSelection | None, pag: dict) -> str:
         """The preset name if the inputs still equal it, else "custom" (the inputs are what guides)."""
@@ -730,7 +494,8 @@ class Demo:
         pag_every=PAG["every"].default,
         pag_branch=PAG["branch"].default,
     ):
-        """(selection or None, pag keywords, preset label) from the inputs, checked before any work.
+        """(selection or None, pag keywords, preset label, unused) from the inputs, checked before any work;
+        `unused`: the head settings changed from their defaults while no heads are chosen (they do nothing).
 
         With branch "uncond" w is not passed: that branch has no weight of its own (CFG's scale sets the push)."""
         choice("Preset", preset, [CUSTOM, *self.presets])
@@ -745,12 +510,12 @@ class Demo:
         )
         if pag["pag_start"] >= pag["pag_stop"]:
             raise InputError(f"Start: {pag['pag_start']:g} must be below Stop ({pag['pag_stop']:g})")
+        selection = parse_heads(heads, self.heads_per_layer)
+        if selection is None:
+            return None, {}, "none", unused_head_settings(pag)
         if pag["pag_branch"] == "uncond":
             del pag["pag_scale"]
-        selection = self.selection(heads)
-        if selection is None:
-            return None, {}, "none"
-        return selection, dict(pag, pag_heads=selection), self.preset_label(preset, selection, pag)
+        return selection, dict(pag, pag_heads=selection), self.preset_label(preset, selection, pag), []
 
     def _sample(self, call: dict, pag: dict, progress, done: int, total: int, stop: threading.Event):
         """One image; the progress bar counts every step of both passes; Stop ends it at the next step."""
@@ -760,23 +525,27 @@ class Demo:
         def on_step(pipe, i, t, kwargs):
             if stop.is_set():
                 raise Stopped
-            progress((done + i + 1, total), desc="guided" if pag else "unguided", unit="steps")
+            if progress is not None:
+                progress((done + i + 1, total), desc="guided" if pag else "unguided", unit="steps")
             return {}
 
         try:
-            return self.pipe(
+            output = self.pipe(
                 generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step, **call, **pag
-            ).images[0]
+            )
         except (SoftPAGError, HeadSelectionError, ValueError) as error:
             raise InputError(str(error)) from None
+        return first_image(output)
 
     def record(self, call: dict, selection, pag: dict, preset: str) -> dict:
         """What made one image: model by its given name, sampling settings, seed, guidance."""
+        call = {k: v for k, v in call.items() if k != "output_type"}
         record = {"model": self.name, **call, **guidance_record(selection, pag)}
         if selection is not None:
             record["pag_preset"] = preset
         return record
 
+    @shows_refusals
     def generate(
         self,
         prompt: str,
@@ -799,7 +568,9 @@ class Demo:
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 (Gradio's idiom)
     ):
-        """Guided and unguided images from one seed: comparison, difference, PNG files, gallery, note."""
+        """Guided and unguided images from one seed: comparison, difference, PNG files, gallery, note.
+
+        Stop ends the run at its next step and says so in the note (the earlier results stay)."""
         call = self.check_call(
             prompt,
             negative_prompt,
@@ -809,10 +580,13 @@ class Demo:
             self.sizes.native[0] if height is None else height,
             self.default_cfg if guidance_scale is None else guidance_scale,
         )
-        selection, pag, label = self.check_guidance(
+        selection, pag, label, unused = self.check_guidance(
             preset, heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_every, pag_branch
         )
-        stop = self._stop_event(request, clear=True)
+        warnings = self.warnings(call["prompt"], unused)
+        for warning in warnings:
+            gr.Warning(warning)
+        stop = self._stop_event(request, "generate", clear=True)
         passes, steps = (2 if selection else 1), call["num_inference_steps"]
         try:
             images = [
@@ -820,22 +594,44 @@ class Demo:
                 for i, p in enumerate([pag, {}][2 - passes :])
             ]
         except Stopped:
-            raise InputError("Stopped: generation was stopped before it finished") from None
+            gr.Info("Stopped: nothing was made, the earlier results stay.")
+            stopped = f"**Stopped** before the {'images were' if passes == 2 else 'image was'} finished: nothing made."
+            return (gr.skip(),) * 3 + (stopped,) + (gr.skip(),) * 3
         records = [self.record(call, selection, pag, label), self.record(call, None, {}, label)][2 - passes :]
-        return self._results(images, records, history or [])
+        return self._results(images, records, history or [], warnings)
 
-    def _stop_event(self, request, clear: bool = False) -> threading.Event:
-        key = getattr(request, "session_hash", None) or "local"
-        event = self._stops.setdefault(key, threading.Event())
+    def warnings(self, prompt: str, unused: list[str]) -> list[str]:
+        """What the user should know before looking at the result: words the model never saw, head settings
+        that do nothing without heads."""
+        found = []
+        unknown = unknown_words(prompt, self.words)
+        if unknown:
+            found.append(
+                f"Prompt: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this model's "
+                "vocabulary; it draws them as something it knows (see 'Vocabulary')."
+            )
+        if unused:
+            found.append(
+                f"No heads are chosen, so {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no "
+                "effect: choose heads (or a preset) to use the head settings."
+            )
+        return found
+
+    def _stop_event(self, request, kind: str, clear: bool = False) -> threading.Event:
+        event = self._stops.setdefault((_session(request), kind), threading.Event())
         if clear:
             event.clear()
         return event
 
     def stop(self, request: gr.Request = None) -> None:
         """Stop this page's running generation at its next step."""
-        self._stop_event(request).set()
+        self._stop_event(request, "generate").set()
 
-    def _results(self, images: list, records: list[dict], history: list):
+    def stop_search(self, request: gr.Request = None) -> None:
+        """Stop this page's running head search at its next step."""
+        self._stop_event(request, "search").set()
+
+    def _results(self, images: list, records: list[dict], history: list, warnings: list[str]):
         """The outputs: comparison slider, difference, PNG files, note, gallery and its history."""
         out = Path(tempfile.mkdtemp(prefix="headhunter-"))
         files = []
@@ -847,14 +643,17 @@ class Demo:
         factor = enlargement(images[0].size)
         shown = [enlarge(i, factor) for i in images]
         pair = (shown[0], shown[-1])
-        scale_note = f"shown at {factor}x, native {images[0].width}x{images[0].height} px"
+        scale_note = shown_at(images[0].size)
         diff = difference(images[0], images[-1]) if len(images) == 2 else Image.new("RGB", images[0].size)
         history = [{"image": files[0], "record": records[0]}, *history][:GALLERY_KEEP]
+        note = self.note(records[0], scale_note)
+        if warnings:
+            note += "\n\n" + "\n\n".join(f"⚠ {w}" for w in warnings)
         return (
             pair,
             enlarge(diff, factor),
             files,
-            self.note(records[0], scale_note),
+            note,
             gallery_items(history),
             history,
             records[0]["seed"],
@@ -864,7 +663,7 @@ class Demo:
         """How results are shown, for the labels: the factor where the model makes one size only."""
         if self.sizes.trained_only:
             h, w = self.sizes.native
-            return f"shown at {enlargement((w, h))}x, native {w}x{h} px, nearest neighbour"
+            return shown_at((w, h))
         return "small images enlarged with nearest neighbour to about 512 px; the note gives the factor"
 
     def note(self, record: dict, scale_note: str) -> str:
@@ -878,17 +677,18 @@ class Demo:
         if record.get("pag_every", 1) > 1:
             scales += f", perturbed every {record['pag_every']} steps"
         heads = record["pag_heads"]
-        text = f"seed {record['seed']} · heads {heads} ({scales}) · preset: {preset} · {scale_note}"
+        text_ = f"seed {record['seed']} · heads {heads} ({scales}) · preset: {preset} · {scale_note}"
         if preset == DEFAULT_PRESET:
-            text += (
+            text_ += (
                 "\n\nThe default is a *style* preset: it makes the toy model's pictures darker, and on 800 "
                 "two-object prompt-seed pairs it also raised fully correct images by +0.040 [+0.015, +0.066] "
                 "(95% interval). The toy-sd3-fidelity preset (a 128-pair head search) raised the share of the "
                 "prompt drawn a little on two of three 800-pair sets but not fully correct images, so it is "
                 "offered, not the default."
             )
-        return text
+        return text_
 
+    @shows_refusals
     def reuse(self, history: list, index: int | None):
         """The inputs that made gallery item `index`: prompt, seed, sizes, CFG, heads, w, window."""
         if index is None or not history or not 0 <= index < len(history):
@@ -917,10 +717,22 @@ class Demo:
 
     # -- head search ---------------------------------------------------------------------------------------
 
-    def check_search(
-        self, objective, prompts, seeds, k, rounds, steps
-    ) -> tuple[list[str], int, int, int, int]:
-        """Checked search inputs, before any work."""
+    def search_settings(self, profile: str, prompts: list[str], seeds: int, k: int, rounds: int, steps: int):
+        """The search settings: the model's steps, CFG and size < the profile < the user's k, rounds, steps; a
+        toy model searches at its trained size whatever the profile says."""
+        height, width = self.sizes.native
+        defaults = dict(steps=self.default_steps, size=height if height == width else None,
+                        guidance_scale=float(self.default_cfg))  # fmt: skip
+        size = height if self.sizes.trained_only and height == width else None
+        return SearchSettings.from_profile(
+            profile, self.layout.arch, prompts, list(range(seeds)), defaults, steps=steps, k=k, rounds=rounds,
+            size=size, model=self.name, extra=self.extras,
+        )  # fmt: skip
+
+    def check_search(self, objective, prompts, seeds, k, rounds, steps, sweep, profile, guard):
+        """(objective, settings) from the checked search inputs, before any work."""
+        from guidance.objectives import get_objective
+
         choice("Objective", objective, SEARCH_OBJECTIVES)
         prompts = text("Prompts", prompts, limit=MAX_SEARCH_PROMPTS * MAX_PROMPT_CHARS)
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
@@ -928,14 +740,26 @@ class Demo:
             raise InputError(
                 f"Prompts: give 1 to {MAX_SEARCH_PROMPTS} prompts, one per line (got {len(lines)})"
             )
-        return (
-            lines,
-            whole("Seeds", seeds, 1, MAX_SEARCH_SEEDS),
-            whole("k", k, 1, MAX_K),
-            whole("Rounds", rounds, 1, MAX_ROUNDS),
-            whole("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps),
-        )
+        seeds = whole("Seeds", seeds, 1, MAX_SEARCH_SEEDS)
+        k = whole("k", k, 1, MAX_K)
+        rounds = whole("Rounds", rounds, 1, MAX_ROUNDS)
+        steps = whole("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
+        if not isinstance(sweep, bool):
+            raise InputError(f"Head map: {sweep!r} must be true or false")
+        profile = choice("Profile", profile, sorted(SEARCH_PROFILES))
+        guard = choice("Guard", guard, [NO_GUARD, *SEARCH_OBJECTIVES])
+        if guard == objective:
+            raise InputError(f"Guard: {guard!r} is the objective itself; choose another guard or 'none'")
+        chosen = search_profile(profile, self.layout.arch)
+        guard = None if guard == NO_GUARD else guard
+        min_score = chosen.min_score(guard)
+        max_drop = SEARCH_SETTINGS["max_drop"].default if min_score is None else None
+        obj = get_objective(objective, guard, max_drop, min_score, chosen.clip_prefix)
+        settings = self.search_settings(profile, lines, seeds, k, rounds, steps)
+        settings.objective = obj.name
+        return obj, settings
 
+    @shows_refusals
     def search(
         self,
         objective: str,
@@ -945,79 +769,76 @@ class Demo:
         rounds: float = 1,
         steps: float | None = None,
         sweep: bool = True,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+        profile: str = "ours",
+        guard: str = NO_GUARD,
+        request: gr.Request = None,
+        progress=gr.Progress(),  # noqa: B008 (Gradio's idiom)
     ):
-        """Run a head search; yields (head map PNG, report, preset file, heads with u, w) as they arrive."""
-        from guidance.objectives import get_objective
-        from guidance.search import HeadSearch, SearchSettings, label, preset
-
-        lines, seeds, k, rounds, steps = self.check_search(objective, prompts, seeds, k, rounds, steps)
-        if not isinstance(sweep, bool):
-            raise InputError(f"Head map: {sweep!r} must be true or false")
-        obj = get_objective(objective)
-        height, width = self.sizes.native
-        settings = SearchSettings(
-            prompts=lines,
-            seeds=list(range(seeds)),
-            steps=steps,
-            size=height if height == width else None,
-            guidance_scale=float(self.default_cfg),
-            model=self.name,
-            objective=obj.name,
-            extra=self.extras,
-        )
+        """Run a head search in a worker thread; yields (head map PNG, report, preset file, heads with u, w,
+        progress) while it runs (about twice a second when something changed) and once at the end."""
+        obj, settings = self.check_search(objective, prompts, seeds, k, rounds, steps, sweep, profile, guard)
+        stop = self._stop_event(request, "search", clear=True)
         out = Path(tempfile.mkdtemp(prefix="headhunter-search-"))
-        search = HeadSearch(self.search_pipe, obj, settings)
-        report = [f"Unguided {obj.name}: **{search.baseline:.4f}** (higher is better)"]
-        image = None
-        if sweep:
-            scores = search.head_map()
-            image = str(head_map_png(scores, search.baseline, obj.name, out / "headmap.png"))
-            best = sorted(scores, key=lambda h: -scores[h])[:5]
-            report.append("Best single heads: " + ", ".join(f"{label((h,))} {scores[h]:.4f}" for h in best))
-            yield image, "\n\n".join(report), None, "", settings.pag_scale
-        history = search.greedy(k, rounds)
-        rounds_text, selected = search_rounds(history, search.baseline)
-        report += rounds_text
-        if not selected:
-            yield image, "\n\n".join(report), None, "", settings.pag_scale
-            return
-        rounds_json = [{**r, "round": i} for i, r in enumerate(history, start=1)]
-        found = preset(
-            selected,
-            settings,
-            SEARCH_USE_STRENGTH,
-            {"unguided": search.baseline, "rounds": rounds_json},
-            objective,
-            layout=search.layout,
-        )
-        path = found.save(out / f"preset-{objective}.json")
-        w = effective_scales(found, settings.pag_scale)[0]
-        report.append(
-            f"Found: **{str(found)}** at w={w:g} (searched with u=1; used at u={SEARCH_USE_STRENGTH:g}, "
-            "as the paper recommends). 'Use these heads' copies exactly this."
-        )
-        yield image, "\n\n".join(report), str(path), str(found), w
+        run = SearchRun(self.search_pipe, obj, settings, sweep, out, SEARCH_USE_STRENGTH, stop,
+                        profile_text(settings))  # fmt: skip
+        worker = threading.Thread(target=run.run, name="headhunter-search", daemon=True)
+        worker.start()
+        shown = None
+        try:
+            while worker.is_alive():
+                worker.join(0.5)
+                outputs = run.outputs()
+                if outputs != shown:
+                    if progress is not None:
+                        progress(run.fraction(), desc=outputs[-1])
+                    shown = outputs
+                    yield outputs
+        finally:
+            if (
+                worker.is_alive()
+            ):  # the page left or the event was cancelled: the worker stops at its next step
+                stop.set()
+        if isinstance(run.error, SoftPAGError | HeadSelectionError | ValueError):
+            raise InputError(str(run.error))
+        if run.error is not None:
+            raise run.error
+        yield run.outputs()
 
 
-def search_rounds(history: list[dict], baseline: float) -> tuple[list[str], list]:
-    """Report lines (rounds counted from 1) and the adopted selection: a round that does not beat the best
-    earlier selection (the unguided image first) is not adopted. A record's own `adopted` field wins."""
-    lines, selected, best = [], [], baseline
-    for number_, record in enumerate(history, start=1):
-        score = float(record["score"])
-        adopted = record.get("adopted", score > best)
-        added = ", ".join(record.get("added", []))
-        if adopted:
-            selected, best = list(record["selected"]), max(best, score)
-            lines.append(f"Round {number_}: added {added} → {score:.4f} (adopted)")
-        else:
-            lines.append(
-                f"Round {number_}: added {added} → {score:.4f}, not better than {best:.4f}: not adopted"
-            )
-    if not selected:
-        lines.append("No round beat the unguided image: no heads to use for this objective.")
-    return lines, selected
+def profile_text(settings: SearchSettings) -> str:
+    """What a search profile set, in one line of the report."""
+    cfg = "off" if settings.guidance_scale <= 1 else f"{settings.guidance_scale:g}"
+    validation = (
+        f"{settings.validation:.0%} of the pairs held out to judge each round"
+        if settings.validation
+        else "no validation pairs"
+    )
+    stop = (
+        "a round is adopted only if it beats the best earlier one"
+        if settings.early_stop
+        else "every round is adopted"
+    )
+    return (
+        f"Profile **{settings.profile}**: {settings.steps} steps, CFG {cfg}, w {settings.pag_scale:g}, search u "
+        f"{settings.strength:g}, {settings.k} head(s) per round, up to {settings.rounds} round(s), {validation}; "
+        f"{stop}."
+    )
+
+
+def profile_fields(profile: str, arch: str):
+    """Choosing a profile: its k and rounds go into the inputs, and its settings are described."""
+    if profile not in SEARCH_PROFILES:
+        return gr.skip(), gr.skip(), gr.skip()
+    chosen = search_profile(profile, arch)
+    return chosen.k, min(chosen.rounds, MAX_ROUNDS), PROFILE_HELP.get(profile, "")
+
+
+PROFILE_HELP = {
+    "ours": "**ours**: CFG at the model's scale, k 4, 1 round, a quarter of the pairs held out to judge each "
+    "round (a round that does not beat the best earlier one is not adopted).",
+    "paper": "**paper** (the official search's settings): CFG off, w 3, k 3 for 5 rounds, every round adopted, no "
+    "validation pairs.",
+}
 
 
 def selected_index(event: gr.SelectData) -> int:
@@ -1025,31 +846,116 @@ def selected_index(event: gr.SelectData) -> int:
     return event.index
 
 
-def gallery_items(history: list) -> list[tuple[str, str]]:
-    """(image, caption) for each result since the page opened, newest first."""
-    items = []
-    for item in history:
-        r = item["record"]
-        what = r.get("pag_preset", "") if r["guidance"] != "none" else "unguided"
-        items.append((item["image"], f"seed {r['seed']} · {what} · {r['prompt'][:40]}"))
-    return items
+# ------------------------------------------------------------------------------------------------------------
+# Structured prompts (StructureDiffusion): the toy SD1.5, loaded on first use
+# ------------------------------------------------------------------------------------------------------------
+
+
+class StructuredPrompts:
+    """Structured cross-attention beside plain generation of the same seed, on a model of a family that has it
+    (by default the toy SD1.5, where the official conjunction mode measured a gain); loaded on first use."""
+
+    def __init__(self, model: str | Path = STRUCTURED_MODEL, device: str = "cpu", dtype: str = "float32",
+                 limits: Limits = Limits()):  # fmt: skip
+        self.model, self.name, self.device, self.dtype = str(model), display_name(model), device, dtype
+        self.limits, self.pipe, self._lock = limits, None, threading.Lock()
+        self.support, self.reason = None, None
+        try:
+            self.support = structured_support(self.model)
+        except Exception as error:  # noqa: BLE001 (a missing or unreadable folder: the tab says why)
+            self.reason = f"Structured prompts need the model {self.name} ({printable(str(error))[:200]})."
+        if self.support is not None and not self.support.modes:
+            self.reason = (
+                f"{self.name} is a {self.support.family}, which has no structured cross-attention (SD1.x/2.x and "
+                "SDXL have it)."
+            )
+        self.choices = structured_choices(self.support.modes if self.support else ())
+        self.settings = recommended_settings(self.model) if self.support else {}
+        self.default_steps = min(self.settings.get("num_inference_steps", 20), limits.max_steps)
+        self.words = vocabulary(self.model)
+
+    def _load(self):
+        with self._lock:
+            if self.pipe is None:
+                pipe = HeadHunterPipeline.from_pretrained(self.model, dtype=getattr(torch, self.dtype))
+                pipe.set_progress_bar_config(disable=True)
+                self.sizes = model_sizes(pipe, self.settings, self.limits.max_size)
+                self.pipe = pipe.to(self.device)
+        return self.pipe
+
+    @shows_refusals
+    def compare(self, prompt: str, mode: str = "conjunction", seed: float = 0, steps: float | None = None,
+                progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)  # fmt: skip
+        """Plain and structured images of one seed, the noun phrases and the measured effect."""
+        from pipelines.structured import structured_phrases
+
+        if self.reason:
+            raise InputError(self.reason)
+        prompt = text("Prompt", prompt, required=True)
+        mode = structured_mode(mode, self.choices)
+        try:
+            check_structured(mode, self.support, None, "Mode")
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        seed = whole("Seed", seed, -1, 2**63 - 1)
+        seed = random.randrange(2**31) if seed == -1 else seed
+        steps = whole("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
+        phrases = structured_phrases(prompt)
+        pipe = self._load()
+        height, width = self.sizes.native
+        call = dict(model_call_extras(self.model), prompt=prompt, num_inference_steps=steps, height=height,
+                    width=width, guidance_scale=self.settings.get("guidance_scale", 7.5))  # fmt: skip
+        passes = 2 if mode else 1
+
+        def image(structured: dict, done: int):
+            def on_step(pipe, i, t, kwargs):
+                if progress is not None:
+                    progress((done + i + 1, passes * steps), desc="structured" if structured else "plain")
+                return {}
+
+            generator = torch.Generator().manual_seed(seed)
+            return pipe(generator=generator, callback_on_step_end=on_step, **call, **structured).images[0]
+
+        plain = image({}, 0)
+        made = image({"structured": mode}, steps) if mode else None
+        out = Path(tempfile.mkdtemp(prefix="headhunter-structured-"))
+        files = []
+        for picture, name, extra in ((made, "structured", {"structured": mode, "noun_phrases": phrases}),
+                                     (plain, "plain", {})):  # fmt: skip
+            if picture is not None:
+                record = image_record(self.model, {"seed": seed, **call, **extra})
+                path = out / f"{name}-seed{seed}.png"
+                save_png(picture, path, record_parameters(record), record)
+                files.append(str(path))
+        shown = shown_at(plain.size)
+        factor = enlargement(plain.size)
+        note = f"seed {seed} · {steps} steps · {shown}\n\n{structured_effect(self.model)}"
+        unknown = unknown_words(prompt, self.words)
+        if unknown:
+            gr.Warning(f"Prompt: {', '.join(unknown)} not in this model's vocabulary")
+            note += f"\n\n⚠ Prompt: {', '.join(unknown)} not in this model's vocabulary."
+        structured_image = gr.Image(
+            value=enlarge(made, factor) if made is not None else None,
+            label=f"Structured ({mode})" if mode else "Structured: off (only the plain image is made)",
+        )
+        return phrases_markdown(phrases, mode), structured_image, enlarge(plain, factor), note, files
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Novel views (UpFusion): loaded on first use, only where its weights exist
 # ------------------------------------------------------------------------------------------------------------
 
-UPFUSION = ASSETS / "toy-upfusion"
-MAX_VIEW_PIXELS = 4096
-MAX_CAMERAS, MAX_FRAMES = 12, 36
+UPFUSION = Path(DEFAULT_MODEL).parent / "toy-upfusion"
+YOUR_IMAGES = "(your own images)"
 
 
 class NovelViews:
-    """UpFusion novel views for the demo: checks, lazy loading, views and turntable."""
+    """UpFusion novel views for the demo: checks, lazy loading, the toy-object picker, views and turntable."""
 
     def __init__(self, folder: Path = UPFUSION, device: str = "cpu", max_steps: int = 100):
         self.folder, self.device, self.max_steps = Path(folder), device, max_steps
         self.pipe, self._lock = None, threading.Lock()
+        self.objects = {o.label: o for o in toy_objects()}
 
     def unavailable(self) -> str | None:
         """Why the tab cannot run (in words), or None."""
@@ -1071,56 +977,24 @@ class NovelViews:
                 self.pipe = UpFusionPipeline.from_pretrained(str(self.folder)).to(self.device)
         return self.pipe
 
-    def views(self, files) -> list[Image.Image]:
-        """1-6 uploaded images as RGB (transparency on white), all at the first one's size."""
-        files = [files] if isinstance(files, str) else list(files or [])
-        if not 1 <= len(files) <= 6:
-            raise InputError(f"Images: upload 1 to 6 images of the object (got {len(files)})")
-        images = []
-        for i, file in enumerate(files, start=1):
-            unreadable = f"Images: file {i} is not an image this demo can read"
-            try:
-                with Image.open(file) as image:
-                    width, height = image.size
-                    if max(width, height) <= MAX_VIEW_PIXELS:
-                        image.verify()  # the whole file (a truncated PNG too), before decoding it
-            except Image.DecompressionBombError:  # PIL's own size limit, far above ours
-                raise InputError(f"Images: image {i} is larger than {MAX_VIEW_PIXELS} px a side") from None
-            except (OSError, ValueError, TypeError, SyntaxError):
-                raise InputError(unreadable) from None
-            if max(width, height) > MAX_VIEW_PIXELS:
-                raise InputError(
-                    f"Images: image {i} is {width}x{height} px; allowed: at most {MAX_VIEW_PIXELS} px a side"
-                )
-            try:
-                with Image.open(file) as image:
-                    rgba = image.convert("RGBA")
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-                raise InputError(unreadable) from None
-            white = Image.new("RGBA", rgba.size, "white")
-            images.append(Image.alpha_composite(white, rgba).convert("RGB"))
-        return [im.resize(images[0].size) for im in images]
+    @shows_refusals
+    def pick(self, label: str):
+        """Picking a toy object: copies of its views fill the images input, and they are shown."""
+        if label == YOUR_IMAGES:
+            return gr.skip(), gr.skip()
+        toy = self.objects[choice("Toy object", label, list(self.objects))]
+        folder = Path(tempfile.mkdtemp(prefix="headhunter-toy-"))
+        files = [str(shutil.copy(view, folder / f"{toy.name}-{view.name}")) for view in toy.views]
+        return files, input_gallery(files)
 
-    def cameras(self, text_value: str) -> list[tuple[float, float]]:
-        """'azimuth, elevation; ...' in degrees -> pairs, else InputError naming the input."""
-        pairs = [p for p in text("Cameras", text_value, limit=1000).split(";") if p.strip()]
-        if not 1 <= len(pairs) <= MAX_CAMERAS:
-            raise InputError(f"Cameras: give 1 to {MAX_CAMERAS} 'azimuth, elevation' pairs separated by ';'")
-        cameras = []
-        for pair in pairs:
-            parts = pair.split(",")
-            try:
-                azimuth, elevation = (float(p) for p in parts)
-            except ValueError:
-                raise InputError(f"Cameras: cannot read {pair.strip()!r}; write e.g. '90, 15'") from None
-            cameras.append(
-                (
-                    number("Cameras (azimuth)", azimuth, -360, 360),
-                    number("Cameras (elevation)", elevation, -89, 89),
-                )
-            )
-        return cameras
+    def input_views(self, files):
+        """The images input shown enlarged (nothing while it cannot be read: the run says why)."""
+        try:
+            return input_gallery(files)
+        except DemoInputError:
+            return []
 
+    @shows_refusals
     def run(
         self,
         files,
@@ -1133,12 +1007,13 @@ class NovelViews:
         seed,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
     ):
-        """Novel views of the uploaded object: a gallery, and a turntable GIF for an orbit."""
+        """Novel views of the object: a gallery (enlarged, captions with the native size), and for an orbit the
+        turntable shown playing (an enlarged GIF) and the native GIF to download."""
         reason = self.unavailable()
         if reason:
             raise InputError(reason)
         mode = choice("Mode", mode, ("views", "orbit"))
-        images = self.views(files)
+        images = read_views(files)
         steps = whole("Steps", steps, 1, self.max_steps)
         cfg = number("CFG scale", cfg, 1, 30)
         seed = whole("Seed", seed, 0, 2**63 - 1)
@@ -1146,23 +1021,44 @@ class NovelViews:
             num_inference_steps=steps, guidance_scale=cfg, generator=torch.Generator().manual_seed(seed)
         )
         if mode == "views":
-            queries = self.cameras(cameras)
+            queries = parse_cameras(cameras)
             views = self._load()(images=images, query_cameras=queries, **call).images
-            return [
-                (v, f"azimuth {a:g}°, elevation {e:g}°") for v, (a, e) in zip(views, queries, strict=True)
-            ], None
+            captions = [f"azimuth {a:g}°, elevation {e:g}°" for a, e in queries]
+            return shown_gallery(views, captions), None, None
         frames = whole("Frames", frames, 2, MAX_FRAMES)
         elevation = number("Elevation", elevation, -89, 89)
         from pipelines.upfusion import orbit
 
-        gif = Path(tempfile.mkdtemp(prefix="headhunter-orbit-")) / "orbit.gif"
+        out = Path(tempfile.mkdtemp(prefix="headhunter-orbit-"))
+        gif = out / "orbit.gif"
         views = orbit(self._load(), images, frames=frames, elevation=elevation, gif_path=str(gif), **call)
-        return [(v, f"frame {i + 1}") for i, v in enumerate(views)], str(gif)
+        playing = turntable_gif(views, out / "turntable-shown.gif")
+        return shown_gallery(views, [f"frame {i + 1}" for i in range(len(views))]), str(playing), str(gif)
+
+
+def shown_gallery(images: list, captions: list[str]) -> list[tuple[Image.Image, str]]:
+    """Gallery items enlarged with nearest neighbour, each caption ending with the native size."""
+    return [
+        (enlarge(i, enlargement(i.size)), f"{c} · {shown_at(i.size)}")
+        for i, c in zip(images, captions, strict=True)
+    ]
+
+
+def input_gallery(files) -> list[tuple[Image.Image, str]]:
+    """The input views as the model receives them (RGB, the first one's size), enlarged for the user."""
+    if not files:
+        return []
+    images = read_views(files)
+    return shown_gallery(
+        images, [f"view {i + 1}{' (the reference)' if i == 0 else ''}" for i in range(len(images))]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
 # The UI
 # ------------------------------------------------------------------------------------------------------------
+
+PRIVATE = dict(api_visibility="private", queue=False)
 
 
 def _pag_slider(name: str, label: str, low: float, high: float, step: float, value=None):
@@ -1170,28 +1066,34 @@ def _pag_slider(name: str, label: str, low: float, high: float, step: float, val
     return Slider(low, high, value=s.default if value is None else value, step=step, label=label, info=s.help)
 
 
-def build_app(demo: Demo, views: NovelViews | None = None) -> gr.Blocks:
-    """The Blocks UI around a `Demo`: Generate, Head search and Novel views tabs."""
+def build_app(
+    demo: Demo, views: NovelViews | None = None, structured: StructuredPrompts | None = None
+) -> gr.Blocks:
+    """The Blocks UI around a `Demo`: Generate, Head search, Structured prompts and Novel views tabs."""
     views = views or NovelViews(max_steps=demo.limits.max_steps)
+    structured = structured or StructuredPrompts(limits=demo.limits)
     with gr.Blocks(title="HeadHunter") as app:
         gr.Markdown(f"# HeadHunter · SoftPAG\nModel: `{demo.name}` · sizes: {demo.sizes.describe()}")
         with gr.Tab("Generate"):
             ui = _generate_tab(demo)
         with gr.Tab("Head search"):
             _search_tab(demo, ui)
+        with gr.Tab("Structured prompts"):
+            _structured_tab(structured)
         with gr.Tab("Novel views"):
             _novel_views_tab(views)
-        ui["stop"].click(demo.stop, None, None, cancels=ui["events"], api_name=False)
+        ui["stop"].click(demo.stop, None, None, **PRIVATE)
     return check_api_inputs(app)
 
 
 def _generate_inputs(demo: Demo) -> dict:
     """The Generate tab's inputs, each with plain-words help."""
     ui = {}
+    examples = examples_for(demo.words)
     ui["prompt"] = Textbox(
         elem_id="prompt",
         label="Prompt",
-        value=EXAMPLE_PROMPTS[0],
+        value=examples[0] if examples else "",
         info=HELP["prompt"],
         max_length=MAX_PROMPT_CHARS,
     )
@@ -1236,7 +1138,7 @@ def _generate_inputs(demo: Demo) -> dict:
     with gr.Row():
         ui["pag_scale"] = named(_pag_slider("scale", "Head guidance w", 0, 10, 0.25, w), "PAG scale w")
         ui["strength"] = named(_pag_slider("strength", "Default strength u", 0, 1, 0.05), "Strength u")
-    with gr.Accordion("More head settings", open=False):
+    with gr.Accordion("More head settings (no effect without heads)", open=False):
         ui["identity"] = Radio(
             list(PAG["identity"].choices),
             value=PAG["identity"].default,
@@ -1260,6 +1162,13 @@ def _generate_inputs(demo: Demo) -> dict:
     with gr.Row():
         ui["run"] = gr.Button("Generate", variant="primary")
         ui["stop"] = gr.Button("Stop", variant="stop")
+    ui["heads_map"] = gr.Image(
+        elem_id="heads-map",
+        label="Chosen heads (legend under the grid)",
+        value=demo.heads_map(heads),
+        type="filepath",
+        interactive=False,
+    )
     with gr.Accordion("Vocabulary (words the model was trained on)", open=False):
         gr.Markdown(", ".join(demo.words) if demo.words else "This model was trained on open vocabulary.")
     return ui
@@ -1273,14 +1182,18 @@ def _generate_tab(demo: Demo) -> dict:
         with gr.Column():
             shown = demo.shown_as()
             ui["comparison"] = gr.ImageSlider(
-                label=f"Guided | unguided, same seed ({shown})", type="pil", format="png"
+                elem_id="comparison",
+                label=f"Guided | unguided, same seed: opens on the guided image, drag to compare ({shown})",
+                type="pil",
+                format="png",
+                slider_position=100,
             )
             ui["difference"] = gr.Image(
                 label=f"Difference |guided - unguided| x{DIFFERENCE_GAIN}, black = same ({shown})",
                 type="pil",
                 format="png",
             )
-            ui["note"] = gr.Markdown(label="About this result")
+            ui["note"] = gr.Markdown(label="About this result", elem_id="note")
             ui["files"] = gr.File(label="PNG files (native size, settings inside)", file_count="multiple")
             ui["gallery"] = gr.Gallery(
                 elem_id="gallery", label="Results since the page opened", columns=4, height=260
@@ -1311,7 +1224,7 @@ def _generate_tab(demo: Demo) -> dict:
             "heads",
         )
     ]
-    generated = ui["run"].click(
+    ui["run"].click(
         demo.generate,
         [*inputs, history],
         [ui["comparison"], ui["difference"], ui["files"], ui["note"], ui["gallery"], history, last_seed],
@@ -1319,103 +1232,131 @@ def _generate_tab(demo: Demo) -> dict:
         concurrency_limit=demo.limits.concurrency,
         show_progress_on=[ui["comparison"]],
     )
-    ui["events"] = [generated]
     _wire_generate_inputs(demo, ui, inputs, history, picked, last_seed)
     return ui
 
 
 def _wire_generate_inputs(demo: Demo, ui: dict, inputs: list, history, picked, last_seed) -> None:
-    """Preset <-> heads/w, seed buttons, gallery reuse, preset upload (none of them an API endpoint)."""
-    private = dict(api_visibility="private", queue=False)
-    ui["preset"].input(demo.choose_preset, [ui["preset"]], [ui["heads"], ui["pag_scale"]], **private)
+    """Preset <-> heads/w, the heads map, seed buttons, gallery reuse, preset upload (none an API endpoint)."""
+    ui["preset"].input(demo.choose_preset, [ui["preset"]], [ui["heads"], ui["pag_scale"]], **PRIVATE)
     for edited in ("heads", "pag_scale", "strength"):
-        ui[edited].input(lambda: CUSTOM, None, [ui["preset"]], **private)
-    ui["random_seed"].click(lambda: random.randrange(2**31), None, [ui["seed"]], **private)
-    ui["last_seed"].click(lambda s: gr.skip() if s is None else s, [last_seed], [ui["seed"]], **private)
-    ui["gallery"].select(selected_index, None, [picked], **private)
+        ui[edited].input(lambda: CUSTOM, None, [ui["preset"]], **PRIVATE)
+    ui["heads"].change(demo.heads_map, [ui["heads"]], [ui["heads_map"]], **PRIVATE)
+    ui["random_seed"].click(lambda: random.randrange(2**31), None, [ui["seed"]], **PRIVATE)
+    ui["last_seed"].click(lambda s: gr.skip() if s is None else s, [last_seed], [ui["seed"]], **PRIVATE)
+    ui["gallery"].select(selected_index, None, [picked], **PRIVATE)
     reused = [i for i in inputs if i is not ui["strength"]]
-    ui["reuse"].click(demo.reuse, [history, picked], reused, **private)
+    ui["reuse"].click(demo.reuse, [history, picked], reused, **PRIVATE)
     ui["preset_file"].upload(
-        demo.read_preset_file, [ui["preset_file"]], [ui["heads"], ui["pag_scale"], ui["preset"]], **private
+        demo.read_preset_file, [ui["preset_file"]], [ui["heads"], ui["pag_scale"], ui["preset"]], **PRIVATE
     )
 
 
+def _search_inputs(demo: Demo) -> dict:
+    """The Head search tab's inputs."""
+    ui = {}
+    ui["objective"] = Dropdown(
+        list(SEARCH_OBJECTIVES),
+        value="toy-dark",
+        label="Objective",
+        info="What the search tries to raise (toy-* use the toy world's evaluator).",
+    )
+    with gr.Row():
+        ui["profile"] = Radio(
+            sorted(SEARCH_PROFILES),
+            value="ours",
+            label="Profile",
+            elem_id="search-profile",
+            info="Named search settings; picking one fills k and rounds.",
+        )
+        ui["guard"] = Dropdown(
+            [NO_GUARD, *SEARCH_OBJECTIVES],
+            value=NO_GUARD,
+            label="Guard",
+            info=f"Keep this objective within {SEARCH_SETTINGS['max_drop'].default:g} of the unguided images; a "
+            "head set that drops it more scores -inf (the report says why).",
+        )
+    ui["profile_note"] = gr.Markdown(PROFILE_HELP["ours"])
+    ui["prompts"] = named(
+        Textbox(
+            elem_id="search-prompts",
+            label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
+            lines=4,
+            value="a red circle\na blue square on the left and a yellow triangle on the right",
+            info="The search scores heads on these prompts.",
+        ),
+        "Prompts",
+    )
+    with gr.Row():
+        ui["seeds"] = named(
+            Number(
+                elem_id="search-seeds",
+                label="Seeds per prompt",
+                value=2,
+                step=1,
+                info=f"1 to {MAX_SEARCH_SEEDS}.",
+            ),  # fmt: skip
+            "Seeds",
+        )
+        ui["k"] = named(
+            Number(
+                elem_id="search-k",
+                label="Heads per round k",
+                value=4,
+                step=1,
+                info=f"Heads added per round, 1 to {MAX_K}.",
+            ),  # fmt: skip
+            "k",
+        )
+        ui["rounds"] = Number(elem_id="search-rounds", label="Rounds", value=1, step=1,
+                              info=f"Greedy rounds, 1 to {MAX_ROUNDS}.")  # fmt: skip
+        ui["steps"] = Number(elem_id="search-steps", label="Steps", value=demo.default_steps, step=1,
+                             info="Denoising steps per image.")  # fmt: skip
+    ui["sweep"] = Checkbox(label="Head map", value=True, info="Score every head alone first (slower).")
+    with gr.Row():
+        ui["go"] = gr.Button("Search", variant="primary")
+        ui["stop"] = gr.Button("Stop search", variant="stop")
+    return ui
+
+
 def _search_tab(demo: Demo, generate_ui: dict) -> None:
-    """Head search: objective, prompts, greedy rounds; the head map and 'Use these heads'."""
+    """Head search: objective, guard, profile, prompts, greedy rounds; progress while it runs; the head map
+    with its legend, the report, and 'Use these heads'."""
     with gr.Row():
         with gr.Column():
-            objective = Dropdown(
-                list(SEARCH_OBJECTIVES),
-                value="toy-dark",
-                label="Objective",
-                info="What the search tries to raise (toy-* use the toy world's evaluator).",
-            )
-            prompts = named(
-                Textbox(
-                    elem_id="search-prompts",
-                    label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
-                    lines=4,
-                    value="a red circle\na blue square on the left and a yellow triangle on the right",
-                    info="The search scores heads on these prompts.",
-                ),
-                "Prompts",
-            )
-            with gr.Row():
-                seeds = named(
-                    Number(
-                        elem_id="search-seeds",
-                        label="Seeds per prompt",
-                        value=2,
-                        step=1,
-                        info=f"1 to {MAX_SEARCH_SEEDS}.",
-                    ),
-                    "Seeds",
-                )
-                k = named(
-                    Number(
-                        elem_id="search-k",
-                        label="Heads per round k",
-                        value=4,
-                        step=1,
-                        info=f"Heads added per round, 1 to {MAX_K}.",
-                    ),
-                    "k",
-                )
-                rounds = Number(
-                    elem_id="search-rounds",
-                    label="Rounds",
-                    value=1,
-                    step=1,
-                    info=f"Greedy rounds, 1 to {MAX_ROUNDS}.",
-                )
-                steps = Number(
-                    elem_id="search-steps",
-                    label="Steps",
-                    value=demo.default_steps,
-                    step=1,
-                    info="Denoising steps per image.",
-                )
-            sweep = Checkbox(label="Head map", value=True, info="Score every head alone first (slower).")
-            with gr.Row():
-                go = gr.Button("Search", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+            ui = _search_inputs(demo)
         with gr.Column():
-            head_map = gr.Image(label="Head map", type="filepath", show_label=False)
-            report = gr.Markdown(label="Search report")
+            status = gr.Textbox(
+                elem_id="search-status",
+                label="Progress",
+                value="Not started. A search on the toy model takes a minute or two; progress shows here.",
+                lines=2,
+                interactive=False,
+            )
+            head_map = gr.Image(
+                label="Head map (legend under the grid)", type="filepath", elem_id="search-map"
+            )
+            report = gr.Markdown(label="Search report", elem_id="search-report", min_height=60)
             found = gr.File(label="Found preset (JSON)")
             found_heads = gr.Textbox(elem_id="found-heads", label="Found heads (with u)", interactive=False)
             found_w = gr.Number(label="Found w", interactive=False)
             use = gr.Button("Use these heads in the Generate tab")
-    searched = go.click(
+    ui["profile"].change(
+        lambda p: profile_fields(p, demo.layout.arch),
+        [ui["profile"]],
+        [ui["k"], ui["rounds"], ui["profile_note"]],
+        **PRIVATE,
+    )
+    keys = ("objective", "prompts", "seeds", "k", "rounds", "steps", "sweep", "profile", "guard")
+    ui["go"].click(
         demo.search,
-        [objective, prompts, seeds, k, rounds, steps, sweep],
-        [head_map, report, found, found_heads, found_w],
+        [ui[k] for k in keys],
+        [head_map, report, found, found_heads, found_w, status],
         api_name="search",
         concurrency_limit=demo.limits.concurrency,
-        show_progress_on=[report],
+        show_progress_on=[head_map],
     )
-    stop.click(None, None, None, cancels=[searched], api_visibility="private")
-    generate_ui["events"].append(searched)
+    ui["stop"].click(demo.stop_search, None, None, **PRIVATE)
     use.click(
         lambda h, w: (h, w, CUSTOM) if h else (gr.skip(),) * 3,
         [found_heads, found_w],
@@ -1424,31 +1365,107 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
     )
 
 
+def _structured_tab(structured: StructuredPrompts) -> None:
+    """Structured prompts: prompt, mode, seed; the noun phrases, structured beside plain, the measured effect."""
+    mode = STRUCTURED_SETTINGS["structured"]
+    gr.Markdown(
+        structured.reason
+        or f"Structured cross-attention (StructureDiffusion) on `{structured.name}`, loaded when first used. "
+        "Each noun phrase of the prompt is encoded alone and aligned into the prompt's encoding, to keep "
+        "colours with their shapes. The plain image is the same call with structured attention off."
+    )
+    examples = examples_for(structured.words)
+    with gr.Row():
+        with gr.Column():
+            prompt = Textbox(
+                elem_id="structured-prompt",
+                label="Prompt",
+                value=examples[0] if examples else "a red car with a blue hat",
+                info="Two objects with their own colours show what it is for.",
+                max_length=MAX_PROMPT_CHARS,
+            )
+            choose = Radio(
+                structured.choices,
+                value=structured.choices[0],
+                label="Mode",
+                elem_id="structured-mode",
+                info=f"{mode.help} ('off' is the setting's None.)",
+            )
+            with gr.Row():
+                seed = Number(elem_id="structured-seed", label="Seed", value=0, step=1, info=HELP["seed"])
+                steps = Number(
+                    elem_id="structured-steps",
+                    label="Steps",
+                    value=structured.default_steps,
+                    step=1,
+                    info=f"{HELP['steps']} 1 to {structured.limits.max_steps}.",
+                )
+            go = gr.Button("Compare", variant="primary", interactive=structured.reason is None)
+            if examples:
+                gr.Examples([[p] for p in examples], [prompt], label="Prompts this model understands")
+        with gr.Column():
+            phrases = gr.Markdown(label="Noun phrases", elem_id="structured-phrases", min_height=40)
+    with gr.Row():
+        made = gr.Image(label="Structured", type="pil", format="png", elem_id="structured-image")
+        plain = gr.Image(
+            label="Plain (same seed, structured off)", type="pil", format="png", elem_id="plain-image"
+        )
+        with gr.Column():
+            note = gr.Markdown(_effect_note(structured), label="Measured effect", elem_id="structured-note")
+            files = gr.File(label="PNG files (native size, settings inside)", file_count="multiple")
+    go.click(
+        structured.compare,
+        [prompt, choose, seed, steps],
+        [phrases, made, plain, note, files],
+        api_name="structured",
+        concurrency_limit=1,
+        show_progress_on=[made, plain],
+    )
+
+
+def _effect_note(structured: StructuredPrompts) -> str:
+    """The measured effect shown before the first comparison."""
+    return structured_effect(structured.model) if structured.support else ""
+
+
 def _novel_views_tab(views: NovelViews) -> None:
-    """UpFusion: upload views, choose cameras or an orbit; gallery and turntable GIF."""
+    """UpFusion: pick a toy object or upload views, choose cameras or an orbit; gallery and turntable."""
     reason = views.unavailable()
     gr.Markdown(
         reason
         or "Novel views of an object from 1-6 photos without camera poses (UpFusion). Cameras are "
         "relative to the first photo: azimuth turns around the object, elevation looks from above."
     )
-    gr.Markdown("A toy-object picker is not offered: `pipelines.upfusion` has no example-views function.")
     with gr.Row():
         with gr.Column():
+            picker = named(
+                Dropdown(
+                    [YOUR_IMAGES, *views.objects],
+                    value=YOUR_IMAGES,
+                    label="Toy object (held out from training)",
+                    elem_id="toy-object",
+                    info="Picking one fills the images below with its six views.",
+                ),
+                "Toy object",
+            )
             files = named(
                 gr.File(
-                    label="Images of the object (1-6)",
+                    label=f"Images of the object (1-6, at most {MAX_UPLOAD_BYTES // 2**20} MiB each)",
                     file_count="multiple",
                     file_types=["image"],
                     type="filepath",
+                    elem_id="views-files",
                 ),
                 "Images",
             )
+            inputs = gr.Gallery(label="Input views, as the model receives them", columns=6, height=140,
+                                elem_id="input-views")  # fmt: skip
             mode = Radio(
                 ["views", "orbit"],
                 value="views",
                 label="Mode",
-                info="'views': the cameras below; 'orbit': a full turn, as a GIF.",
+                elem_id="views-mode",
+                info="'views': the cameras below; 'orbit': a full turn, shown playing.",
             )
             cameras = Textbox(
                 label="Cameras",
@@ -1456,22 +1473,30 @@ def _novel_views_tab(views: NovelViews) -> None:
                 info="'azimuth, elevation' in degrees, pairs separated by ';'.",
             )
             with gr.Row():
-                frames = Number(label="Frames", value=12, step=1, info=f"Orbit frames, 2 to {MAX_FRAMES}.")
+                frames = Number(label="Frames", value=12, step=1, info=f"Orbit frames, 2 to {MAX_FRAMES}.",
+                                elem_id="views-frames")  # fmt: skip
                 elevation = Number(label="Elevation", value=15, info="Orbit elevation in degrees.")
             with gr.Row():
-                steps = Number(label="Steps", value=25, step=1, info="Denoising steps.")
+                steps = Number(
+                    label="Steps", value=25, step=1, info="Denoising steps.", elem_id="views-steps"
+                )
                 cfg = Slider(
                     1, 15, value=3, step=0.5, label="CFG scale", info="How closely to follow the photos."
                 )
                 seed = Number(label="Seed", value=0, step=1, info="The same seed gives the same views.")
             go = gr.Button("Make views", variant="primary", interactive=reason is None)
         with gr.Column():
-            gallery = gr.Gallery(label="Novel views", columns=4)
-            gif = gr.File(label="Turntable GIF")
+            gallery = gr.Gallery(label="Novel views (enlarged, nearest neighbour; captions give the native size)",
+                                 columns=4, elem_id="views-gallery")  # fmt: skip
+            turntable = gr.Image(label="Turntable (plays; enlarged, nearest neighbour)", type="filepath",
+                                 interactive=False, elem_id="turntable")  # fmt: skip
+            gif = gr.File(label="Turntable GIF (native size)")
+    picker.input(views.pick, [picker], [files, inputs], **PRIVATE)
+    files.change(views.input_views, [files], [inputs], **PRIVATE)
     go.click(
         views.run,
         [files, mode, cameras, frames, elevation, steps, cfg, seed],
-        [gallery, gif],
+        [gallery, turntable, gif],
         api_name="novel_views",
         concurrency_limit=1,
         show_progress_on=[gallery],
@@ -1482,6 +1507,12 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the model, serve the app."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="hub id or folder (default: the toy SD3 model)")
+    parser.add_argument(
+        "--structured-model",
+        default=None,
+        help="the Structured prompts tab's model, an SD1.x/2.x or SDXL folder (default: the toy SD1.5 model); "
+        "loaded when the tab is first used",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--host", default="127.0.0.1", help="default: this machine only")
@@ -1498,18 +1529,21 @@ def main(argv: list[str] | None = None) -> None:
         logging.INFO if args.verbose else logging.WARNING
     )  # a line per request
     quiet_console(verbose=args.verbose)
+    limits = Limits(args.max_steps, args.max_size, args.queue_size)
+    structured = StructuredPrompts(args.structured_model or STRUCTURED_MODEL, args.device, args.dtype, limits)
+    if args.structured_model and structured.reason:
+        parser.exit(2, f"app.py: error: --structured-model {args.structured_model}: {structured.reason}\n")
     model = args.model or str(DEFAULT_MODEL)
     before_loading(recommended_settings(model).get("max_sequence_length"))
     try:
         pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(args.device)
+        pipe.set_progress_bar_config(disable=True)
+        demo = Demo(pipe, model, limits, name=args.model or "assets/toy-sd3")
     except ModelFolderError as error:  # one line naming the folder, the component and what to do
         parser.exit(2, f"app.py: error: {printable(str(error))}\n")
-    pipe.set_progress_bar_config(disable=True)
-    limits = Limits(args.max_steps, args.max_size, args.queue_size)
-    demo = Demo(pipe, model, limits, name=args.model or "assets/toy-sd3")
-    app = build_app(demo, NovelViews(device=args.device, max_steps=limits.max_steps))
+    app = build_app(demo, NovelViews(device=args.device, max_steps=limits.max_steps), structured)
     app.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency)
-    app.launch(server_name=args.host, server_port=args.port, show_error=False)
+    app.launch(server_name=args.host, server_port=args.port, show_error=False, max_file_size=MAX_UPLOAD_BYTES)
 
 
 if __name__ == "__main__":

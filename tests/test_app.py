@@ -2,6 +2,8 @@
 
 import json
 import logging
+import re
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +12,7 @@ from PIL import Image
 
 import app as demo_app
 from guidance.heads import HeadSelection
+from tools import demo as tools
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = "L0H1=0.5; style: L1H0"
@@ -123,12 +126,13 @@ def test_reuse_gives_back_the_inputs_of_a_gallery_item(server):
 
 
 def test_search_reports_rounds_from_one_and_use_copies_heads_u_and_w(client):
-    head_map, report, preset, heads, w = client.predict(
+    head_map, report, preset, heads, w, status = client.predict(
         "saturation", "a red circle", 1, 2, 1, 2, True, api_name="/search"
     )
     image = Image.open(head_map)
     assert image.width > 36 + 2 * 22 + 60  # grid plus a colour bar with its labels
-    assert "Round 1" in report and "Round 0" not in report
+    assert "Round 1" in report and "Round 0" not in report and "Profile **ours**" in report
+    assert status.startswith("Done in") and "images made" in status
     if preset is None:  # no round beat the unguided image: nothing to use, and the report says so
         assert "No round beat the unguided image" in report and heads == ""
         return
@@ -138,38 +142,151 @@ def test_search_reports_rounds_from_one_and_use_copies_heads_u_and_w(client):
     assert data["groups"][0]["scale"] == w
 
 
+def test_the_paper_profile_fills_k_and_rounds_and_turns_cfg_off(server):
+    _, demo = server
+    assert demo_app.profile_fields("paper", demo.layout.arch)[:2] == (3, 5)
+    settings = demo.search_settings("paper", ["a red circle"], 1, 3, 5, 2)
+    assert (settings.guidance_scale, settings.validation, settings.early_stop) == (0.0, 0.0, False)
+    about = demo_app.profile_text(settings)
+    assert "Profile **paper**" in about and "CFG off" in about and "every round is adopted" in about
+
+
+def test_search_progress_is_reported_while_it_runs(server):
+    """The generator yields the progress about twice a second: the phase, images made of planned, the step."""
+    _, demo = server
+    outputs = list(demo.search("saturation", "a red circle", 2, 1, 1, 2, True, progress=None))
+    running = [o[-1] for o in outputs[:-1]]
+    assert any(re.search(r"Head map: .* \d+ of \d+ images made .* step \d of 2", s) for s in running), running
+    assert outputs[-1][-1].startswith("Done in")
+
+
+def test_stop_ends_a_search_at_its_next_step_and_says_so(server):
+    _, demo = server
+    search = demo.search("saturation", "a red circle", 2, 1, 1, 2, True, progress=None)
+    first = next(search)
+    demo.stop_search(None)
+    *_, last = search
+    assert last[-1].startswith("Stopped after") and "Stopped" not in first[-1]
+    assert last[2] is None  # no preset from a stopped search
+
+
+def test_a_round_whose_guard_failed_says_why(server, tmp_path):
+    """An absolute guard no image can pass: every score is -inf; the report says what the guard averaged and the
+    limit it missed, and the head map marks the failed heads grey with a cross (not "hurts most", blue)."""
+    from guidance.objectives import Constrained, get_objective
+
+    _, demo = server
+    objective = Constrained(get_objective("saturation"), get_objective("brightness"), min_score=2.0)
+    settings = demo.search_settings("ours", ["a red circle"], 2, 1, 1, 2)
+    run = tools.SearchRun(demo.search_pipe, objective, settings, True, tmp_path, 0.5, threading.Event())
+    run.run()
+    assert run.state == "done", run.error
+    report = "\n".join(run.report)
+    assert "Round 1: added" in report and "-inf (guard failed)" in report
+    assert "not adopted: the guard objective failed" in report
+    assert re.search(
+        r"Guard: the guard brightness averaged 0\.\d+ on the search pairs, below its limit 2 ", report
+    )
+    assert "grey with a cross" in report
+    image = Image.open(run.head_map).convert("RGB")
+    assert image.getpixel((36 + 1, 48 + 1)) == tools.GUARD_FAILED  # L0H0's cell
+    assert image.getpixel((36 + 11, 48 + 11)) == (0, 0, 0)  # its cross
+
+
 def test_a_round_that_does_not_beat_the_best_earlier_one_is_not_adopted():
     history = [
         {"round": 0, "added": ["L0H1"], "selected": [(0, 1)], "score": 0.6},
         {"round": 1, "added": ["L1H0"], "selected": [(0, 1), (1, 0)], "score": 0.55},
         {"round": 2, "added": ["L2H0"], "selected": [(0, 1), (1, 0), (2, 0)], "score": 0.7, "adopted": False},
     ]
-    lines, selected = demo_app.search_rounds(history, baseline=0.5)
+    lines, selected = tools.search_rounds(history, baseline=0.5)
     assert selected == [(0, 1)]
-    assert lines[0].startswith("Round 1") and "(adopted)" in lines[0]
+    assert lines[0].startswith("Round 1") and lines[0].endswith("; adopted")
     assert "not adopted" in lines[1] and "not adopted" in lines[2]
-    assert demo_app.search_rounds(history[:1], baseline=0.9)[1] == []
+    assert tools.search_rounds(history[:1], baseline=0.9)[1] == []
 
 
-def test_head_map_has_a_symmetric_colour_bar_and_a_title(tmp_path):
-    scores = {(0, 0): 0.5, (0, 1): 0.7, (1, 0): 0.4, (1, 1): 0.5}
-    path = demo_app.head_map_png(scores, 0.5, "saturation", tmp_path / "map.png")
+def test_head_map_has_a_symmetric_colour_bar_a_title_and_a_legend(tmp_path):
+    scores = {(0, 0): 0.5, (0, 1): 0.7, (1, 0): 0.4, (1, 1): float("-inf")}
+    path = tools.head_map_png(scores, 0.5, "saturation", tmp_path / "map.png")
     image = Image.open(path).convert("RGB")
     bar_x, top, height = 36 + 2 * 22 + 24 + 8, 48, 120
     assert image.getpixel((bar_x, top)) == (255, 0, 0)  # +span: red
     assert image.getpixel((bar_x, top + height - 1)) == (0, 0, 255)  # -span: blue
     assert image.getpixel((bar_x, top + height // 2))[1] > 250  # 0: white
     assert image.getpixel((36 + 22 + 5, 48 + 5)) == (255, 0, 0)  # L0H1 is the largest gain
+    assert image.getpixel((36 + 22 + 1, 48 + 22 + 1)) == tools.GUARD_FAILED  # L1H1 failed its guard: grey
     assert min(image.crop((0, 0, image.width, 30)).convert("L").getdata()) < 100  # a title is drawn
+    legend = image.crop((0, top + height + 28, image.width, image.height))
+    assert {(255, 0, 0), (0, 0, 255), tools.GUARD_FAILED} <= set(legend.getdata())  # its swatches
 
 
-def test_toy_vocabulary_and_examples_come_from_the_model_folder():
-    words = demo_app.vocabulary(ROOT / "assets" / "toy-sd3")
-    assert {"red", "circle", "square", "left", "top", "small", "outlined"} <= set(words)
-    assert not {"ack", "ellow", "quare"} & set(words)  # pieces of words are not listed
-    examples = demo_app.examples_for(words)
-    assert examples and all(set(e.replace(",", "").split()) <= set(words) | {"a"} for e in examples)
-    assert demo_app.examples_for([]) == list(demo_app.EXAMPLE_PROMPTS)
+def test_the_generate_tab_head_map_has_a_legend(server):
+    _, demo = server
+    image = Image.open(demo.heads_map("L0H1=0.5; style: L1H0")).convert("RGB")
+    left, top, cell = 40, 30, 18
+    first, style = tools.GROUP_COLOURS[:2]
+    assert image.getpixel((left + cell + 5, top + 5)) not in ((255, 255, 255), first)  # L0H1: paler, u = 0.5
+    assert image.getpixel((left + 5, top + cell + 5)) == style  # L1H0 at u = 1
+    assert image.getpixel((left + 5, top + 5)) == (255, 255, 255)  # untouched
+    legend = set(image.crop((0, top + 4 * cell + 24, image.width, image.height)).getdata())
+    assert {first, style} <= legend  # one swatch per group
+    assert demo.heads_map("L9H9") is None  # unreadable while typing: no map, no error
+
+
+def test_head_settings_without_heads_are_not_silently_ignored(client):
+    note = client.predict(
+        "a red circle", heads="", pag_scale=4, pag_start=0.2, steps=1, api_name="/generate"
+    )[3]
+    assert "no heads selected" in note
+    assert "No heads are chosen, so Head guidance w = 4, Start = 0.2 have no effect" in note
+    note = client.predict("a red circle", heads="", steps=1, api_name="/generate")[3]
+    assert "No heads are chosen" not in note  # all at their defaults: nothing to say
+
+
+def test_stop_is_shown_as_stopped_not_as_an_error(server):
+    _, demo = server
+    outputs = demo.generate(
+        "a red circle", seed=1, steps=3, heads="L0H0", progress=lambda *a, **k: demo.stop(None)
+    )
+    assert outputs[3].startswith("**Stopped**") and "nothing made" in outputs[3]
+    again = demo.generate("a red circle", seed=1, steps=1, heads="L0H0", progress=None)
+    assert "seed 1 · heads L0H0" in again[3]  # the next run is not stopped
+
+
+def test_the_comparison_opens_on_the_guided_image(server):
+    _, demo = server
+    app = demo_app.build_app(demo)
+    slider = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "comparison")
+    assert slider.slider_position == 100  # the whole guided image, not a half-and-half composite
+
+
+def test_toy_vocabulary_counts_a_and_every_example_shown_works():
+    """The one-letter word "a" is in the vocabulary, so all six examples are shown; each names objects the toy
+    world draws (its colours and shapes: white is a background there, never an object)."""
+    from toyworld.scenes import COLORS, SHAPES, parse_caption
+
+    words = tools.vocabulary(ROOT / "assets" / "toy-sd3")
+    assert {"a", "red", "circle", "square", "left", "top", "small", "outlined"} <= set(words)
+    assert not {"ack", "ellow", "quare", "b", "x"} & set(words)  # pieces and other letters are not words
+    examples = tools.examples_for(words)
+    assert examples == list(tools.EXAMPLE_PROMPTS) and len(examples) == 6
+    for example in examples:
+        assert not tools.unknown_words(example, words), example
+        scene = parse_caption(example)
+        assert all(o.color in COLORS and o.shape in SHAPES for o in scene.objects), example
+    assert tools.examples_for([]) == list(tools.EXAMPLE_PROMPTS)
+    assert tools.unknown_words("an orange star", words) == ["orange", "star"]
+
+
+def test_an_unknown_word_is_named_before_the_image_is_looked_at(server):
+    _, demo = server
+    demo.words, words = tools.vocabulary(ROOT / "assets" / "toy-sd3"), demo.words
+    try:
+        note = demo.generate("an orange star", seed=1, steps=1, progress=None)[3]
+    finally:
+        demo.words = words
+    assert "⚠ Prompt: orange, star are not in this model's vocabulary" in note
 
 
 def _fake_pipe(patch=2, table=16, vae=8, sample=8):
@@ -180,24 +297,24 @@ def _fake_pipe(patch=2, table=16, vae=8, sample=8):
 
 
 def test_sizes_follow_the_model():
-    toy = demo_app.model_sizes(_fake_pipe(), {"height": 64, "width": 64}, 1024)
+    toy = tools.model_sizes(_fake_pipe(), {"height": 64, "width": 64}, 1024)
     assert toy.check("Width", 64, 64) == 64
     with pytest.raises(
-        demo_app.gr.Error, match="Height: 128 is not allowed; this toy model makes 64x64 images only"
+        tools.DemoInputError, match="Height: 128 is not allowed; this toy model makes 64x64 images only"
     ):
         toy.check("Height", 128, 64)
-    real = demo_app.model_sizes(_fake_pipe(table=192), {}, 4096)
+    real = tools.model_sizes(_fake_pipe(table=192), {}, 4096)
     assert (real.high, real.multiple, real.native) == (192 * 2 * 8, 16, (64, 64))
     with pytest.raises(
-        demo_app.gr.Error, match="Width: 3088 is not allowed; use a multiple of 16 from 16 to 3072"
+        tools.DemoInputError, match="Width: 3088 is not allowed; use a multiple of 16 from 16 to 3072"
     ):
         real.check("Width", 3088, 64)
 
 
 def test_display_name_never_shows_an_absolute_path(tmp_path):
-    assert demo_app.display_name(ROOT / "assets" / "toy-sd3") == "assets/toy-sd3"
-    assert demo_app.display_name(tmp_path / "my-model") == "my-model"
-    assert demo_app.display_name("stabilityai/stable-diffusion-3-medium-diffusers").startswith("stabilityai/")
+    assert tools.display_name(ROOT / "assets" / "toy-sd3") == "assets/toy-sd3"
+    assert tools.display_name(tmp_path / "my-model") == "my-model"
+    assert tools.display_name("stabilityai/stable-diffusion-3-medium-diffusers").startswith("stabilityai/")
 
 
 def test_library_noise_is_dropped_at_its_source():
@@ -234,7 +351,7 @@ def test_a_refused_input_is_one_log_line_without_traceback(client, caplog, capfd
 
 def test_api_endpoints_and_outputs_are_named(client):
     info = client.view_api(print_info=False, return_format="dict")
-    assert set(info["named_endpoints"]) == {"/generate", "/search", "/novel_views"}
+    assert set(info["named_endpoints"]) == {"/generate", "/search", "/structured", "/novel_views"}
     assert not info["unnamed_endpoints"]
     for endpoint in info["named_endpoints"].values():
         assert all(r["label"] and not r["label"].startswith("value_") for r in endpoint["returns"])
@@ -248,16 +365,47 @@ def test_novel_views_without_weights_say_so(tmp_path):
 
 
 def test_novel_views_with_the_shipped_toy_model(tmp_path):
-    """The tab renders one view per camera and an orbit GIF with the shipped toy UpFusion model."""
-    app = demo_app
-
-    views = app.NovelViews()
+    """The tab renders one view per camera and a turntable with the shipped toy UpFusion model; results are
+    enlarged with nearest neighbour and captioned with their native size; the turntable shown plays (an
+    enlarged, looping GIF) and the native GIF is offered too."""
+    views = demo_app.NovelViews()
     if views.unavailable():
         pytest.skip(views.unavailable())
     image = tmp_path / "front.png"
     Image.new("RGB", (32, 32), "red").save(image)
-    gallery, gif = views.run([str(image)], "views", "90, 0; 180, 10", 12, 15, 2, 2, 0)
-    assert [caption for _, caption in gallery] == ["azimuth 90°, elevation 0°", "azimuth 180°, elevation 10°"]
-    assert gif is None and gallery[0][0].size == (32, 32)
-    gallery, gif = views.run([str(image)], "orbit", "", 3, 15, 2, 2, 0)
-    assert len(gallery) == 3 and Path(gif).is_file()
+    gallery, playing, gif = views.run([str(image)], "views", "90, 0; 180, 10", 12, 15, 2, 2, 0)
+    assert [caption for _, caption in gallery] == [
+        f"azimuth {a}°, elevation {e}° · shown at 16x, native 32x32 px, nearest neighbour"
+        for a, e in ((90, 0), (180, 10))
+    ]
+    assert playing is None and gif is None and gallery[0][0].size == (512, 512)
+    gallery, playing, gif = views.run([str(image)], "orbit", "", 3, 15, 2, 2, 0)
+    assert len(gallery) == 3 and Image.open(gif).size == (32, 32)
+    shown = Image.open(playing)
+    assert (shown.format, shown.n_frames, shown.size, shown.info.get("loop")) == ("GIF", 3, (512, 512), 0)
+
+
+def test_the_toy_object_picker_fills_and_shows_the_input_views():
+    views = demo_app.NovelViews()
+    objects = tools.toy_objects()
+    assert len(objects) == 8 and all(len(o.views) == 6 for o in objects)
+    assert list(views.objects) == [o.label for o in objects]
+    files, shown = views.pick(objects[0].label)
+    assert [Path(f).read_bytes() for f in files] == [v.read_bytes() for v in objects[0].views]
+    assert len(shown) == 6 and shown[0][0].size == (512, 512)
+    assert shown[0][1] == "view 1 (the reference) · shown at 16x, native 32x32 px, nearest neighbour"
+    with pytest.raises(demo_app.InputError, match="Toy object: 'nope' is not one of object-1"):
+        views.pick("nope")
+
+
+def test_an_image_over_the_upload_limit_is_refused_by_number(tmp_path, monkeypatch):
+    monkeypatch.setattr(tools, "MAX_UPLOAD_BYTES", 4096)
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (16, 16), "red").save(small)
+    Image.effect_noise((128, 128), 60).convert("RGB").save(large)
+    with pytest.raises(
+        tools.DemoInputError, match=r"Images: file 2 is [\d.]+ KiB; allowed: at most 4 KiB per image"
+    ):
+        tools.read_views([str(small), str(large)])
+    with pytest.raises(demo_app.InputError, match="Images: file 2 is"):
+        demo_app.NovelViews().run([str(small), str(large)], "views", "90, 0", 2, 15, 1, 2, 0)

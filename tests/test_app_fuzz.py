@@ -144,7 +144,7 @@ def test_the_matrix_has_at_least_30_bad_inputs():
 
 GENERATE_INPUTS = tuple(inspect.signature(demo_app.Demo.generate).parameters)[1:17]  # self, then 16 inputs
 GOOD_GENERATE = dict(prompt="a red circle", seed=0, steps=1, width=32, height=32, guidance_scale=5)
-GOOD_SEARCH = ("saturation", "a red circle", 1, 1, 1, 1, False)
+GOOD_SEARCH = ("saturation", "a red circle", 1, 1, 1, 1, False, "ours", "none")
 GOOD_VIEWS = ([{"path": "{image}", "meta": {"_type": "gradio.FileData"}}], "views", "90, 0", 12, 15, 2, 3, 0)
 HUGE = 10**400  # beyond a float: math.isfinite raised OverflowError
 FILE = {"meta": {"_type": "gradio.FileData"}}  # an upload record's shape, with "path" added
@@ -161,6 +161,12 @@ def generate_data(**changes) -> list:
 
 def search_data(i: int, value) -> list:
     data = list(GOOD_SEARCH)
+    data[i] = value
+    return data
+
+
+def structured_data(i: int, value) -> list:
+    data = ["a red circle and a blue square", "conjunction", 0, 1]
     data[i] = value
     return data
 
@@ -238,6 +244,22 @@ API_CASES = [
     ("head map string", "search", search_data(6, "yes"), "Head map: 'yes' must be true or false"),
     ("head map null", "search", search_data(6, None), "Head map: None must be true or false"),
     ("head map 1", "search", search_data(6, 1), "Head map: 1 must be true or false"),
+    ("profile unknown", "search", search_data(7, "fast"), "Profile: 'fast' is not one of ours, paper"),
+    ("profile null", "search", search_data(7, None), "Profile: None is not one of"),
+    ("guard unknown", "search", search_data(8, "beauty"), "Guard: 'beauty' is not one of none, toy-quality"),
+    ("guard the objective", "search", search_data(8, "saturation"), "Guard: 'saturation' is the objective itself"),
+    ("too few search inputs", "search", list(GOOD_SEARCH)[:7], "/search: give 9 inputs"),
+    ("structured prompt list", "structured", structured_data(0, ["a"]), r"Prompt: \['a'\] is not text"),
+    ("structured prompt blank", "structured", structured_data(0, " "), "Prompt: write a prompt"),
+    ("structured prompt NUL", "structured", structured_data(0, "a\x00"), "Prompt: contains a NUL/control character"),
+    ("structured mode unknown", "structured", structured_data(1, "spin"), "Mode: 'spin' is not one of conjunction, key-value, off"),
+    ("structured mode null", "structured", structured_data(1, None), "Mode: None is not one of conjunction, key-value, off"),
+    ("structured mode None as text", "structured", structured_data(1, "None"), "Mode: 'None' is not one of"),
+    ("structured seed string", "structured", structured_data(2, "1"), "Seed: '1' is not allowed"),
+    ("structured seed -2", "structured", structured_data(2, -2), "Seed: -2 is not allowed"),
+    ("structured steps 0", "structured", structured_data(3, 0), "Steps: 0 is not allowed; use a whole number from 1 to 4"),
+    ("structured steps 10**400", "structured", structured_data(3, HUGE), "Steps: 1000.* is not allowed"),
+    ("too few structured inputs", "structured", structured_data(0, "a")[:2], "/structured: give 4 inputs"),
     ("images: a path never uploaded", "novel_views", views_data(0, [file("{outside}")]), "Images: file 1 .* was not uploaded to this demo"),
     ("images: /etc/passwd", "novel_views", views_data(0, [file("/etc/passwd")]), "Images: file 1 .* was not uploaded to this demo"),
     ("images: a bare path", "novel_views", views_data(0, ["/etc/passwd"]), "Images: file 1 .* is not an uploaded file"),
