@@ -929,15 +929,13 @@ class StructuredPrompts:
                 files.append(str(path))
         shown = shown_at(plain.size)
         factor = enlargement(plain.size)
-        note = f"seed {seed} · {steps} steps · {shown}\n\n{structured_effect(self.model)}"
+        what = f"structured: {mode}" if mode else "structured: off, only the plain image is made"
+        note = f"seed {seed} · {steps} steps · {what} · {shown}\n\n{structured_effect(self.model)}"
         unknown = unknown_words(prompt, self.words)
         if unknown:
             gr.Warning(f"Prompt: {', '.join(unknown)} not in this model's vocabulary")
             note += f"\n\n⚠ Prompt: {', '.join(unknown)} not in this model's vocabulary."
-        structured_image = gr.Image(
-            value=enlarge(made, factor) if made is not None else None,
-            label=f"Structured ({mode})" if mode else "Structured: off (only the plain image is made)",
-        )
+        structured_image = enlarge(made, factor) if made is not None else None
         return phrases_markdown(phrases, mode), structured_image, enlarge(plain, factor), note, files
 
 
@@ -1406,7 +1404,12 @@ def _structured_tab(structured: StructuredPrompts) -> None:
         with gr.Column():
             phrases = gr.Markdown(label="Noun phrases", elem_id="structured-phrases", min_height=40)
     with gr.Row():
-        made = gr.Image(label="Structured", type="pil", format="png", elem_id="structured-image")
+        made = gr.Image(
+            label="Structured (the mode chosen; empty when off)",
+            type="pil",
+            format="png",
+            elem_id="structured-image",
+        )
         plain = gr.Image(
             label="Plain (same seed, structured off)", type="pil", format="png", elem_id="plain-image"
         )
