@@ -22,6 +22,21 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 
 @dataclass(frozen=True)
+class CondRows:
+    """Where a pipeline's cond rows sit in a denoiser batch of B rows: with its CFG on, the `half` ("last":
+    [uncond, cond]; "first": [cond, uncond]); with CFG off, or `half` None (the uncond prediction is a separate
+    denoiser call after the cond one, or there is none), every row."""
+
+    half: str | None = "last"
+
+    def of(self, rows: int, cfg: bool) -> slice:
+        """The cond rows among `rows`, `cfg` telling whether the pipeline's CFG is on."""
+        if self.half is None or not cfg:
+            return slice(0, rows)
+        return slice(rows // 2, rows) if self.half == "last" else slice(0, rows // 2)
+
+
+@dataclass(frozen=True)
 class RowLayout:
     """Where the cond rows sit among the pipeline's B rows, and how many perturbed copies follow them."""
 
@@ -56,9 +71,12 @@ class RowLayout:
 
 
 def expand_rows(value, layout: RowLayout):
-    """Every tensor (or dict of tensors) whose first dimension is B, as (B + G*C, ...); anything else unchanged."""
+    """Every tensor whose first dimension is B and every per-sample list of B items (also inside dicts), as
+    (B + G*C, ...); anything else unchanged."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == layout.rows:
         return value.index_select(0, layout.index.to(value.device))
+    if isinstance(value, list) and len(value) == layout.rows:
+        return [value[i] for i in layout.index.tolist()]
     if isinstance(value, dict):
         return {k: expand_rows(v, layout) for k, v in value.items()}
     return value
@@ -120,6 +138,12 @@ class Rescale:
     factor: float
     # pure output (B, ...) -> (the parent's CFG combination (C, ...), the cond prediction (C, ...))
     parts: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def cfg_parts(pure: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the CFG combination, the cond prediction) of a pure [uncond, cond] output: what SD / SDXL rescale."""
+    uncond, cond = pure.chunk(2)
+    return uncond + guidance_scale * (cond - uncond), cond
 
 
 def fold_guidance(

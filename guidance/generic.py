@@ -13,8 +13,9 @@ Nothing global is patched: other modules, other threads and other calls see the 
 Support is checked, never assumed: a processor whose `__call__` names neither function is refused with its class
 name, and a perturbed module whose forward made no intercepted call raises instead of returning unperturbed rows.
 
-Layer numbering (`FAMILIES`): one global index over the model's block lists in order, as the paper numbers FLUX.1
-(double-stream blocks first, then single-stream ones). `attn` is a block's main attention, `attn2` a second one.
+Layer numbering and token orders come from `guidance.layouts.FAMILIES`, the same as the hand-written fast paths
+(`guidance.adapters.heads_layout` chooses between them). Every batch-sized input of the denoiser grows with the
+perturbed rows; there is no shared prefix.
 """
 
 from __future__ import annotations
@@ -30,99 +31,31 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from guidance.batch_rows import RowLayout
 from guidance.config import SoftPAGError
-from guidance.layouts import AttentionSite, ModelLayout
-from guidance.perturbation import (
-    SoftPAG,
-    _SoftPAGCall,
-)
-from guidance.processors import PerturbationState, active_state, perturbing
+from guidance.layouts import BatchInputs, ModelLayout, attention_sites, family_of
+from guidance.processors import PLAIN, PerturbationState, active_state, perturbing
 from guidance.softpag import softpag_attention
 from guidance.swap import swapped_processors
 
-__all__ = [
-    "FAMILIES", "Family", "GenericAttnProcessor", "GenericLayout", "GenericSoftPAG", "expand_batch",
-    "generic_layout", "intercepted_calls",
-]  # fmt: skip
-
-# ---------------------------------------------------------------------------------------------------------
-# Families: block lists, attention names, token order
-# ---------------------------------------------------------------------------------------------------------
-
-# How a site's tokens are ordered, for the "image" identity (the image->image block set to the diagonal):
-#   "image-text": [image, text] joint attention (SD3); "text-image": [text, image] (FLUX.1/.2, Chroma, Qwen-Image);
-#   "single": the already concatenated [text, image] sequence of a single-stream block (text length from the
-#   denoiser's `encoder_hidden_states`); "image": image tokens only (Wan self-attention, SD3.5's attn2);
-#   None: unknown per-row order (Z-Image's padded unified sequence): only the "joint" identity.
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where a transformer family keeps its heads: [(block list, {notation: (module attribute, token order)})]."""
-
-    name: str
-    blocks: tuple[tuple[str, tuple[tuple[str, str, str | None], ...]], ...]
-    unbatched: tuple[str, ...] = ()  # inputs never expanded (e.g. FLUX.1's (tokens, 3) position ids)
-
-
-_DOUBLE_SINGLE = (
-    ("transformer_blocks", (("attn", "attn", "text-image"),)),
-    ("single_transformer_blocks", (("attn", "attn", "single"),)),
-)
-
-# Transformer class name -> family. Layer i is the i-th block over the listed block lists, in order.
-FAMILIES: dict[str, Family] = {
-    "SD3Transformer2DModel": Family(
-        "sd3", (("transformer_blocks", (("attn", "attn", "image-text"), ("attn2", "attn2", "image"))),)
-    ),
-    "FluxTransformer2DModel": Family("flux", _DOUBLE_SINGLE, unbatched=("txt_ids", "img_ids")),
-    "Flux2Transformer2DModel": Family("flux2", _DOUBLE_SINGLE),
-    "ChromaTransformer2DModel": Family("chroma", _DOUBLE_SINGLE, unbatched=("txt_ids", "img_ids")),
-    "QwenImageTransformer2DModel": Family(
-        "qwenimage", (("transformer_blocks", (("attn", "attn", "text-image"),)),)
-    ),
-    "ZImageTransformer2DModel": Family("zimage", (("layers", (("attn", "attention", None),)),)),
-    "WanTransformer3DModel": Family("wan", (("blocks", (("attn", "attn1", "image"),)),)),
-}
+__all__ = ["GenericAttnProcessor", "generic_layout", "intercepted_calls"]
 
 # Names under which a processor's `__call__` reaches the attention kernels.
 _DISPATCH, _SDPA = "dispatch_attention_fn", "scaled_dot_product_attention"
 
 
-@dataclass(frozen=True)
-class GenericLayout(ModelLayout):
-    """A `ModelLayout` for the generic adapter: also the family, each site's token order and the processor class
-    names it wraps (what `swapped_processors` may replace)."""
-
-    family: Family | None = None
-    orders: tuple[tuple[str, str | None], ...] = ()
-    replaceable: tuple[str, ...] = ()
-
-
-def generic_layout(denoiser: torch.nn.Module) -> GenericLayout:
-    """The generic layout of a transformer of a known family whose processors call an interceptable function."""
-    family = FAMILIES.get(type(denoiser).__name__)
+def generic_layout(denoiser: torch.nn.Module) -> ModelLayout:
+    """The generic layout of a transformer of a known family (`guidance.layouts.FAMILIES`) whose processors call an
+    interceptable function: every batch-sized input grows, no shared prefix."""
+    family = family_of(denoiser)
     if family is None:
-        raise TypeError(
-            f"SoftPAG has no layout for {type(denoiser).__name__}; generic support covers {sorted(FAMILIES)}"
-        )
-    sites: dict[tuple[int, str], AttentionSite] = {}
-    blocks, orders, classes = [], [], {"GenericAttnProcessor"}
-    for list_name, attentions in family.blocks:
-        for i in range(len(getattr(denoiser, list_name))):
-            block, layer = f"{list_name}.{i}", len(blocks)
-            blocks.append(block)
-            for notation, attribute, order in attentions:
-                module = getattr(denoiser.get_submodule(block), attribute, None)
-                if module is None:
-                    continue
-                name = f"{block}.{attribute}"
-                classes.add(_check_interceptable(name, module.processor))
-                sites[layer, notation] = AttentionSite(name, layer, notation, module.heads)
-                orders.append((name, order))
-    factory = functools.partial(GenericAttnProcessor.around, denoiser, dict(orders))
-    return GenericLayout(family.name, sites, (), factory, family, tuple(orders), tuple(sorted(classes)))
+        raise TypeError(f"SoftPAG has no generic layout for {type(denoiser).__name__} (a UNet)")
+    arch, sites, _, orders = attention_sites(denoiser)
+    classes = {"GenericAttnProcessor"}
+    for site in sites.values():
+        classes.add(_check_interceptable(site.name, denoiser.get_submodule(site.name).processor))
+    factory = functools.partial(GenericAttnProcessor.around, denoiser, orders)
+    inputs = BatchInputs(unbatched=family.unbatched)
+    return ModelLayout(arch, sites, (), factory, tuple(sorted(classes)), inputs, orders)
 
 
 def _check_interceptable(name: str, processor) -> str:
@@ -154,7 +87,6 @@ class _Site:
 
 
 _SITE: ContextVar[_Site | None] = ContextVar("softpag_generic_site", default=None)
-_PLAIN = PerturbationState()
 _COUNTS: ContextVar[dict[str, int] | None] = ContextVar("softpag_generic_counts", default=None)
 
 
@@ -179,7 +111,7 @@ def _perturbed(query, key, value, mask, attend: Callable, heads_dim: int) -> tor
     if site is None:  # a call from outside a wrapped processor (never from its own `__call__`)
         return attend(query, key, value, mask)
     site.calls += 1
-    state = active_state() or _PLAIN
+    state = active_state() or PLAIN
     u = state.strength(site.name, query.shape[0])
     if u is None or not bool(u.any()):
         return attend(query, key, value, mask)
@@ -298,10 +230,10 @@ class GenericAttnProcessor:
         context = bound.get("encoder_hidden_states")
         if isinstance(context, torch.Tensor):
             return context.shape[1]
-        return (active_state() or _PLAIN).text_tokens if self.order == "single" else None
+        return (active_state() or PLAIN).text_tokens if self.order == "single" else None
 
     def __call__(self, attn, *args, **kwargs):
-        state = active_state() or _PLAIN
+        state = active_state() or PLAIN
         text = (
             self._text_tokens(attn, args, kwargs) if state.identity == "image" else None
         )  # only "image" needs it
@@ -340,47 +272,3 @@ def intercepted_calls(denoiser: torch.nn.Module, forward: Callable[[], object]) 
     if silent:
         raise SoftPAGError(f"{type(denoiser).__name__}: no intercepted attention call in {silent}")
     return counts
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One call: rows and hooks (stands in for the lead's hooks in guidance.perturbation until they land)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def expand_batch(value, layout: RowLayout, rows: int):
-    """Every tensor or list whose first dimension is the batch (B rows) as (B + G*C, ...), also inside dicts."""
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
-        return value.index_select(0, layout.index.to(value.device))
-    if isinstance(value, list) and len(value) == rows:
-        return [value[i] for i in layout.index.tolist()]
-    if isinstance(value, dict):
-        return {k: expand_batch(v, layout, rows) for k, v in value.items()}
-    return value
-
-
-class _GenericCall(_SoftPAGCall):
-    """`_SoftPAGCall` for the generic layout: every batch-sized input grows (tensors and per-sample lists)."""
-
-    def _batch(self, inputs: dict) -> tuple[int, torch.device]:
-        first = next(iter(inputs.values()))
-        return len(first), (first[0] if isinstance(first, list) else first).device
-
-    def _expand(self, inputs: dict, layout: RowLayout) -> None:
-        skip = self.pag.layout.family.unbatched
-        for name, value in inputs.items():
-            if name not in skip:
-                inputs[name] = expand_batch(value, layout, layout.rows)
-        self._publish_text_tokens(inputs)
-
-    def _publish_text_tokens(self, inputs: dict) -> None:
-        context = inputs.get("encoder_hidden_states")
-        self.state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
-
-
-class GenericSoftPAG(SoftPAG):
-    """SoftPAG on a `GenericLayout`: no shared prefix; every batch-sized input of the denoiser grows."""
-
-    call_class = _GenericCall
-
-    def _layout_of(self, denoiser: torch.nn.Module) -> GenericLayout:
-        return generic_layout(denoiser)

@@ -2,9 +2,9 @@
 
 The modular denoise loops run one denoiser call per prediction the guider asks for (`prepare_inputs`), calling
 `prepare_models` before and `cleanup_models` after each. This guider asks for [cond, uncond, perturbed cond] (CFG
-on) or [cond, perturbed cond] (CFG off); for the perturbed call it wraps the chosen heads' attention modules with the
-generic adapter (`guidance.generic`), so the perturbation happens at the model's own attention call whatever
-attention backend is set. diffusers' `PerturbedAttentionGuidance` intercepts only PyTorch's SDPA and silently
+on) or [cond, perturbed cond] (CFG off); for the perturbed call it puts the adapter's SoftPAG processor
+(`guidance.adapters`) on the chosen heads' attention modules: a fast path, or the generic interceptor, which perturbs
+the model's own attention call whatever attention backend is set. diffusers' `PerturbedAttentionGuidance` intercepts only PyTorch's SDPA and silently
 perturbs nothing under other backends (tests/test_guider.py shows it).
 
 Combination (the paper's): eps = eps_u + w_cfg (eps_c - eps_u) + w_pag (eps_c - eps_p); CFG off:
@@ -25,7 +25,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 
 from guidance.config import SoftPAGConfig, SoftPAGError
-from guidance.generic import GenericSoftPAG
+from guidance.perturbation import SoftPAG
 from guidance.processors import PerturbationState, perturbing
 from guidance.swap import swapped_processors
 
@@ -78,7 +78,7 @@ class SoftPAGGuidance(BaseGuidance):
             if self.softpag.branch == "uncond":
                 self._check_uncond_branch()
         self._stack: ExitStack | None = None
-        self._resolved: tuple[int, GenericSoftPAG] | None = None
+        self._resolved: tuple[int, SoftPAG] | None = None
         self._last_delta: torch.Tensor | None = None  # the last w_pag (eps_c - eps_p), reused by pag_every
 
     def _check_uncond_branch(self) -> None:
@@ -164,10 +164,10 @@ class SoftPAGGuidance(BaseGuidance):
 
     # -- the perturbed call -------------------------------------------------------------------------------
 
-    def _perturbation(self, denoiser: torch.nn.Module) -> GenericSoftPAG:
+    def _perturbation(self, denoiser: torch.nn.Module) -> SoftPAG:
         """The config resolved against `denoiser` (cached per denoiser)."""
         if self._resolved is None or self._resolved[0] != id(denoiser):
-            softpag = GenericSoftPAG(denoiser, self.softpag)
+            softpag = SoftPAG(denoiser, self.softpag)
             if len(softpag.group_strengths) != 1:
                 raise SoftPAGError(
                     "SoftPAGGuidance takes one head group: pass pag_heads without 'name: ...;' groups"

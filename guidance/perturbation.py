@@ -20,6 +20,7 @@ Flow of a denoiser call while `SoftPAG.applied(...)` is active (pieces in `guida
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,9 +29,12 @@ from contextvars import ContextVar
 
 import torch
 
+from guidance.adapters import heads_layout
 from guidance.batch_rows import (
+    CondRows,
     Rescale,
     RowLayout,
+    cfg_parts,
     expand_rows,
     fold_guidance,
     row_strengths,
@@ -39,26 +43,9 @@ from guidance.batch_rows import (
 )
 from guidance.config import SoftPAGConfig, SoftPAGError
 from guidance.heads import HeadSelection
-from guidance.layouts import REPLACEABLE, ModelLayout, layout_of
+from guidance.layouts import ModelLayout
 from guidance.processors import PerturbationState, perturbing
 from guidance.swap import StepWindow, shared_hooks, swapped_processors
-
-# Inputs that carry one row per batch item, by architecture: those that feed the time embedding, and the streams.
-TEMB_INPUTS = {
-    "sd3": ("timestep", "pooled_projections"),
-    "flux": ("timestep", "pooled_projections", "guidance"),
-}
-STREAM_INPUTS = ("hidden_states", "encoder_hidden_states")
-UNET_INPUTS = (
-    "sample",
-    "timestep",
-    "encoder_hidden_states",
-    "timestep_cond",
-    "added_cond_kwargs",
-    "class_labels",
-)
-
-CondRows = Callable[[int], slice]  # batch size B -> the cond rows among them
 
 
 class SoftPAG:
@@ -70,25 +57,22 @@ class SoftPAG:
         config: SoftPAGConfig,
         model_name: str | None = None,
         to_prediction: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generic: bool = False,
     ):
         """model_name: the loaded model's name (a preset found on another model warns). to_prediction: maps the
-        PAG term from the denoiser's output to what the pipeline hands `scheduler.step` (None: the same)."""
+        PAG term from the denoiser's output to what the pipeline hands `scheduler.step` (None: the same).
+        generic: the generic interceptor even where the adapter has a fast path (`guidance.adapters`)."""
         self.denoiser, self.config, self.model_name = denoiser, config, model_name
         self.to_prediction = to_prediction or (lambda delta: delta)
-        self.layout: ModelLayout = self._layout_of(denoiser)
+        self.layout: ModelLayout = heads_layout(denoiser, generic)
         if config.heads_per_image is not None:
             self._per_image(config.heads_per_image)
         else:
             self._groups(HeadSelection.parse(config.heads, "pag_heads"))
         self.modules = sorted({name for table in self.group_strengths for name in table})
+        self.heads = {name: self.layout.heads_of(name) for name in self.modules}
         shared = config.shared_prefix and self.layout.blocks and config.branch == "cond"
         self.split_block = min(self.layers) if shared else None
-
-    call_class: type = None  # the per-call hooks' class (`_SoftPAGCall`, set below)
-
-    def _layout_of(self, denoiser: torch.nn.Module) -> ModelLayout:
-        """The denoiser's hand-written layout (the generic adapter overrides this)."""
-        return layout_of(denoiser)
 
     def _strengths(self, selection: HeadSelection, parameter: str) -> dict[str, torch.Tensor]:
         """{module name: strengths (heads,)} of all entries of a selection, checked against the model."""
@@ -151,20 +135,17 @@ class SoftPAG:
         self.images = len(tables)
 
     @contextmanager
-    def applied(
-        self, pipe, cond_rows: CondRows, rescale: Callable[[], Rescale | None] | None = None
-    ) -> Iterator[PerturbationState]:
+    def applied(self, pipe, cond_rows: CondRows, rescales: bool = False) -> Iterator[PerturbationState]:
         """Install processors and hooks for one pipeline call; restore everything afterwards, also on errors.
 
-        cond_rows: where the cond rows sit in a denoiser batch of B rows. rescale: asked at each step how the
-        parent rescales its guided prediction (None: it does not)."""
-        call = self.call_class(self, pipe.scheduler, cond_rows, rescale)
+        cond_rows: where the cond rows sit in a denoiser batch. rescales: the parent rescales its guided
+        prediction by its `guidance_rescale` (SD, SDXL)."""
+        call = _SoftPAGCall(self, pipe, cond_rows, rescales)
         processors = {name: self.layout.processor(name) for name in self.modules}
         denoiser, blocks = self.denoiser, self.layout.blocks
-        replaceable = getattr(self.layout, "replaceable", ()) or REPLACEABLE[self.layout.arch]
         with ExitStack() as stack:
             stack.enter_context(
-                swapped_processors(denoiser, processors, replaceable, "pag_heads", SoftPAGError)
+                swapped_processors(denoiser, processors, self.layout.replaceable, "pag_heads", SoftPAGError)
             )
             stack.enter_context(shared_hooks(denoiser, "softpag", lambda: _register_denoiser_hooks(denoiser)))
             if blocks:
@@ -209,13 +190,11 @@ class _SoftPAGCall:
     cond one (FLUX.1 and Qwen-Image true CFG, Chroma, Wan), that whole call. A step that should perturb an uncond
     prediction and got none (CFG off) raises."""
 
-    def __init__(
-        self, pag: SoftPAG, scheduler, cond_rows: CondRows, rescale: Callable[[], Rescale | None] | None
-    ):
-        self.pag, self.cond_rows, self.rescale = pag, cond_rows, rescale
+    def __init__(self, pag: SoftPAG, pipe, cond_rows: CondRows, rescales: bool):
+        self.pag, self.pipe, self.cond_rows, self.rescales = pag, pipe, cond_rows, rescales
         self.state = PerturbationState(pag.config.identity)
         self.signature = inspect.signature(pag.denoiser.forward)
-        self.window = StepWindow(scheduler, pag.config.start, pag.config.stop)
+        self.window = StepWindow(pipe.scheduler, pag.config.start, pag.config.stop)
         self.first_of_step = True
         self.in_window = 0  # main evaluations inside the window so far (pag_every counts these)
         self.mode: str | None = None  # the running denoiser call: "expand", "reuse", "uncond" or None (plain)
@@ -266,31 +245,34 @@ class _SoftPAGCall:
         return bound.args, bound.kwargs
 
     def _batch(self, inputs: dict) -> tuple[int, torch.device]:
-        """B and the device, from the denoiser's first stream input."""
-        first = inputs["sample" if self.pag.layout.arch == "unet" else "hidden_states"]
-        return first.shape[0], first.device
+        """B and the device, from the input that counts the batch (a per-sample list: its first tensor's)."""
+        name = self.pag.layout.inputs.rows
+        first = inputs[name] if name else next(iter(inputs.values()))
+        return len(first), (first[0] if isinstance(first, list) else first).device
+
+    def _cond(self, rows: int) -> slice:
+        """The cond rows of this denoiser batch (the pipeline's CFG read now: a callback may turn it off)."""
+        cfg = self.cond_rows.half is not None and self.pipe.do_classifier_free_guidance
+        return self.cond_rows.of(rows, cfg)
 
     def _row_layout(self, rows: int, device: torch.device) -> RowLayout:
         """The call's row layout; publishes each perturbed module's strengths (built once per batch shape)."""
-        layout = RowLayout.of(rows, self.cond_rows(rows), len(self.pag.group_strengths))
+        layout = RowLayout.of(rows, self._cond(rows), len(self.pag.group_strengths))
         if self.pag.images is not None and self.pag.images != layout.size:
             raise SoftPAGError(
                 f"pag_heads_per_image has {self.pag.images} selections but the call generates {layout.size} images"
             )
         if self.built_for != (rows, layout.size):  # the same every step of a call: build once, on the device
-            self.strengths = strength_table(layout, self.pag.group_strengths, self._heads(), device)
+            self.strengths = strength_table(layout, self.pag.group_strengths, self.pag.heads, device)
             self.built_for = (rows, layout.size)
         self.state.strengths = self.strengths
         return layout
-
-    def _heads(self) -> dict[str, int]:
-        return {name: self.pag.layout.heads_of(name) for name in self.pag.modules}
 
     def _perturb_uncond(self, inputs: dict) -> None:
         """pag_branch="uncond" on a main call: perturb its uncond rows, or expect a separate uncond call."""
         rows = self._batch(inputs)[0]
         uncond = torch.ones(rows, dtype=torch.bool)
-        uncond[self.cond_rows(rows)] = False
+        uncond[self._cond(rows)] = False
         if uncond.any():
             self._perturb_rows(inputs, uncond.nonzero().flatten())
         else:
@@ -302,30 +284,30 @@ class _SoftPAGCall:
         key = (rows, tuple(perturbed.tolist()))
         if self.built_for != key:
             (group,) = self.pag.group_strengths
-            self.strengths = row_strengths(rows, perturbed, group, self._heads(), device)
+            self.strengths = row_strengths(rows, perturbed, group, self.pag.heads, device)
             self.built_for = key
         self.state.strengths = self.strengths
         self._publish_text_tokens(inputs)
         self.mode = "uncond"
 
     def _expand(self, inputs: dict, layout: RowLayout) -> None:
-        """Grow the inputs that carry one row per batch item (with a shared prefix, only the time inputs)."""
-        arch = self.pag.layout.arch
-        if arch == "unet":
-            names = UNET_INPUTS
+        """Grow the inputs that carry one row per batch item (with a shared prefix, not the streams)."""
+        spec = self.pag.layout.inputs
+        if spec.grown is None:
+            names = [name for name in inputs if name not in spec.unbatched]
         elif self.pag.split_block is None:
-            names = TEMB_INPUTS[arch] + STREAM_INPUTS
+            names = spec.grown
         else:
-            names = TEMB_INPUTS[arch]
+            names = [name for name in spec.grown if name not in spec.streams]
         for name in names:
             if name in inputs:
                 inputs[name] = expand_rows(inputs[name], layout)
         self._publish_text_tokens(inputs)
 
     def _publish_text_tokens(self, inputs: dict) -> None:
-        """FLUX: the text length of this call, for the "image" identity of single-stream blocks."""
-        if self.pag.layout.arch == "flux" and "encoder_hidden_states" in inputs:
-            self.state.text_tokens = inputs["encoder_hidden_states"].shape[1]
+        """The text length of this call, for the "image" identity of single-stream blocks."""
+        context = inputs.get("encoder_hidden_states")
+        self.state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
 
     def block(self, index: int, kwargs: dict) -> dict:
         """Block pre-hook (shared prefix): blocks before the split see the B rows; the split block expands."""
@@ -335,7 +317,7 @@ class _SoftPAGCall:
         if index < split:
             kwargs["temb"] = kwargs["temb"][: self.layout.rows]
         else:
-            for name in STREAM_INPUTS:
+            for name in self.pag.layout.inputs.streams:
                 kwargs[name] = expand_rows(kwargs[name], self.layout)
         return kwargs
 
@@ -372,10 +354,16 @@ class _SoftPAGCall:
         if self.pending is None:
             return model_output
         (delta, pure), self.pending = self.pending, None
-        return fold_guidance(model_output, delta, pure, self.rescale() if self.rescale else None)
+        return fold_guidance(model_output, delta, pure, self._rescale())
 
-
-SoftPAG.call_class = _SoftPAGCall
+    def _rescale(self) -> Rescale | None:
+        """How the parent rescaled this step's guided prediction (its `guidance_rescale`, read now); None: not."""
+        if not (self.rescales and self.pipe.do_classifier_free_guidance):
+            return None
+        return Rescale(
+            float(self.pipe.guidance_rescale),
+            functools.partial(cfg_parts, guidance_scale=self.pipe.guidance_scale),
+        )
 
 
 def _register_denoiser_hooks(denoiser: torch.nn.Module) -> list:

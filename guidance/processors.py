@@ -81,14 +81,14 @@ class _SoftPAGProcessor:
     @property
     def state(self) -> PerturbationState:
         """The running call's state (an empty one outside a call: plain attention)."""
-        return _ACTIVE.get() or _PLAIN
+        return _ACTIVE.get() or PLAIN
 
     def _strength(self, batch: int, device: torch.device) -> torch.Tensor | None:
         u = self.state.strength(self.name, batch)
         return None if u is None else u.to(device)
 
 
-_PLAIN = PerturbationState()
+PLAIN = PerturbationState()  # outside a SoftPAG call: no module perturbed
 
 
 class SoftPAGJointAttnProcessor(_SoftPAGProcessor):

@@ -1,8 +1,8 @@
-"""SoftPAG pipelines for the newer diffusers families, on the generic attention adapter (`guidance.generic`).
+"""SoftPAG pipelines for the newer diffusers families (the adapter runs them on the generic interceptor).
 
 Imported by `pipelines.headhunter` when `HeadHunterPipeline.from_pretrained` meets a class name it does not know;
 each class registers itself with its diffusers parent's name. Every class keeps the parent's whole `__call__` and
-adds the `pag_*` arguments of `SoftPAGMixin.__call__`. Layer numbering (see `guidance.generic.FAMILIES`):
+adds the `pag_*` arguments of `SoftPAGMixin.__call__`. Layer numbering (see `guidance.layouts.FAMILIES`):
 
 | pipeline | layers | where the cond rows are |
 |---|---|---|
@@ -17,20 +17,21 @@ from __future__ import annotations
 
 from diffusers import ChromaPipeline, Flux2Pipeline, QwenImagePipeline, WanPipeline, ZImagePipeline
 
+from guidance.batch_rows import CondRows
 from guidance.config import SoftPAGError
-from guidance.generic import GenericSoftPAG
-from guidance.perturbation import CondRows
 from pipelines.headhunter import SoftPAGMixin, register_pipeline
 
 
 class GenericSoftPAGMixin(SoftPAGMixin):
-    """`SoftPAGMixin` on the generic adapter: the same `pag_*` arguments, the call run by `GenericSoftPAG`."""
+    """`SoftPAGMixin` for families that run cond and uncond as separate calls, through the generic interceptor (the
+    only path these families have; on SD3 or FLUX.1 it stands in for their fast path, as the speed benchmark
+    measures)."""
 
-    _softpag_class = GenericSoftPAG
+    generic_adapter = True
 
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """Families that run cond and uncond as separate calls, cond first: every row of the main call is cond."""
-        return lambda n: slice(0, n)
+        return CondRows(None)
 
 
 class HeadHunterFlux2Pipeline(GenericSoftPAGMixin, Flux2Pipeline):
@@ -68,7 +69,7 @@ class HeadHunterZImagePipeline(GenericSoftPAGMixin, ZImagePipeline):
 
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """Z-Image batches CFG as [cond, uncond]."""
-        return lambda n: slice(0, n // 2) if self.do_classifier_free_guidance else slice(0, n)
+        return CondRows("first")
 
     def _to_prediction(self):
         """Z-Image hands `scheduler.step` the negated, frame-squeezed output (`noise_pred = -noise_pred`)."""

@@ -25,10 +25,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from guidance.batch_rows import Rescale
+from guidance.batch_rows import CondRows
 from guidance.config import SoftPAGConfig, SoftPAGError, StructuredError, check_call_arguments
 from guidance.heads import shown_path
-from guidance.perturbation import CondRows, SoftPAG
+from guidance.perturbation import SoftPAG
 from guidance.swap import component_lock, denoiser_of, one_call_per_scheduler
 from pipelines.loading import (
     ModelFolderError,
@@ -49,17 +49,12 @@ class SoftPAGMixin:
 
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """Batched CFG pipelines (SD3, SD, SDXL): the batch is [uncond, cond] with CFG on, [cond] otherwise."""
+        return CondRows("last")
 
-        def rows(n: int) -> slice:
-            return slice(n // 2, n) if self.do_classifier_free_guidance else slice(0, n)
-
-        return rows
-
-    _softpag_class = SoftPAG  # the generic adapter's families use GenericSoftPAG
-
-    def _rescale(self) -> Rescale | None:
-        """How the parent rescales its guided prediction (`guidance_rescale`); None where it does not."""
-        return None
+    # The parent rescales its guided prediction by `guidance_rescale` (SD, SDXL), the PAG term folded accordingly.
+    _rescales = False
+    # True: SoftPAG through the generic interceptor even where the adapter has a fast path (`guidance.adapters`).
+    generic_adapter = False
 
     def _to_prediction(self):
         """How the PAG term maps from the denoiser's output to the prediction `scheduler.step` gets (None: same)."""
@@ -197,8 +192,8 @@ class SoftPAGMixin:
         if config.branch == "uncond":
             self._check_uncond_branch(kwargs)
         name = getattr(self, "name_or_path", None)
-        pag = self._softpag_class(denoiser_of(self), config, name, self._to_prediction())
-        with pag.applied(self, self._cond_rows(kwargs), self._rescale):
+        pag = SoftPAG(denoiser_of(self), config, name, self._to_prediction(), self.generic_adapter)
+        with pag.applied(self, self._cond_rows(kwargs), self._rescales):
             return super().__call__(*args, **kwargs)
 
 
@@ -219,20 +214,6 @@ def _parent_parameters(cls: type) -> Mapping[str, inspect.Parameter]:
     return MappingProxyType({})
 
 
-class _RescaleMixin:
-    """SD / SDXL: `guidance_rescale` applies to the whole guided prediction, as in diffusers' PAG pipelines."""
-
-    def _rescale(self) -> Rescale | None:
-        if not self.do_classifier_free_guidance:
-            return None
-
-        def parts(pure):
-            uncond, cond = pure.chunk(2)
-            return uncond + self.guidance_scale * (cond - uncond), cond
-
-        return Rescale(float(self.guidance_rescale), parts)
-
-
 class HeadHunterSD3Pipeline(SoftPAGMixin, StructuredSD3Mixin, StableDiffusion3Pipeline):
     """StableDiffusion3Pipeline (SD3, SD3.5) with SoftPAG (layers index `transformer.transformer_blocks`) and the
     experimental MMDiT port of structured attention."""
@@ -247,17 +228,23 @@ class HeadHunterFluxPipeline(SoftPAGMixin, FluxPipeline):
 
     def _cond_rows(self, call_kwargs: dict) -> CondRows:
         """FLUX runs cond and (true-CFG) uncond as separate calls, cond first: every row of the main call is cond."""
-        return lambda n: slice(0, n)
+        return CondRows(None)
 
     _cfg_argument = "true_cfg_scale"  # `guidance_scale` is FLUX.1's distilled guidance, not CFG
 
 
-class HeadHunterSDPipeline(_RescaleMixin, SoftPAGMixin, StructuredMixin, StableDiffusionPipeline):
-    """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on self-attention and structured cross-attention."""
+class HeadHunterSDPipeline(SoftPAGMixin, StructuredMixin, StableDiffusionPipeline):
+    """StableDiffusionPipeline (SD1.x/2.x) with SoftPAG on self-attention and structured cross-attention;
+    `guidance_rescale` applies to the whole guided prediction, as in diffusers' PAG pipelines."""
+
+    _rescales = True
 
 
-class HeadHunterSDXLPipeline(_RescaleMixin, SoftPAGMixin, StructuredMixin, StableDiffusionXLPipeline):
-    """StableDiffusionXLPipeline with SoftPAG on self-attention and structured cross-attention."""
+class HeadHunterSDXLPipeline(SoftPAGMixin, StructuredMixin, StableDiffusionXLPipeline):
+    """StableDiffusionXLPipeline with SoftPAG on self-attention and structured cross-attention; `guidance_rescale`
+    as in diffusers' PAG pipelines."""
+
+    _rescales = True
 
 
 # model_index.json `_class_name` -> our subclass.

@@ -14,8 +14,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 from guidance.config import SoftPAGError
-from guidance.generic import FAMILIES, generic_layout, intercepted_calls
-from guidance.layouts import REPLACEABLE, layout_of
+from guidance.generic import generic_layout, intercepted_calls
+from guidance.layouts import FAMILIES, layout_of
 from guidance.processors import PerturbationState, perturbing
 from guidance.swap import swapped_processors
 from pipelines.headhunter import HeadHunterPipeline
@@ -124,7 +124,7 @@ def test_generic_adapter_equals_hand_written(name, identity):
         strengths[site.name] = u.index_fill(0, torch.tensor([0]), 0.0)  # row 0: untouched
     names = list(strengths)
     ours = _forward(
-        model, {n: hand.processor(n) for n in names}, REPLACEABLE[hand.arch], strengths, identity, inputs
+        model, {n: hand.processor(n) for n in names}, hand.replaceable, strengths, identity, inputs
     )
     theirs = _forward(model, {n: generic.processor(n) for n in names}, generic.replaceable, strengths, identity,
                       inputs)  # fmt: skip

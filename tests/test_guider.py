@@ -147,7 +147,7 @@ def test_diffusers_pag_perturbs_nothing_under_another_backend_ours_does(qwen):
     assert _perturbed_minus_plain(ours, transformer, inputs, "native") > 1e-3
     assert _perturbed_minus_plain(ours, transformer, inputs, "flex") > 1e-3
     assert all(type(p).__name__ != "GenericAttnProcessor" for p in transformer.attn_processors.values())
-    assert generic_layout(transformer).family.name == "qwenimage"
+    assert generic_layout(transformer).arch == "qwenimage"
 
 
 # -- other modular families ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 import guidance.perturbation as perturbation
 from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig, SoftPAGError
 from guidance.guider import SoftPAGGuidance
-from guidance.layouts import REPLACEABLE, layout_of
+from guidance.layouts import layout_of
 from guidance.processors import PerturbationState, perturbing
 from guidance.swap import swapped_processors
 from pipelines.headhunter import HeadHunterPipeline
@@ -180,7 +180,7 @@ def test_uncond_branch_is_cfg_with_the_perturbed_uncond_by_hand(sd3):
     processors = {name: layout.processor(name) for name in names}
     with torch.no_grad():
         eps_c = transformer(**{k: v[1] for k, v in rows.items()})[0]
-        with swapped_processors(transformer, processors, REPLACEABLE["sd3"], "test"):
+        with swapped_processors(transformer, processors, layout.replaceable, "test"):
             with perturbing(PerturbationState("joint", strengths)):
                 eps_u = transformer(**{k: v[0] for k, v in rows.items()})[0]
     torch.testing.assert_close(seen["output"], torch.cat([eps_u, eps_c]), atol=1e-6, rtol=0)
