@@ -217,10 +217,14 @@ class HeadSearch:
         if any(heads):  # rows without heads get u = 0 everywhere: their images equal unguided ones
             call.update(pag_scale=s.pag_scale, pag_strength=s.strength, pag_identity=s.identity,
                         pag_heads_per_image=heads)  # fmt: skip
-        return self.pipe(
-            [p for p, _ in pairs], generator=[torch.Generator().manual_seed(seed) for _, seed in pairs],
+        # the prompt by name: FLUX.2's first positional argument is an input image
+        output = self.pipe(
+            prompt=[p for p, _ in pairs], generator=[torch.Generator().manual_seed(seed) for _, seed in pairs],
             num_inference_steps=s.steps, guidance_scale=s.guidance_scale, **call,
-        ).images  # fmt: skip
+        )  # fmt: skip
+        if hasattr(output, "images"):
+            return output.images
+        return [_first_frame(video) for video in output.frames]
 
     def _indices(self, pairs: str | Sequence[int]) -> list[int]:
         """Pair indices of a split name (`search`, `validation`, `all`) or the indices themselves."""
@@ -368,6 +372,15 @@ class HeadSearch:
         return {"pairs": {"search": len(self.search_pairs), "validation": len(self.validation_pairs)},
                 "unguided": self.baseline, "unguided_validation": self.baseline_validation,
                 "images": self.images, "result": self.result}  # fmt: skip
+
+
+def _first_frame(video) -> Image.Image:
+    """A video pipeline's (Wan's) video as the image the objective scores: its first frame (PIL, or an array of
+    frames with values in [0, 1], channels last as diffusers' "np" output)."""
+    if isinstance(video, list):
+        return video[0]
+    frame = np.asarray(video[0].detach().float().cpu() if isinstance(video, torch.Tensor) else video[0])
+    return Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype("uint8"))
 
 
 def _beats(record: dict, best: dict) -> bool:

@@ -43,6 +43,7 @@ from pipelines.settings import (
     StructuredSupport,
     check_structured,
     image_record,
+    output_images,
     record_parameters,
     save_png,
     write_atomically,
@@ -563,7 +564,8 @@ class BatchRunner:
             call["negative_prompt"] = [call["negative_prompt"]] * len(group)
         generators = [torch.Generator().manual_seed(item.seed) for item in group]
         prompts = [item.settings["prompt"] for item in group]
-        return self.pipe(prompts, generator=generators, **call, **(pag or {})).images
+        # the prompt by name (FLUX.2's first positional argument is an input image); a video as its frames
+        return output_images(self.pipe(prompt=prompts, generator=generators, **call, **(pag or {})))
 
     def check_done(self, items: list[Item], redo_changed: bool = False) -> None:
         """Every finished item of the plan must still be done: its record holds what its job asks now (prompt,
