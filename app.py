@@ -779,8 +779,9 @@ class Demo:
         obj, settings = self.check_search(objective, prompts, seeds, k, rounds, steps, sweep, profile, guard)
         stop = self._stop_event(request, "search", clear=True)
         out = Path(tempfile.mkdtemp(prefix="headhunter-search-"))
-        run = SearchRun(self.search_pipe, obj, settings, sweep, out, SEARCH_USE_STRENGTH, stop,
-                        profile_text(settings))  # fmt: skip
+        run = SearchRun(
+            self.search_pipe, obj, settings, sweep, out, SEARCH_USE_STRENGTH, stop, profile_text(settings)
+        )
         worker = threading.Thread(target=run.run, name="headhunter-search", daemon=True)
         worker.start()
         shown = None
@@ -806,13 +807,16 @@ class Demo:
 
 
 def profile_text(settings: SearchSettings) -> str:
-    """What a search profile set, in one line of the report."""
+    """What a search profile set, in one line of the report (the validation pairs as they are for these pairs)."""
     cfg = "off" if settings.guidance_scale <= 1 else f"{settings.guidance_scale:g}"
-    validation = (
-        f"{settings.validation:.0%} of the pairs held out to judge each round"
-        if settings.validation
-        else "no validation pairs"
-    )
+    pairs = len(settings.prompts) * len(settings.seeds)
+    held = int(settings.validation * pairs)
+    if held:
+        validation = f"{held} of the {pairs} prompt-seed pairs held out to judge each round"
+    elif settings.validation:
+        validation = f"no pair held out ({settings.validation:.0%} of {pairs} is none): rounds judged on the search pairs"
+    else:
+        validation = "no validation pairs"
     stop = (
         "a round is adopted only if it beats the best earlier one"
         if settings.early_stop
@@ -884,8 +888,14 @@ class StructuredPrompts:
         return self.pipe
 
     @shows_refusals
-    def compare(self, prompt: str, mode: str = "conjunction", seed: float = 0, steps: float | None = None,
-                progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)  # fmt: skip
+    def compare(
+        self,
+        prompt: str,
+        mode: str = "conjunction",
+        seed: float = 0,
+        steps: float | None = None,
+        progress=gr.Progress(),
+    ):  # noqa: B008 (Gradio's idiom)
         """Plain and structured images of one seed, the noun phrases and the measured effect."""
         from pipelines.structured import structured_phrases
 
@@ -903,8 +913,14 @@ class StructuredPrompts:
         phrases = structured_phrases(prompt)
         pipe = self._load()
         height, width = self.sizes.native
-        call = dict(model_call_extras(self.model), prompt=prompt, num_inference_steps=steps, height=height,
-                    width=width, guidance_scale=self.settings.get("guidance_scale", 7.5))  # fmt: skip
+        call = dict(
+            model_call_extras(self.model),
+            prompt=prompt,
+            num_inference_steps=steps,
+            height=height,
+            width=width,
+            guidance_scale=self.settings.get("guidance_scale", 7.5),
+        )
         passes = 2 if mode else 1
 
         def image(structured: dict, done: int):
@@ -920,8 +936,10 @@ class StructuredPrompts:
         made = image({"structured": mode}, steps) if mode else None
         out = Path(tempfile.mkdtemp(prefix="headhunter-structured-"))
         files = []
-        for picture, name, extra in ((made, "structured", {"structured": mode, "noun_phrases": phrases}),
-                                     (plain, "plain", {})):  # fmt: skip
+        for picture, name, extra in (
+            (made, "structured", {"structured": mode, "noun_phrases": phrases}),
+            (plain, "plain", {}),
+        ):
             if picture is not None:
                 record = image_record(self.model, {"seed": seed, **call, **extra})
                 path = out / f"{name}-seed{seed}.png"
@@ -1035,11 +1053,14 @@ class NovelViews:
 
 
 def shown_gallery(images: list, captions: list[str]) -> list[tuple[Image.Image, str]]:
-    """Gallery items enlarged with nearest neighbour, each caption ending with the native size."""
-    return [
-        (enlarge(i, enlargement(i.size)), f"{c} · {shown_at(i.size)}")
-        for i, c in zip(images, captions, strict=True)
-    ]
+    """Gallery items enlarged with nearest neighbour, each caption ending with the native size and the factor."""
+    items = []
+    for image, caption in zip(images, captions, strict=True):
+        factor = enlargement(image.size)
+        items.append(
+            (enlarge(image, factor), f"{caption} · native {image.width}x{image.height} px, shown {factor}x")
+        )
+    return items
 
 
 def input_gallery(files) -> list[tuple[Image.Image, str]]:
@@ -1048,7 +1069,7 @@ def input_gallery(files) -> list[tuple[Image.Image, str]]:
         return []
     images = read_views(files)
     return shown_gallery(
-        images, [f"view {i + 1}{' (the reference)' if i == 0 else ''}" for i in range(len(images))]
+        images, [f"view {i + 1}{' (reference)' if i == 0 else ''}" for i in range(len(images))]
     )
 
 
@@ -1162,7 +1183,8 @@ def _generate_inputs(demo: Demo) -> dict:
         ui["stop"] = gr.Button("Stop", variant="stop")
     ui["heads_map"] = gr.Image(
         elem_id="heads-map",
-        label="Chosen heads (legend under the grid)",
+        label="Chosen heads",
+        show_label=False,  # the picture has its title and legend
         value=demo.heads_map(heads),
         type="filepath",
         interactive=False,
@@ -1293,7 +1315,7 @@ def _search_inputs(demo: Demo) -> dict:
                 value=2,
                 step=1,
                 info=f"1 to {MAX_SEARCH_SEEDS}.",
-            ),  # fmt: skip
+            ),
             "Seeds",
         )
         ui["k"] = named(
@@ -1303,13 +1325,23 @@ def _search_inputs(demo: Demo) -> dict:
                 value=4,
                 step=1,
                 info=f"Heads added per round, 1 to {MAX_K}.",
-            ),  # fmt: skip
+            ),
             "k",
         )
-        ui["rounds"] = Number(elem_id="search-rounds", label="Rounds", value=1, step=1,
-                              info=f"Greedy rounds, 1 to {MAX_ROUNDS}.")  # fmt: skip
-        ui["steps"] = Number(elem_id="search-steps", label="Steps", value=demo.default_steps, step=1,
-                             info="Denoising steps per image.")  # fmt: skip
+        ui["rounds"] = Number(
+            elem_id="search-rounds",
+            label="Rounds",
+            value=1,
+            step=1,
+            info=f"Greedy rounds, 1 to {MAX_ROUNDS}.",
+        )
+        ui["steps"] = Number(
+            elem_id="search-steps",
+            label="Steps",
+            value=demo.default_steps,
+            step=1,
+            info="Denoising steps per image.",
+        )
     ui["sweep"] = Checkbox(label="Head map", value=True, info="Score every head alone first (slower).")
     with gr.Row():
         ui["go"] = gr.Button("Search", variant="primary")
@@ -1331,9 +1363,7 @@ def _search_tab(demo: Demo, generate_ui: dict) -> None:
                 lines=2,
                 interactive=False,
             )
-            head_map = gr.Image(
-                label="Head map (legend under the grid)", type="filepath", elem_id="search-map"
-            )
+            head_map = gr.Image(label="Head map", show_label=False, type="filepath", elem_id="search-map")
             report = gr.Markdown(label="Search report", elem_id="search-report", min_height=60)
             found = gr.File(label="Found preset (JSON)")
             found_heads = gr.Textbox(elem_id="found-heads", label="Found heads (with u)", interactive=False)
@@ -1461,8 +1491,12 @@ def _novel_views_tab(views: NovelViews) -> None:
                 ),
                 "Images",
             )
-            inputs = gr.Gallery(label="Input views, as the model receives them", columns=6, height=140,
-                                elem_id="input-views")  # fmt: skip
+            inputs = gr.Gallery(
+                label="Input views, as the model receives them (enlarged, nearest neighbour)",
+                columns=6,
+                height=170,
+                elem_id="input-views",
+            )
             mode = Radio(
                 ["views", "orbit"],
                 value="views",
@@ -1476,8 +1510,13 @@ def _novel_views_tab(views: NovelViews) -> None:
                 info="'azimuth, elevation' in degrees, pairs separated by ';'.",
             )
             with gr.Row():
-                frames = Number(label="Frames", value=12, step=1, info=f"Orbit frames, 2 to {MAX_FRAMES}.",
-                                elem_id="views-frames")  # fmt: skip
+                frames = Number(
+                    label="Frames",
+                    value=12,
+                    step=1,
+                    info=f"Orbit frames, 2 to {MAX_FRAMES}.",
+                    elem_id="views-frames",
+                )
                 elevation = Number(label="Elevation", value=15, info="Orbit elevation in degrees.")
             with gr.Row():
                 steps = Number(
@@ -1489,10 +1528,17 @@ def _novel_views_tab(views: NovelViews) -> None:
                 seed = Number(label="Seed", value=0, step=1, info="The same seed gives the same views.")
             go = gr.Button("Make views", variant="primary", interactive=reason is None)
         with gr.Column():
-            gallery = gr.Gallery(label="Novel views (enlarged, nearest neighbour; captions give the native size)",
-                                 columns=4, elem_id="views-gallery")  # fmt: skip
-            turntable = gr.Image(label="Turntable (plays; enlarged, nearest neighbour)", type="filepath",
-                                 interactive=False, elem_id="turntable")  # fmt: skip
+            gallery = gr.Gallery(
+                label="Novel views (enlarged, nearest neighbour; captions give the native size)",
+                columns=4,
+                elem_id="views-gallery",
+            )
+            turntable = gr.Image(
+                label="Turntable (plays; enlarged, nearest neighbour)",
+                type="filepath",
+                interactive=False,
+                elem_id="turntable",
+            )
             gif = gr.File(label="Turntable GIF (native size)")
     picker.input(views.pick, [picker], [files, inputs], **PRIVATE)
     files.change(views.input_views, [files], [inputs], **PRIVATE)

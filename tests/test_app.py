@@ -375,8 +375,7 @@ def test_novel_views_with_the_shipped_toy_model(tmp_path):
     Image.new("RGB", (32, 32), "red").save(image)
     gallery, playing, gif = views.run([str(image)], "views", "90, 0; 180, 10", 12, 15, 2, 2, 0)
     assert [caption for _, caption in gallery] == [
-        f"azimuth {a}°, elevation {e}° · shown at 16x, native 32x32 px, nearest neighbour"
-        for a, e in ((90, 0), (180, 10))
+        f"azimuth {a}°, elevation {e}° · native 32x32 px, shown 16x" for a, e in ((90, 0), (180, 10))
     ]
     assert playing is None and gif is None and gallery[0][0].size == (512, 512)
     gallery, playing, gif = views.run([str(image)], "orbit", "", 3, 15, 2, 2, 0)
@@ -393,7 +392,7 @@ def test_the_toy_object_picker_fills_and_shows_the_input_views():
     files, shown = views.pick(objects[0].label)
     assert [Path(f).read_bytes() for f in files] == [v.read_bytes() for v in objects[0].views]
     assert len(shown) == 6 and shown[0][0].size == (512, 512)
-    assert shown[0][1] == "view 1 (the reference) · shown at 16x, native 32x32 px, nearest neighbour"
+    assert shown[0][1] == "view 1 (reference) · native 32x32 px, shown 16x"
     with pytest.raises(demo_app.InputError, match="Toy object: 'nope' is not one of object-1"):
         views.pick("nope")
 

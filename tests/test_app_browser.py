@@ -1,8 +1,10 @@
 """A headless Chromium (Debian's, through Playwright) uses the demo as an artist would: generate and
-compare, reuse a gallery item's settings, get an error for an oversize request, run a 1-round search and
-apply its heads. Screenshots go to test-artifacts/."""
+compare, reuse a gallery item's settings, get an error for an oversize request, follow a search's progress while
+it runs and apply its heads, stop a search, compare structured and plain images with their noun phrases, and
+make novel views of a picked toy object with the turntable playing. Screenshots go to test-artifacts/."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -89,16 +91,34 @@ def test_an_oversize_request_is_refused_with_the_allowed_range(page):
     _shot(page, "demo-oversize-error.png")
 
 
-def test_a_one_round_search_and_its_heads_applied(page):
+def _search_inputs(page, prompts: str, seeds: int, k: int = 1, rounds: int = 1) -> None:
     page.get_by_role("tab", name="Head search").click()
     page.locator("#search-seeds input").wait_for()
-    page.locator("#search-seeds input").fill("1")
-    page.locator("#search-k input").fill("1")
-    page.locator("#search-rounds input").fill("1")
+    page.locator("#search-seeds input").fill(str(seeds))
+    page.locator("#search-k input").fill(str(k))
+    page.locator("#search-rounds input").fill(str(rounds))
     page.locator("#search-steps input").fill("2")
-    page.locator("#search-prompts textarea").fill("a red circle")
-    page.get_by_role("button", name="Search").click()
-    page.get_by_text("Round 1").wait_for(timeout=120_000)
+    page.locator("#search-prompts textarea").fill(prompts)
+
+
+def _status(page, pattern: str, timeout: float) -> str:
+    """The search's progress box once its text matches `pattern` (a JavaScript regular expression)."""
+    box = page.locator("#search-status textarea")
+    page.wait_for_function(
+        "([el, p]) => new RegExp(p).test(el.value)", arg=[box.element_handle(), pattern], timeout=timeout
+    )
+    return box.input_value()
+
+
+def test_a_search_shows_its_progress_while_it_runs_and_its_heads_apply(page):
+    _search_inputs(page, "a red circle\na blue square", seeds=1)
+    page.get_by_role("button", name="Search", exact=True).click()
+    running = _status(page, r"images made .* step \d of 2", timeout=60_000)
+    _shot(page, "demo-search-progress.png")  # mid-run: the progress box and the bar over the head map
+    assert re.search(r"(Unguided images|Head map|Greedy rounds).*: \d+ of \d+ images made", running), running
+    done = _status(page, "^(Done|Failed|Stopped)", timeout=180_000)
+    assert done.startswith("Done in"), done
+    page.get_by_text("Round 1: added").wait_for(timeout=10_000)
     found = page.locator("#found-heads textarea")
     page.wait_for_function("el => el.value.length > 0", arg=found.element_handle(), timeout=30_000)
     heads = found.input_value()
@@ -108,3 +128,50 @@ def test_a_one_round_search_and_its_heads_applied(page):
     box = page.locator("#heads textarea")
     page.wait_for_function("([el, v]) => el.value === v", arg=[box.element_handle(), heads], timeout=10_000)
     assert "=0.5" in heads
+
+
+def test_stop_ends_a_search_as_stopped_not_as_an_error(page):
+    _search_inputs(page, "a red circle\na blue square\na green triangle", seeds=4, k=2, rounds=3)
+    page.get_by_role("button", name="Search", exact=True).click()
+    _status(page, "images made", timeout=60_000)
+    page.get_by_role("button", name="Stop search").click()
+    stopped = _status(page, "^(Done|Failed|Stopped)", timeout=60_000)
+    assert stopped.startswith("Stopped after"), stopped
+    assert not page.get_by_text("Error", exact=True).is_visible()
+    _shot(page, "demo-search-stopped.png")
+
+
+def test_structured_prompts_compare_plain_and_structured_and_show_the_phrases(page):
+    page.get_by_role("tab", name="Structured prompts").click()
+    page.locator("#structured-prompt textarea").fill(
+        "a red circle on the left and a blue square on the right"
+    )
+    page.locator("#structured-steps input").fill("2")
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_text("Noun phrases found").wait_for(timeout=180_000)  # the toy SD1.5 loads on first use
+    phrases = page.locator("#structured-phrases").inner_text()
+    assert "a red circle" in phrases and "a blue square" in phrases
+    for image in ("#structured-image img", "#plain-image img"):
+        page.locator(image).wait_for(timeout=30_000)
+    assert "+0.052 [+0.025, +0.080]" in page.locator("#structured-note").inner_text()
+    _shot(page, "demo-structured.png")
+
+
+def test_novel_views_of_a_picked_toy_object_with_the_turntable_playing(page):
+    page.get_by_role("tab", name="Novel views").click()
+    page.locator("#toy-object input").click()
+    page.get_by_role("option", name="object-1: 2 cubes + cylinder + cone").click()
+    page.wait_for_function("() => document.querySelectorAll('#input-views img').length >= 6", timeout=30_000)
+    page.locator("#views-mode").get_by_text("orbit", exact=True).click()
+    page.locator("#views-frames input").fill("4")
+    page.locator("#views-steps input").fill("2")
+    page.get_by_role("button", name="Make views").click()
+    turntable = page.locator("#turntable img")
+    turntable.wait_for(timeout=180_000)
+    assert ".gif" in (turntable.get_attribute("src") or "")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#views-gallery img').length >= 4", timeout=30_000
+    )
+    frames = {turntable.screenshot() for _ in range(6) if not page.wait_for_timeout(150)}
+    assert len(frames) > 1  # the turntable plays: what is shown changes by itself
+    _shot(page, "demo-novel-views.png")
