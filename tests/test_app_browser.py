@@ -6,6 +6,7 @@ make novel views of a picked toy object with the turntable playing. Screenshots 
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,34 @@ def test_an_oversize_request_is_refused_with_the_allowed_range(page):
         timeout=20_000
     )
     _shot(page, "demo-oversize-error.png")
+
+
+def test_stop_shows_the_generation_as_stopped_not_as_an_error(page, server):
+    """Each step made slow (1 s) so that Stop lands mid-run; before, Stop showed a red "Error"."""
+    demo, pipe = server[1], server[1].pipe
+
+    def slow(*args, callback_on_step_end, **kwargs):
+        def step(*step_args):
+            time.sleep(1.0)
+            return callback_on_step_end(*step_args)
+
+        return pipe(*args, callback_on_step_end=step, **kwargs)
+
+    demo.pipe = slow
+    try:
+        page.locator("#heads textarea").fill("L0H1")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_timeout(1500)
+        page.get_by_role("button", name="Stop", exact=True).click()
+        note = page.locator("#note")
+        page.wait_for_function(
+            "el => el.innerText.includes('Stopped')", arg=note.element_handle(), timeout=30_000
+        )
+        assert "nothing made" in note.inner_text()
+        assert not page.get_by_text("Error", exact=True).is_visible()
+        _shot(page, "demo-generate-stopped.png")
+    finally:
+        demo.pipe = pipe
 
 
 def _search_inputs(page, prompts: str, seeds: int, k: int = 1, rounds: int = 1) -> None:

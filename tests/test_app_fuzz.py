@@ -260,6 +260,8 @@ API_CASES = [
     ("structured steps 0", "structured", structured_data(3, 0), "Steps: 0 is not allowed; use a whole number from 1 to 4"),
     ("structured steps 10**400", "structured", structured_data(3, HUGE), "Steps: 1000.* is not allowed"),
     ("too few structured inputs", "structured", structured_data(0, "a")[:2], "/structured: give 4 inputs"),
+    ("toy object unknown", "pick", ["nope"], "Toy object: 'nope' is not one of object-1"),
+    ("toy object null", "pick", [None], r"Toy object: None is not one of \(your own images\)"),
     ("images: a path never uploaded", "novel_views", views_data(0, [file("{outside}")]), "Images: file 1 .* was not uploaded to this demo"),
     ("images: /etc/passwd", "novel_views", views_data(0, [file("/etc/passwd")]), "Images: file 1 .* was not uploaded to this demo"),
     ("images: a bare path", "novel_views", views_data(0, ["/etc/passwd"]), "Images: file 1 .* is not an uploaded file"),
