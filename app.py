@@ -61,6 +61,7 @@ from pipelines.settings import (  # noqa: E402
     structured_support,
 )
 from tools.demo import (  # noqa: E402
+    DEFAULT_PRESET,
     DIFFERENCE_GAIN,
     MAX_FRAMES,
     MAX_PROMPT_CHARS,
@@ -82,16 +83,21 @@ from tools.demo import (  # noqa: E402
     flat_parameters,
     gallery_items,
     guidance_record,
+    input_gallery,
+    input_warnings,
     model_sizes,
     number,
     parse_cameras,
     parse_heads,
     phrases_markdown,
     preset_fields,
+    profile_text,
     prompt_reader_problem,
     read_views,
+    result_note,
     setting,
     shown_at,
+    shown_gallery,
     structured_choices,
     structured_effect,
     structured_mode,
@@ -105,9 +111,6 @@ from tools.demo import (  # noqa: E402
 )
 
 CUSTOM = "custom"
-DEFAULT_PRESET = (
-    "toy-sd3-dark"  # the one measured help on the toy SD3 (docs/toyworld.md: darker, fully correct +0.040)
-)
 MAX_PRESET_BYTES = 256 * 1024
 GALLERY_KEEP = 24
 
@@ -583,7 +586,7 @@ class Demo:
         selection, pag, label, unused = self.check_guidance(
             preset, heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_every, pag_branch
         )
-        warnings = self.warnings(call["prompt"], unused)
+        warnings = input_warnings(call["prompt"], self.words, unused)
         for warning in warnings:
             gr.Warning(warning)
         stop = self._stop_event(request, "generate", clear=True)
@@ -599,23 +602,6 @@ class Demo:
             return (gr.skip(),) * 3 + (stopped,) + (gr.skip(),) * 3
         records = [self.record(call, selection, pag, label), self.record(call, None, {}, label)][2 - passes :]
         return self._results(images, records, history or [], warnings)
-
-    def warnings(self, prompt: str, unused: list[str]) -> list[str]:
-        """What the user should know before looking at the result: words the model never saw, head settings
-        that do nothing without heads."""
-        found = []
-        unknown = unknown_words(prompt, self.words)
-        if unknown:
-            found.append(
-                f"Prompt: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this model's "
-                "vocabulary; it draws them as something it knows (see 'Vocabulary')."
-            )
-        if unused:
-            found.append(
-                f"No heads are chosen, so {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no "
-                "effect: choose heads (or a preset) to use the head settings."
-            )
-        return found
 
     def _stop_event(self, request, kind: str, clear: bool = False) -> threading.Event:
         event = self._stops.setdefault((_session(request), kind), threading.Event())
@@ -646,7 +632,7 @@ class Demo:
         scale_note = shown_at(images[0].size)
         diff = difference(images[0], images[-1]) if len(images) == 2 else Image.new("RGB", images[0].size)
         history = [{"image": files[0], "record": records[0]}, *history][:GALLERY_KEEP]
-        note = self.note(records[0], scale_note)
+        note = result_note(records[0], scale_note)
         if warnings:
             note += "\n\n" + "\n\n".join(f"⚠ {w}" for w in warnings)
         return (
@@ -665,28 +651,6 @@ class Demo:
             h, w = self.sizes.native
             return shown_at((w, h))
         return "small images enlarged with nearest neighbour to about 512 px; the note gives the factor"
-
-    def note(self, record: dict, scale_note: str) -> str:
-        """One plain paragraph: seed, what guided the image, and what the default preset is for."""
-        if record["guidance"] == "none":
-            return f"seed {record['seed']} · no heads selected: one unguided image ({scale_note})"
-        preset = record["pag_preset"]
-        scales = ", ".join(f"{g['name']} w={g['scale']:g}" for g in record["pag_groups"])
-        if record.get("pag_branch") == "uncond":
-            scales = "CFG's uncond branch perturbed, w not used"
-        if record.get("pag_every", 1) > 1:
-            scales += f", perturbed every {record['pag_every']} steps"
-        heads = record["pag_heads"]
-        text_ = f"seed {record['seed']} · heads {heads} ({scales}) · preset: {preset} · {scale_note}"
-        if preset == DEFAULT_PRESET:
-            text_ += (
-                "\n\nThe default is a *style* preset: it makes the toy model's pictures darker, and on 800 "
-                "two-object prompt-seed pairs it also raised fully correct images by +0.040 [+0.015, +0.066] "
-                "(95% interval). The toy-sd3-fidelity preset (a 128-pair head search) raised the share of the "
-                "prompt drawn a little on two of three 800-pair sets but not fully correct images, so it is "
-                "offered, not the default."
-            )
-        return text_
 
     @shows_refusals
     def reuse(self, history: list, index: int | None):
@@ -804,29 +768,6 @@ class Demo:
         if run.error is not None:
             raise run.error
         yield run.outputs()
-
-
-def profile_text(settings: SearchSettings) -> str:
-    """What a search profile set, in one line of the report (the validation pairs as they are for these pairs)."""
-    cfg = "off" if settings.guidance_scale <= 1 else f"{settings.guidance_scale:g}"
-    pairs = len(settings.prompts) * len(settings.seeds)
-    held = int(settings.validation * pairs)
-    if held:
-        validation = f"{held} of the {pairs} prompt-seed pairs held out to judge each round"
-    elif settings.validation:
-        validation = f"no pair held out ({settings.validation:.0%} of {pairs} is none): rounds judged on the search pairs"
-    else:
-        validation = "no validation pairs"
-    stop = (
-        "a round is adopted only if it beats the best earlier one"
-        if settings.early_stop
-        else "every round is adopted"
-    )
-    return (
-        f"Profile **{settings.profile}**: {settings.steps} steps, CFG {cfg}, w {settings.pag_scale:g}, search u "
-        f"{settings.strength:g}, {settings.k} head(s) per round, up to {settings.rounds} round(s), {validation}; "
-        f"{stop}."
-    )
 
 
 def profile_fields(profile: str, arch: str):
@@ -1050,27 +991,6 @@ class NovelViews:
         views = orbit(self._load(), images, frames=frames, elevation=elevation, gif_path=str(gif), **call)
         playing = turntable_gif(views, out / "turntable-shown.gif")
         return shown_gallery(views, [f"frame {i + 1}" for i in range(len(views))]), str(playing), str(gif)
-
-
-def shown_gallery(images: list, captions: list[str]) -> list[tuple[Image.Image, str]]:
-    """Gallery items enlarged with nearest neighbour, each caption ending with the native size and the factor."""
-    items = []
-    for image, caption in zip(images, captions, strict=True):
-        factor = enlargement(image.size)
-        items.append(
-            (enlarge(image, factor), f"{caption} · native {image.width}x{image.height} px, shown {factor}x")
-        )
-    return items
-
-
-def input_gallery(files) -> list[tuple[Image.Image, str]]:
-    """The input views as the model receives them (RGB, the first one's size), enlarged for the user."""
-    if not files:
-        return []
-    images = read_views(files)
-    return shown_gallery(
-        images, [f"view {i + 1}{' (reference)' if i == 0 else ''}" for i in range(len(images))]
-    )
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_the_paper_profile_fills_k_and_rounds_and_turns_cfg_off(server):
     assert demo_app.profile_fields("paper", demo.layout.arch)[:2] == (3, 5)
     settings = demo.search_settings("paper", ["a red circle"], 1, 3, 5, 2)
     assert (settings.guidance_scale, settings.validation, settings.early_stop) == (0.0, 0.0, False)
-    about = demo_app.profile_text(settings)
+    about = tools.profile_text(settings)
     assert "Profile **paper**" in about and "CFG off" in about and "every round is adopted" in about
 
 
