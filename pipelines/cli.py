@@ -38,9 +38,11 @@ from pipelines.settings import (
     check_model,
     check_structured,
     check_writable_folder,
+    folder_heads_per_layer,
     image_record,
     model_call_extras,
     model_name,
+    model_vocabulary,
     output_images,
     png_target,
     read_png_record,
@@ -197,6 +199,24 @@ def _load(model: str, dtype: str, device: str):
     return pipe
 
 
+def warn_vocabulary(model: str, prompts: list[str], labels: list[str] | None = None) -> None:
+    """One warning line on stderr, before any work, when prompts hold what the model was not trained on (the
+    words and grammar its folder records: `model_vocabulary`); nothing for models that record none. `labels` name
+    where each prompt comes from (a job file's lines)."""
+    vocabulary = model_vocabulary(model)
+    if vocabulary is None:
+        return
+    found = [(i, p, problems) for i, p in enumerate(prompts) if (problems := vocabulary.problems(p))]
+    if not found:
+        return
+    i, prompt, problems = found[0]
+    which = f"{labels[i]}: {short_repr(prompt)}" if labels else short_repr(prompt)
+    more = f" (and {len(found) - 1} more of the {len(prompts)} prompts)" if len(found) > 1 else ""
+    print(f"headhunter: warning: {which}: the model was not trained on {'; '.join(problems)}{more}; it will draw "
+          f"something else (its words and examples: headhunter vocabulary --model {model_name(model)})",
+          file=sys.stderr)  # fmt: skip
+
+
 def _heads_per_layer(pipe) -> dict:
     from guidance.adapters import heads_layout
     from guidance.swap import denoiser_of
@@ -247,11 +267,14 @@ def _generate(args: argparse.Namespace) -> int:
     image, model = _from_png(args) if args.from_png is not None else _from_flags(args)
     twin = ("-unguided",) if args.compare and image.pag else ()
     target = png_target(args.out, args.name, args.overwrite, twin)
+    heads = HeadSelection.parse(image.pag["pag_heads"], "--pag-heads") if image.pag else None
+    known = folder_heads_per_layer(model) if heads else None  # before any weight loads
+    if known is not None:
+        heads.validate(known, "--pag-heads")
+    warn_vocabulary(model, [image.made["prompt"]])
     pipe = _load(model, args.dtype, _device(args.device))
-    if image.pag:
-        HeadSelection.parse(image.pag["pag_heads"], "--pag-heads").validate(
-            _heads_per_layer(pipe), "--pag-heads"
-        )
+    if heads and known is None:  # a hub model: its heads are known once it has loaded
+        heads.validate(_heads_per_layer(pipe), "--pag-heads")
     _write(pipe, target, image)
     if twin:
         _write(pipe, target.with_name(target.stem + "-unguided.png"), replace(image, pag={}, kept={}))
@@ -433,6 +456,7 @@ def _search(args: argparse.Namespace) -> int:
     model = check_model(args.model)
     prompts = _check_search(args)
     get_objective(args.objective)  # an unknown name fails before the model loads
+    warn_vocabulary(model, prompts)
     pipe = _load(model, args.dtype, _device(args.device))
     arch = heads_layout(denoiser_of(pipe)).arch
     profile = search_profile(args.profile, arch)
@@ -546,12 +570,16 @@ def _batch(args: argparse.Namespace) -> int:
     device = _device(args.device)
     before_loading()  # the model's family is read through the pipeline classes, which import the libraries
     support = structured_support(model)
-    try:  # everything but the model's heads, then with them
-        plan(args.jobs, defaults, None, resolve_heads, args.skip_invalid, support)
+    known = folder_heads_per_layer(model)  # the model's heads from its folder, before any weight loads
+    try:  # every problem in one report (a hub model's heads: a second pass once it has loaded)
+        items, problems = plan(args.jobs, defaults, known, resolve_heads, args.skip_invalid, support)
+        lines = {item.line: item.settings["prompt"] for item in items}
+        warn_vocabulary(model, list(lines.values()), [f"line {n}" for n in lines])
         pipe = _load(model, args.dtype, device)
-        items, problems = plan(
-            args.jobs, defaults, _heads_per_layer(pipe), resolve_heads, args.skip_invalid, support
-        )
+        if known != _heads_per_layer(pipe):
+            items, problems = plan(
+                args.jobs, defaults, _heads_per_layer(pipe), resolve_heads, args.skip_invalid, support
+            )
     except JobFileError as error:
         print(f"headhunter batch: {printable(str(error))}", file=sys.stderr)
         return 2
@@ -674,8 +702,51 @@ def _common(
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
 
 
+def _vocabulary_epilog() -> str | None:
+    """generate's help about the words the default model knows (its folder's recorded grammar), or None."""
+    try:
+        vocabulary = model_vocabulary(DEFAULT_MODEL)
+    except ValueError:
+        return None
+    if vocabulary is None:
+        return None
+    return (
+        f"The default model (the toy SD3) was trained on colours {', '.join(vocabulary.colors)}, shapes "
+        f"{', '.join(vocabulary.shapes)}, sizes {', '.join(vocabulary.sizes)}, {', '.join(vocabulary.styles)}, "
+        f"positions and relations, e.g. {vocabulary.examples[1]!r}; a prompt with other words is warned about "
+        "before any work. Every word and example prompt: headhunter vocabulary [--model M]."
+    )
+
+
+def _vocabulary(args: argparse.Namespace) -> int:
+    """Print the words and example prompts a model folder records (the toy models' grammar)."""
+    model = check_model(args.model)
+    vocabulary = model_vocabulary(model)
+    if vocabulary is None:
+        print(f"{model_name(args.model)} records no vocabulary (the toy models record the grammar of the captions "
+              "they were trained on; other models take any prompt)")  # fmt: skip
+        return 0
+    print("\n".join(vocabulary.describe()))
+    print("examples (each a prompt of the grammar, of pairings seen in training):")
+    print("\n".join(f"  {example}" for example in vocabulary.examples))
+    return 0
+
+
+def _vocabulary_parser(sub) -> None:
+    vocabulary = sub.add_parser("vocabulary", help="the words and example prompts a toy model was trained on")
+    vocabulary.add_argument(
+        "--model", default=str(DEFAULT_MODEL), help="a model folder (default: the toy SD3)"
+    )
+    _debug(vocabulary)
+    vocabulary.set_defaults(func=_vocabulary)
+
+
 def _generate_parser(sub) -> None:
-    gen = sub.add_parser("generate", help="generate one image with SoftPAG heads (PNG with parameters)")
+    gen = sub.add_parser(
+        "generate",
+        help="generate one image with SoftPAG heads (PNG with parameters)",
+        epilog=_vocabulary_epilog(),
+    )
     gen.add_argument("prompt", nargs="?", help="what to draw (with --from-png: replaces the recorded prompt)")
     gen.add_argument(
         "--from-png", metavar="IMAGE",
@@ -991,6 +1062,7 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_parser(sub)
     _views_parser(sub)
     _convert_parser(sub)
+    _vocabulary_parser(sub)
     presets = sub.add_parser("presets", help="list or show head presets")
     presets.add_argument("action", choices=("list", "show"))
     presets.add_argument("name", nargs="?", help="preset name or path (for show)")

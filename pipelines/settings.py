@@ -17,10 +17,10 @@ from pipelines.loading import ModelFolderError
 
 __all__ = [
     "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "Preset", "assets_folder",
-    "check_model", "check_structured", "check_writable_folder", "image_record", "list_presets", "model_call_extras",
+    "check_model", "check_structured", "check_writable_folder", "folder_heads_per_layer", "image_record", "list_presets", "model_call_extras",
     "model_name", "output_images", "png_parameters", "png_target", "read_png_record", "read_presets",
     "recommended_call", "recommended_settings", "record_call", "record_model", "record_parameters", "resolve_heads",
-    "save_png", "structured_support", "write_atomically",
+    "save_png", "structured_support", "Vocabulary", "model_vocabulary", "write_atomically",
 ]  # fmt: skip
 
 ASSETS_VARIABLE = "HEADHUNTER_ASSETS"
@@ -96,6 +96,108 @@ def recommended_call(model: str | Path, steps: int = 20, guidance_scale: float =
         **size,
         **model_call_extras(model),
     )
+
+
+# -------------------------------------------------------------------------------------------------------------
+# What a toy model was trained on: the grammar its captions came from (toyworld.json "grammar")
+# -------------------------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W\d_]+|[0-9]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words and prompts a model was trained on, read from its folder (`model_vocabulary`): the grammar of
+    the toy world's captions, recorded by toyworld/grammar_record.py. `examples` are prompts the grammar writes,
+    of colour-shape pairs seen in training."""
+
+    words: tuple[str, ...]
+    colors: tuple[str, ...]
+    shapes: tuple[str, ...]
+    sizes: tuple[str, ...]
+    styles: tuple[str, ...]
+    positions: tuple[str, ...]  # position phrases ("on the left", ...)
+    relations: tuple[str, ...]
+    backgrounds: tuple[str, ...]
+    examples: tuple[str, ...]
+    held_out_pairs: tuple[tuple[str, str], ...]  # colour-shape pairs never shown together in training
+    templates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict) -> Vocabulary:
+        """The recorded grammar (toyworld.json's "grammar"); ValueError naming the key that is missing or wrong."""
+
+        def texts(key: str) -> tuple[str, ...]:
+            value = data.get(key)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"grammar.{key} must be a list of strings")
+            return tuple(value)
+
+        positions = data.get("positions")
+        if not isinstance(positions, dict):
+            raise ValueError("grammar.positions must map positions to their phrases")
+        pairs = data.get("held_out_pairs", [])
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise ValueError("grammar.held_out_pairs must be [colour, shape] pairs")
+        return cls(
+            texts("words"), texts("colors"), texts("shapes"), texts("sizes"), texts("styles"),
+            tuple(p for phrases in positions.values() for p in phrases), texts("relations"), texts("backgrounds"),
+            texts("examples"), tuple((str(c), str(s)) for c, s in pairs), tuple(data.get("templates", ())),
+        )  # fmt: skip
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of `prompt` (lower-cased; punctuation left out) that no training caption had, in order."""
+        known = set(self.words)
+        return list(dict.fromkeys(w for w in _WORD.findall(prompt.lower()) if w not in known))
+
+    def problems(self, prompt: str) -> list[str]:
+        """What in `prompt` the model was not trained on, in words: unknown words, a shape without one of its
+        colours before it ("a white square": white is a background here), a colour-shape pair held out of training."""
+        found = [f"{short_repr(w)} (not a word it knows)" for w in self.unknown_words(prompt)]
+        words = _WORD.findall(prompt.lower())
+        for i, word in enumerate(words):
+            if word not in self.shapes:
+                continue
+            before = [w for w in words[max(0, i - 3) : i] if w not in (*self.sizes, *self.styles, "a", "an")]
+            color = before[-1] if before else None
+            if color not in self.colors:
+                shown = f"{color} {word}" if color in self.words else word
+                found.append(
+                    f"{short_repr(shown)} (a {word} needs one of its colours: {', '.join(self.colors)})"
+                )
+            elif (color, word) in self.held_out_pairs:
+                found.append(f"'{color} {word}' (held out of training: a pairing it never saw)")
+        return found
+
+    def describe(self) -> list[str]:
+        """The vocabulary as lines of text (the CLI's `vocabulary` command, help texts)."""
+        return [
+            f"colours: {', '.join(self.colors)}",
+            f"shapes: {', '.join(self.shapes)}",
+            f"sizes: {', '.join(self.sizes)}; style: {', '.join(self.styles)}",
+            f"positions: {', '.join(self.positions)}",
+            f"relations: {', '.join(self.relations)}",
+            f"backgrounds: {', '.join(self.backgrounds)}",
+            "never seen together in training: " + ", ".join(f"{c} {s}" for c, s in self.held_out_pairs),
+            "every word: " + " ".join(self.words),
+        ]
+
+
+def model_vocabulary(model: str | Path) -> Vocabulary | None:
+    """The vocabulary a model folder records (the toy models: toyworld.json's "grammar"), or None (real models,
+    hub ids, folders that record none). A recorded grammar that cannot be read is a ValueError naming the file."""
+    path = Path(model).expanduser() / SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{short_repr(str(path))} cannot be read: {error}") from None
+    grammar = data.get("grammar") if isinstance(data, dict) else None
+    if grammar is None:
+        return None
+    try:
+        return Vocabulary.from_json(grammar)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{short_repr(str(path))}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -231,6 +333,32 @@ def check_model(value: str, parameter: str = "--model") -> str:
             f"{parameter} {short_repr(value)} is neither a folder nor a hub id such as 'org/model'; no such folder"
         )
     return value
+
+
+def folder_heads_per_layer(model: str) -> dict | None:
+    """The attention heads of a local model folder's denoiser (`heads_layout(...).heads_per_layer`), read before any
+    weight loads: the denoiser is built from its config on the meta device. None for a hub id, or a folder whose
+    denoiser cannot be built so (its heads are then known once the model has loaded)."""
+    import importlib
+
+    from pipelines.loading import model_index
+
+    if not _exists(model):
+        return None
+    try:
+        index = model_index(model)
+        component = "unet" if "unet" in index else "transformer"
+        library, class_name = index[component]
+        cls = getattr(importlib.import_module(library), class_name)
+        import torch
+
+        from guidance.adapters import heads_layout
+
+        with torch.device("meta"):
+            denoiser = cls.from_config(cls.load_config(model, subfolder=component))
+        return heads_layout(denoiser).heads_per_layer
+    except Exception:  # noqa: BLE001 (an unusual folder: its heads are checked once the model has loaded)
+        return None
 
 
 @dataclass(frozen=True)

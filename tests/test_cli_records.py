@@ -1,13 +1,11 @@
 """The CLI's records make their images again, anywhere: structured cross-attention in `generate` and `batch`,
-a preset's own w from a PNG alone in another working directory, strict JSON from `search`, a quiet console."""
+a preset's own w from a PNG alone in another working directory, strict JSON from `search` (the quiet console:
+tests/test_cli_console.py; `--from-png`: tests/test_cli_from_png.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,6 @@ from pipelines.settings import ASSETS, record_call, record_model
 
 PROMPT = "a red circle and a blue square"
 SMALL = ["--steps", "2", "--height", "32", "--width", "32"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _record(png: Path) -> dict:
@@ -221,47 +218,3 @@ def test_strict_scores_marks_each_failed_guard():
         "unguided": 0.25,
     }
     json.dumps(strict_scores(scores), allow_nan=False)
-
-
-# -- a quiet console ------------------------------------------------------------------------------------------
-
-
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-
-
-@pytest.mark.skipif(
-    not (ASSETS / "toy-sd3" / "model_index.json").exists(), reason="assets/toy-sd3 not present"
-)
-def test_a_plain_generate_prints_no_library_notice_and_verbose_brings_them_back(tmp_path):
-    """The toy SD3 runs with T5 length 1 (it was trained so): no truncation notice; transformers' torchvision
-    notices (given while the libraries import, before any model is named) and the loading bars are dropped;
-    `--verbose` shows them."""
-    model = str(ASSETS / "toy-sd3")
-    quiet = _cli(["generate", "a red circle", "--model", model, "--steps", "1", "--out", "q.png"], tmp_path)
-    assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stderr == "" and quiet.stdout.strip() == "q.png"
-    loud = _cli(["generate", "a red circle", "--model", model, "--steps", "1", "--out", "v.png", "--verbose"],
-                tmp_path)  # fmt: skip
-    assert loud.returncode == 0, loud.stderr
-    assert "Loading pipeline components" in loud.stderr and "requires torchvision" in loud.stderr
-    assert "truncated because" not in quiet.stderr
-
-
-def test_search_and_batch_print_no_library_notice(tiny_folder, tmp_path):
-    model = tiny_folder("sd3")
-    search = _cli(["search", "--model", model, "--objective", "saturation", "--prompt", "a red circle", "--seeds",
-                   "0", "--k", "1", "--steps", "1", "--size", "32", "--out", "s"], tmp_path)  # fmt: skip
-    assert search.returncode == 0, search.stderr
-    # What stays is ours: the search's own progress bar.
-    others = [
-        line for line in search.stderr.splitlines() if line.strip() and "head search images" not in line
-    ]
-    assert others == [] and "head search images" in search.stderr
-    (tmp_path / "jobs.jsonl").write_text(json.dumps({"id": "a", "prompt": "a red circle"}) + "\n")
-    batch = _cli(["batch", "jobs.jsonl", "--model", model, "--out", "b", "--quiet", "--steps", "1", "--height",
-                  "32", "--width", "32"], tmp_path)  # fmt: skip
-    assert batch.returncode == 0, batch.stderr
-    assert batch.stderr == ""
