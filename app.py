@@ -77,7 +77,6 @@ from tools.demo import (  # noqa: E402
     display_name,
     enlarge,
     enlargement,
-    examples_for,
     family_call,
     first_image,
     flat_parameters,
@@ -92,6 +91,7 @@ from tools.demo import (  # noqa: E402
     phrases_markdown,
     preset_fields,
     profile_text,
+    prompt_help,
     prompt_reader_problem,
     read_views,
     result_note,
@@ -104,9 +104,7 @@ from tools.demo import (  # noqa: E402
     text,
     toy_objects,
     turntable_gif,
-    unknown_words,
     unused_head_settings,
-    vocabulary,
     whole,
 )
 
@@ -380,7 +378,7 @@ class Demo:
         self.default_steps = min(settings.get("num_inference_steps", 28), limits.max_steps)
         self.default_cfg = settings.get("guidance_scale", 5.0)
         self.sizes = model_sizes(pipe, settings, limits.max_size)
-        self.words = vocabulary(model)
+        self.words = prompt_help(model)
         self.presets = self._compatible_presets()
         self.default_preset = DEFAULT_PRESET if DEFAULT_PRESET in self.presets else CUSTOM
         self.scratch = Path(tempfile.mkdtemp(prefix="headhunter-demo-"))
@@ -817,7 +815,7 @@ class StructuredPrompts:
         self.choices = structured_choices(self.support.modes if self.support else ())
         self.settings = recommended_settings(self.model) if self.support else {}
         self.default_steps = min(self.settings.get("num_inference_steps", 20), limits.max_steps)
-        self.words = vocabulary(self.model)
+        self.words = prompt_help(self.model)
 
     def _load(self):
         with self._lock:
@@ -890,10 +888,9 @@ class StructuredPrompts:
         factor = enlargement(plain.size)
         what = f"structured: {mode}" if mode else "structured: off, only the plain image is made"
         note = f"seed {seed} · {steps} steps · {what} · {shown}\n\n{structured_effect(self.model)}"
-        unknown = unknown_words(prompt, self.words)
-        if unknown:
-            gr.Warning(f"Prompt: {', '.join(unknown)} not in this model's vocabulary")
-            note += f"\n\n⚠ Prompt: {', '.join(unknown)} not in this model's vocabulary."
+        for warning in input_warnings(prompt, self.words, []):
+            gr.Warning(warning)
+            note += f"\n\n⚠ {warning}"
         structured_image = enlarge(made, factor) if made is not None else None
         return phrases_markdown(phrases, mode), structured_image, enlarge(plain, factor), note, files
 
@@ -1028,11 +1025,10 @@ def build_app(
 def _generate_inputs(demo: Demo) -> dict:
     """The Generate tab's inputs, each with plain-words help."""
     ui = {}
-    examples = examples_for(demo.words)
     ui["prompt"] = Textbox(
         elem_id="prompt",
         label="Prompt",
-        value=examples[0] if examples else "",
+        value=demo.words.two_objects(),
         info=HELP["prompt"],
         max_length=MAX_PROMPT_CHARS,
     )
@@ -1110,7 +1106,7 @@ def _generate_inputs(demo: Demo) -> dict:
         interactive=False,
     )
     with gr.Accordion("Vocabulary (words the model was trained on)", open=False):
-        gr.Markdown(", ".join(demo.words) if demo.words else "This model was trained on open vocabulary.")
+        gr.Markdown(demo.words.describe())
     return ui
 
 
@@ -1139,9 +1135,10 @@ def _generate_tab(demo: Demo) -> dict:
                 elem_id="gallery", label="Results since the page opened", columns=4, height=260
             )
             ui["reuse"] = gr.Button("Reuse these settings (click an image first)")
-    examples = examples_for(demo.words)
-    if examples:
-        gr.Examples([[p] for p in examples], [ui["prompt"]], label="Prompts this model understands")
+    if demo.words.examples:
+        gr.Examples(
+            [[p] for p in demo.words.examples], [ui["prompt"]], label="Prompts this model understands"
+        )
     history, picked, last_seed = gr.State([]), gr.State(None), gr.State(None)
     inputs = [
         ui[k]
@@ -1322,13 +1319,13 @@ def _structured_tab(structured: StructuredPrompts) -> None:
         "Each noun phrase of the prompt is encoded alone and aligned into the prompt's encoding, to keep "
         "colours with their shapes. The plain image is the same call with structured attention off."
     )
-    examples = examples_for(structured.words)
+    examples = structured.words.examples
     with gr.Row():
         with gr.Column():
             prompt = Textbox(
                 elem_id="structured-prompt",
                 label="Prompt",
-                value=examples[0] if examples else "a red car with a blue hat",
+                value=structured.words.two_objects() or "a red car with a blue hat",
                 info="Two objects with their own colours show what it is for.",
                 max_length=MAX_PROMPT_CHARS,
             )

@@ -262,31 +262,52 @@ def test_the_comparison_opens_on_the_guided_image(server):
 
 
 def test_toy_vocabulary_counts_a_and_every_example_shown_works():
-    """The one-letter word "a" is in the vocabulary, so all six examples are shown; each names objects the toy
-    world draws (its colours and shapes: white is a background there, never an object)."""
-    from toyworld.scenes import COLORS, SHAPES, parse_caption
+    """The vocabulary and examples come from the grammar the toy model's folder records: "a" is a word, and
+    every example shown names objects of the toy world's colours and shapes in pairings seen in training."""
+    from toyworld.scenes import COLORS, SHAPES, held_out_pairs, parse_caption
 
-    words = tools.vocabulary(ROOT / "assets" / "toy-sd3")
-    assert {"a", "red", "circle", "square", "left", "top", "small", "outlined"} <= set(words)
-    assert not {"ack", "ellow", "quare", "b", "x"} & set(words)  # pieces and other letters are not words
-    examples = tools.examples_for(words)
-    assert examples == list(tools.EXAMPLE_PROMPTS) and len(examples) == 6
-    for example in examples:
-        assert not tools.unknown_words(example, words), example
+    words = tools.prompt_help(ROOT / "assets" / "toy-sd3")
+    assert {"a", "red", "circle", "square", "left", "top", "small", "outlined"} <= set(words.words)
+    assert not {"ack", "ellow", "quare", "b", "x", "orange", "star"} & set(words.words)
+    assert len(words.examples) >= 5 and words.examples == words.grammar.examples  # every recorded one works
+    for example in words.examples:
+        assert not words.problems(example), example
         scene = parse_caption(example)
         assert all(o.color in COLORS and o.shape in SHAPES for o in scene.objects), example
-    assert tools.examples_for([]) == list(tools.EXAMPLE_PROMPTS)
-    assert tools.unknown_words("an orange star", words) == ["orange", "star"]
+        assert not {(o.color, o.shape) for o in scene.objects} & held_out_pairs(0), example
+    assert words.problems("an orange star")[0] == "'orange' (not a word it knows)"
+    assert "white" in words.problems("a white square")[0]  # a background colour, never an object's
 
 
-def test_an_unknown_word_is_named_before_the_image_is_looked_at(server):
+def test_without_a_recorded_grammar_the_tokenizer_words_count_a(tmp_path):
+    """A model folder without a grammar: its tokenizer's whole words, "a" among them (before, "a" was dropped
+    and 5 of the 6 examples were hidden); the fallback examples avoid the toy's held-out pairings too."""
+    from toyworld.scenes import held_out_pairs, parse_caption
+
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "vocab.json").write_bytes(
+        (ROOT / "assets/toy-sd3/tokenizer/vocab.json").read_bytes()
+    )
+    words = tools.prompt_help(tmp_path)
+    assert words.grammar is None and "a" in words.words and not {"b", "ack"} & set(words.words)
+    assert words.examples == tools.EXAMPLE_PROMPTS
+    for example in words.examples:
+        assert not {(o.color, o.shape) for o in parse_caption(example).objects} & held_out_pairs(0), example
+    assert words.problems("an orange star") == [
+        "'orange' (not a word it knows)",
+        "'star' (not a word it knows)",
+    ]
+    assert tools.prompt_help(tmp_path / "missing").problems("anything at all") == []  # open vocabulary
+
+
+def test_what_the_model_was_not_trained_on_is_named_before_the_image_is_looked_at(server):
     _, demo = server
-    demo.words, words = tools.vocabulary(ROOT / "assets" / "toy-sd3"), demo.words
+    demo.words, words = tools.prompt_help(ROOT / "assets" / "toy-sd3"), demo.words
     try:
         note = demo.generate("an orange star", seed=1, steps=1, progress=None)[3]
     finally:
         demo.words = words
-    assert "⚠ Prompt: orange, star are not in this model's vocabulary" in note
+    assert "⚠ Prompt: this model was not trained on 'orange' (not a word it knows); 'star'" in note
 
 
 def _fake_pipe(patch=2, table=16, vae=8, sample=8):

@@ -173,13 +173,13 @@ def test_stop_ends_a_search_as_stopped_not_as_an_error(page):
 def test_structured_prompts_compare_plain_and_structured_and_show_the_phrases(page):
     page.get_by_role("tab", name="Structured prompts").click()
     page.locator("#structured-prompt textarea").fill(
-        "a red circle on the left and a blue square on the right"
+        "a red triangle on the left and a blue square on the right"
     )
     page.locator("#structured-steps input").fill("2")
     page.get_by_role("button", name="Compare").click()
     page.get_by_text("Noun phrases found").wait_for(timeout=180_000)  # the toy SD1.5 loads on first use
     phrases = page.locator("#structured-phrases").inner_text()
-    assert "a red circle" in phrases and "a blue square" in phrases
+    assert "a red triangle" in phrases and "a blue square" in phrases
     for image in ("#structured-image img", "#plain-image img"):
         page.locator(image).wait_for(timeout=30_000)
     assert "+0.052 [+0.025, +0.080]" in page.locator("#structured-note").inner_text()

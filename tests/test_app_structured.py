@@ -12,7 +12,7 @@ from guidance.config import STRUCTURED_SETTINGS
 from tools import demo as tools
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "a red circle on the left and a blue square on the right"
+PROMPT = "a red triangle on the left and a blue square on the right"
 
 
 def _path(file) -> str:
@@ -34,7 +34,7 @@ def compared(client):
 def test_structured_is_shown_beside_plain_of_the_same_seed_with_its_phrases(compared):
     (phrases, structured, plain, note, files), _ = compared
     assert "**Noun phrases found** (each encoded alone" in phrases
-    assert "- a red circle" in phrases and "- a blue square" in phrases
+    assert "- a red triangle" in phrases and "- a blue square" in phrases
     made, same_seed = Image.open(structured), Image.open(plain)
     assert made.size == same_seed.size == (512, 512)  # 64 px, enlarged 8x with nearest neighbour
     assert made.tobytes() != same_seed.tobytes()  # the phrases changed the image
@@ -43,7 +43,7 @@ def test_structured_is_shown_beside_plain_of_the_same_seed_with_its_phrases(comp
     )
     assert "**+0.052 [+0.025, +0.080]**" in note and "was not measured" not in note
     records = [_record(f) for f in files]
-    assert records[0]["structured"] == "conjunction" and "a red circle" in records[0]["noun_phrases"]
+    assert records[0]["structured"] == "conjunction" and "a red triangle" in records[0]["noun_phrases"]
     assert "structured" not in records[1] and records[0]["seed"] == records[1]["seed"] == 3
     assert records[0]["model"] == "assets/toy-sd15"
 

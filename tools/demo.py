@@ -27,7 +27,7 @@ from guidance.config import STRUCTURED_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, short_repr
 from guidance.search import HeadSearch, SearchSettings, label, preset
 from guidance.swap import denoiser_of
-from pipelines.settings import ASSETS, LATER_SETTINGS
+from pipelines.settings import ASSETS, LATER_SETTINGS, Vocabulary, model_vocabulary
 
 PAG = {name.removeprefix("pag_"): setting for name, setting in SOFTPAG_SETTINGS.items()}
 DEFAULT_PRESET = (
@@ -253,21 +253,65 @@ def unknown_words(prompt: str, words: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(w for w in prompt_words(prompt) if w not in known))
 
 
-# Prompts in the toy world's caption grammar, with the objects it draws: circle, square, triangle in red, yellow,
-# green, blue or purple (white, gray and black are backgrounds there, never objects).
+# Prompts in the toy world's caption grammar, for a model folder that records no grammar: objects of its colours
+# and shapes (white, gray and black are backgrounds there), none of the pairings held out of its training.
 EXAMPLE_PROMPTS = (
-    "a red circle on the left and a blue square on the right",
+    "a green circle on the left and a blue square on the right",
     "a large green square",
     "a small yellow triangle at the top",
     "a purple circle in the center on a dark background",
     "an outlined blue square at the bottom",
-    "a blue triangle at the top, a red circle in the center and a green square at the bottom",
+    "a red triangle at the top, a purple circle in the center and a green square at the bottom",
 )
 
 
 def examples_for(words: Sequence[str], examples: Sequence[str] = EXAMPLE_PROMPTS) -> list[str]:
     """The example prompts the model can read: all of them for a real model, else those within `words`."""
     return [p for p in examples if not unknown_words(p, words)]
+
+
+@dataclass(frozen=True)
+class PromptHelp:
+    """What a model reads: its words, example prompts it draws, and what in a prompt it was not trained on. From
+    the grammar its folder records (`pipelines.settings.model_vocabulary`: the toy models), else from its
+    tokenizer's whole words (`vocabulary`; none for a real model's open vocabulary)."""
+
+    words: tuple[str, ...]
+    examples: tuple[str, ...]
+    grammar: Vocabulary | None = None
+
+    def problems(self, prompt: str) -> list[str]:
+        """What in `prompt` the model was not trained on, in words ([] for an open vocabulary)."""
+        if self.grammar is not None:
+            return self.grammar.problems(prompt)
+        return [f"{short_repr(w)} (not a word it knows)" for w in unknown_words(prompt, self.words)]
+
+    def describe(self) -> str:
+        """The vocabulary for the UI (Markdown)."""
+        if self.grammar is not None:
+            return "\n".join(f"- {line}" for line in self.grammar.describe())
+        return ", ".join(self.words) if self.words else "This model was trained on open vocabulary."
+
+    def two_objects(self) -> str:
+        """The first example with two objects or more (what structured attention is for), else the first."""
+        return next(
+            (e for e in self.examples if " and " in e or " of " in e),
+            self.examples[0] if self.examples else "",
+        )
+
+
+def prompt_help(model: str | Path) -> PromptHelp:
+    """`PromptHelp` of a model folder: a recorded grammar that cannot be read counts as none (the tokenizer's
+    words are used)."""
+    try:
+        grammar = model_vocabulary(model)
+    except ValueError:
+        grammar = None
+    if grammar is None:
+        words = vocabulary(model)
+        return PromptHelp(tuple(words), tuple(examples_for(words)))
+    examples = tuple(e for e in grammar.examples if not grammar.problems(e))
+    return PromptHelp(tuple(w for w in grammar.words if w.isalpha()), examples, grammar)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -404,15 +448,15 @@ def gallery_items(history: list) -> list[tuple[str, str]]:
     return items
 
 
-def input_warnings(prompt: str, words: Sequence[str], unused: list[str]) -> list[str]:
-    """What the user should know before looking at the result: words the model never saw, head settings
-    that do nothing without heads."""
+def input_warnings(prompt: str, words: PromptHelp, unused: list[str]) -> list[str]:
+    """What the user should know before looking at the result: what in the prompt the model was not trained on,
+    head settings that do nothing without heads."""
     found = []
-    unknown = unknown_words(prompt, words)
-    if unknown:
+    problems = words.problems(prompt)
+    if problems:
         found.append(
-            f"Prompt: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this model's "
-            "vocabulary; it draws them as something it knows (see 'Vocabulary')."
+            f"Prompt: this model was not trained on {'; '.join(problems)}. It draws something it knows instead "
+            "(see 'Vocabulary')."
         )
     if unused:
         found.append(
