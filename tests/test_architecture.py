@@ -25,7 +25,7 @@ TOOLS = {
 def _layer(module: str) -> int:
     if module.startswith("guidance"):
         return 1
-    if module in TOOLS:
+    if module in TOOLS or module.split(".")[0] == "tools":
         return 3
     if module.startswith("pipelines"):
         return 2
@@ -34,7 +34,7 @@ def _layer(module: str) -> int:
 
 def _modules() -> dict[str, Path]:
     found = {"app": ROOT / "app.py"}
-    for package in ("guidance", "pipelines", "toyworld", "benchmarks"):
+    for package in ("guidance", "pipelines", "tools", "toyworld", "benchmarks"):
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -51,7 +51,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {n for n in names if n.split(".")[0] in ("guidance", "pipelines", "toyworld", "benchmarks", "app")}
+    return {n for n in names if n.split(".")[0] in ("guidance", "pipelines", "tools", "toyworld", "benchmarks", "app")}
 
 
 def _graph() -> dict[str, set[str]]:
