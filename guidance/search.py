@@ -434,29 +434,76 @@ def strict_scores(value):
     return {**out, "guard_failed": failed} if failed else out
 
 
-def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | Path, cell: int = 24) -> Path:
-    """A layers x heads PNG of score - baseline (blue below, red above, white at the baseline)."""
+MAP_LEFT, MAP_TOP = 56, 64  # where the head map's first cell starts (room for the L / H labels and the title)
+GUARD_FAILED_FILL, GUARD_FAILED_MARK = (
+    (200, 200, 200),
+    (60, 60, 60),
+)  # a head whose guard failed: grey, hatched, X
+
+
+def _diverging(t: float) -> tuple[int, int, int]:
+    """t in [-1, 1] as a colour: blue below the baseline, white at it, red above."""
+    t = max(-1.0, min(1.0, t))
+    if t >= 0:
+        return (255, int(255 * (1 - t)), int(255 * (1 - t)))
+    return (int(255 * (1 + t)), int(255 * (1 + t)), 255)
+
+
+def _guard_failed_mark(draw: ImageDraw.ImageDraw, x: int, y: int, size: int) -> None:
+    """Grey with diagonal hatching and an X: nothing like any score's colour."""
+    draw.rectangle([x, y, x + size - 1, y + size - 1], fill=GUARD_FAILED_FILL)
+    for offset in range(-size, size, 6):
+        draw.line([(x + max(0, offset), y + max(0, -offset)), (x + min(size, size + offset) - 1,
+                   y + min(size, size - offset) - 1)], fill=(150, 150, 150))  # fmt: skip
+    draw.line([(x + 3, y + 3), (x + size - 4, y + size - 4)], fill=GUARD_FAILED_MARK, width=2)
+    draw.line([(x + 3, y + size - 4), (x + size - 4, y + 3)], fill=GUARD_FAILED_MARK, width=2)
+
+
+def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | Path, cell: int = 32) -> Path:
+    """A layers x heads PNG of score - baseline (blue below, white at the baseline, red above), with a legend: the
+    colour scale with its values, and the mark of a head whose guard objective failed (its score -inf: grey,
+    hatched, crossed), which no score's colour resembles."""
+    from PIL import ImageFont
+
     layers = sorted({layer for layer, _ in scores})
     heads = sorted({head for _, head in scores})
     finite = [v - baseline for v in scores.values() if math.isfinite(v)]
     span = max((abs(v) for v in finite), default=1.0) or 1.0
-    margin = 40
-    image = Image.new("RGB", (margin + cell * len(heads), margin + cell * len(layers)), "white")
+    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    bar_x, bar_h = MAP_LEFT + cell * len(heads) + 28, 200
+    width = max(bar_x + 150, 480)
+    height = max(MAP_TOP + cell * len(layers) + 16, MAP_TOP + bar_h + 70)
+    image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    draw.text((8, 8), f"score - unguided ({baseline:.4g}), per head", fill="black", font=font)
     for (layer, head), value in scores.items():
-        x, y = margin + heads.index(head) * cell, margin + layers.index(layer) * cell
-        t = (value - baseline) / span if math.isfinite(value) else -1.0
-        color = (
-            (255, int(255 * (1 - t)), int(255 * (1 - t)))
-            if t >= 0
-            else (int(255 * (1 + t)), int(255 * (1 + t)), 255)
-        )
-        draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color)
+        x, y = MAP_LEFT + heads.index(head) * cell, MAP_TOP + layers.index(layer) * cell
+        if math.isfinite(value):
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_diverging((value - baseline) / span))
+        else:
+            _guard_failed_mark(draw, x, y, cell)
     for i, head in enumerate(heads):
-        draw.text((margin + i * cell + 4, margin - 14), f"H{head}", fill="black")
+        draw.text(
+            (MAP_LEFT + i * cell + cell // 2, MAP_TOP - 6), f"H{head}", fill="black", font=small, anchor="mb"
+        )
     for i, layer in enumerate(layers):
-        draw.text((4, margin + i * cell + 6), f"L{layer}", fill="black")
-    draw.text((4, 4), f"score - baseline, +/-{span:.3g}", fill="black")
+        draw.text(
+            (MAP_LEFT - 6, MAP_TOP + i * cell + cell // 2), f"L{layer}", fill="black", font=small, anchor="rm"
+        )
+    # Legend: the colour scale from +span (top) to -span (bottom), its values, then the guard-failed mark.
+    for row in range(bar_h):
+        draw.line(
+            [(bar_x, MAP_TOP + row), (bar_x + 19, MAP_TOP + row)], fill=_diverging(1 - 2 * row / (bar_h - 1))
+        )
+    draw.rectangle([bar_x, MAP_TOP, bar_x + 19, MAP_TOP + bar_h - 1], outline="black")
+    for t in (1.0, 0.5, 0.0, -0.5, -1.0):
+        y = MAP_TOP + round((1 - t) / 2 * (bar_h - 1))
+        draw.line([(bar_x + 20, y), (bar_x + 24, y)], fill="black")
+        text = "0 (unguided)" if t == 0 else f"{t * span:+.3g}"
+        draw.text((bar_x + 28, y), text, fill="black", font=small, anchor="lm")
+    draw.text((bar_x, MAP_TOP - 22), "score - unguided", fill="black", font=small)
+    _guard_failed_mark(draw, bar_x, MAP_TOP + bar_h + 16, 20)
+    draw.text((bar_x + 28, MAP_TOP + bar_h + 26), "guard failed", fill="black", font=small, anchor="lm")
     path = Path(path)
     image.save(path)
     return path

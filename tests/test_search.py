@@ -237,13 +237,32 @@ def test_clip_and_pickscore_objectives_from_local_folder(tmp_path):
 
 
 def test_outputs(tmp_path):
-    scores = {(0, 0): 0.5, (0, 1): 0.7, (1, 0): 0.2, (1, 1): 0.5}
+    from guidance.search import GUARD_FAILED_FILL, GUARD_FAILED_MARK, MAP_LEFT, MAP_TOP
+
+    scores = {(0, 0): 0.5, (0, 1): 0.7, (1, 0): 0.2, (1, 1): -np.inf}
     png = heatmap(scores, 0.5, tmp_path / "map.png")
     image = Image.open(png).convert("RGB")
-    assert image.size == (40 + 2 * 24, 40 + 2 * 24)
-    assert image.getpixel((40 + 24 + 5, 40 + 5)) == (255, 85, 85)  # L0H1 +0.2 of span 0.3: red
-    assert image.getpixel((40 + 5, 40 + 24 + 5)) == (0, 0, 255)  # L1H0 -0.3, the span: full blue
-    assert image.getpixel((40 + 5, 40 + 5)) == (255, 255, 255)  # at the baseline: white
+    cell = 32
+
+    def centre(layer: int, head: int) -> tuple[int, int]:
+        return MAP_LEFT + head * cell + cell // 2, MAP_TOP + layer * cell + cell // 2
+
+    assert image.getpixel(centre(0, 1)) == (255, 85, 85)  # L0H1 +0.2 of span 0.3: red
+    assert image.getpixel(centre(1, 0)) == (0, 0, 255)  # L1H0 -0.3, the span: full blue
+    assert image.getpixel(centre(0, 0)) == (255, 255, 255)  # at the baseline: white
+    # A head whose guard failed is grey, hatched and crossed: not the full blue of "hurts most".
+    x, y = MAP_LEFT + cell, MAP_TOP + cell
+    failed = {image.getpixel((x + i, y + j)) for i in range(cell) for j in range(cell)}
+    assert GUARD_FAILED_FILL in failed and GUARD_FAILED_MARK in failed and (0, 0, 255) not in failed
+    # The legend: a colour scale from +span (red, top) to -span (blue, bottom) right of the map, and the mark.
+    legend = [image.getpixel((px, MAP_TOP + 100)) for px in range(MAP_LEFT + 2 * cell, image.width)]
+    assert image.width >= 480 and image.height >= MAP_TOP + 200
+    bar_x = MAP_LEFT + 2 * cell + 28
+    top, bottom = image.getpixel((bar_x + 10, MAP_TOP + 2)), image.getpixel((bar_x + 10, MAP_TOP + 197))
+    assert top[0] == 255 and max(top[1:]) < 10 and bottom[2] == 255 and max(bottom[:2]) < 10
+    assert any(p != (255, 255, 255) for p in legend)
+    marks = {image.getpixel((bar_x + i, MAP_TOP + 216 + j)) for i in range(20) for j in range(20)}
+    assert GUARD_FAILED_FILL in marks and GUARD_FAILED_MARK in marks
     sel = preset([(0, 1), (1, 1)], settings(model="tiny", objective="red"), 0.5, {"best": 0.7})
     path = sel.save(tmp_path / "p.json")
     data = json.loads(path.read_text())
