@@ -24,8 +24,7 @@ import functools
 import inspect
 import types
 from collections.abc import Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +32,9 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from guidance.config import SoftPAGError
 from guidance.layouts import BatchInputs, ModelLayout, attention_sites, family_of
-from guidance.processors import PLAIN, PerturbationState, active_state, perturbing
+from guidance.processors import PerturbationState, perturbation
+from guidance.scope import CallScope, current, running
 from guidance.softpag import softpag_attention
-from guidance.swap import swapped_processors
 
 __all__ = ["GenericAttnProcessor", "generic_layout", "intercepted_calls"]
 
@@ -78,16 +77,21 @@ def _check_interceptable(name: str, processor) -> str:
 
 @dataclass
 class _Site:
-    """The module now running its processor: its name, the image tokens of its sequence, calls intercepted."""
+    """The module now running its processor (its running state, `scope.running`): its name, the image tokens of
+    its sequence, the running call's perturbation, the calls intercepted."""
 
     name: str
     order: str | None
     text_tokens: int | None
+    state: PerturbationState
     calls: int = 0
 
 
-_SITE: ContextVar[_Site | None] = ContextVar("softpag_generic_site", default=None)
-_COUNTS: ContextVar[dict[str, int] | None] = ContextVar("softpag_generic_counts", default=None)
+@dataclass
+class _DryRun(PerturbationState):
+    """`intercepted_calls`' state: nothing perturbed; intercepted attention calls counted per module."""
+
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def _image_tokens(site: _Site, tokens: int) -> slice:
@@ -107,11 +111,11 @@ def _image_tokens(site: _Site, tokens: int) -> slice:
 def _perturbed(query, key, value, mask, attend: Callable, heads_dim: int) -> torch.Tensor:
     """softpag_attention at the intercepted call: `attend(q, k, v, mask)` is the model's own attention call and
     `heads_dim` where its heads sit (2 for (batch, tokens, heads, dim), 1 for (batch, heads, tokens, dim))."""
-    site = _SITE.get()
+    site = current(_Site)
     if site is None:  # a call from outside a wrapped processor (never from its own `__call__`)
         return attend(query, key, value, mask)
     site.calls += 1
-    state = active_state() or PLAIN
+    state = site.state
     u = state.strength(site.name, query.shape[0])
     if u is None or not bool(u.any()):
         return attend(query, key, value, mask)
@@ -224,28 +228,24 @@ class GenericAttnProcessor:
         lambda self, value: setattr(self.inner, "_parallel_config", value),
     )
 
-    def _text_tokens(self, attn, args, kwargs) -> int | None:
+    def _text_tokens(self, state: PerturbationState, attn, args, kwargs) -> int | None:
         """Text length: the processor's own `encoder_hidden_states` (joint blocks) or the call's (single-stream)."""
         bound = self._signature.bind_partial(self.inner, attn, *args, **kwargs).arguments
         context = bound.get("encoder_hidden_states")
         if isinstance(context, torch.Tensor):
             return context.shape[1]
-        return (active_state() or PLAIN).text_tokens if self.order == "single" else None
+        return state.text_tokens if self.order == "single" else None
 
     def __call__(self, attn, *args, **kwargs):
-        state = active_state() or PLAIN
+        state = perturbation()
         text = (
-            self._text_tokens(attn, args, kwargs) if state.identity == "image" else None
-        )  # only "image" needs it
-        site = _Site(self.name, self.order, text)
-        token = _SITE.set(site)
-        try:
+            self._text_tokens(state, attn, args, kwargs) if state.identity == "image" else None
+        )  # only "image"
+        site = _Site(self.name, self.order, text, state)
+        with running(site):
             out = self._call(attn, *args, **kwargs)
-        finally:
-            _SITE.reset(token)
-        counts = _COUNTS.get()
-        if counts is not None and self.name in counts:
-            counts[self.name] += site.calls
+        if isinstance(state, _DryRun) and self.name in state.counts:
+            state.counts[self.name] += site.calls
         if site.calls == 0 and self.name in state.strengths:
             raise SoftPAGError(
                 f"pag_heads: {self.name} ({type(self.inner).__name__}) made no intercepted attention call; "
@@ -260,14 +260,9 @@ def intercepted_calls(denoiser: torch.nn.Module, forward: Callable[[], object]) 
     layout = generic_layout(denoiser)
     wrappers = {site.name: layout.processor(site.name) for site in layout.sites.values()}
     counts = dict.fromkeys(wrappers, 0)
-    state = PerturbationState(strengths={})
-    token = _COUNTS.set(counts)
-    try:
-        with swapped_processors(denoiser, wrappers, layout.replaceable, "pag_heads", SoftPAGError):
-            with perturbing(state), torch.no_grad():
-                forward()
-    finally:
-        _COUNTS.reset(token)
+    scope = CallScope(_DryRun(counts=counts), "pag_heads", SoftPAGError)
+    with scope.processors(denoiser, wrappers, layout.replaceable), torch.no_grad():
+        forward()
     silent = [f"{n} ({type(wrappers[n].inner).__name__})" for n, c in counts.items() if c == 0]
     if silent:
         raise SoftPAGError(f"{type(denoiser).__name__}: no intercepted attention call in {silent}")

@@ -17,7 +17,7 @@ CFG's uncond batch runs with the heads perturbed: eps = eps_u~ + w_cfg (eps_c - 
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,8 +26,8 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 
 from guidance.config import SoftPAGConfig, SoftPAGError
 from guidance.perturbation import SoftPAG
-from guidance.processors import PerturbationState, perturbing
-from guidance.swap import swapped_processors
+from guidance.processors import PerturbationState
+from guidance.scope import CallScope, ScopeHook
 
 if TYPE_CHECKING:
     from diffusers.modular_pipelines.modular_pipeline import BlockState
@@ -77,7 +77,7 @@ class SoftPAGGuidance(BaseGuidance):
             )  # fmt: skip
             if self.softpag.branch == "uncond":
                 self._check_uncond_branch()
-        self._stack: ExitStack | None = None
+        self._scope: CallScope | None = None  # the perturbed batch's, open from prepare_models to its end
         self._resolved: tuple[int, SoftPAG] | None = None
         self._last_delta: torch.Tensor | None = None  # the last w_pag (eps_c - eps_p), reused by pag_every
 
@@ -187,40 +187,21 @@ class SoftPAGGuidance(BaseGuidance):
         softpag = self._perturbation(denoiser)
         (group,) = softpag.group_strengths
         processors = {name: softpag.layout.processor(name) for name in group}
-        state = PerturbationState(self.softpag.identity)
-
-        def publish(module, args, kwargs):  # per-row strengths for this call's batch; text length for "image"
-            first = kwargs.get("hidden_states", kwargs.get("x", args[0] if args else None))
-            device = (first[0] if isinstance(first, list) else first).device  # Z-Image: one tensor per sample
-            state.strengths = {name: u.to(device).expand(len(first), -1) for name, u in group.items()}
-            context = kwargs.get("encoder_hidden_states")
-            state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
-
-        def done(module, args, kwargs, output):  # runs even when the forward raises (always_call)
-            self.cleanup_models(module)
-
         self.cleanup_models(denoiser)  # a perturbed call left open by an interrupted loop
-        stack = ExitStack()
-        try:
-            stack.enter_context(
-                swapped_processors(
-                    denoiser, processors, softpag.layout.replaceable, "pag_heads", SoftPAGError
-                )
-            )
-            stack.callback(denoiser.register_forward_pre_hook(publish, with_kwargs=True).remove)
-            stack.enter_context(perturbing(state))
-            stack.callback(denoiser.register_forward_hook(done, with_kwargs=True, always_call=True).remove)
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+        scope = CallScope(
+            _GuidedBatch(self.softpag.identity, group=group, guider=self), "pag_heads", SoftPAGError
+        )
+        scope.processors(denoiser, processors, softpag.layout.replaceable)
+        scope.hook(denoiser, "softpag-guider", _GuidedBatchHook())
+        scope.open()
+        self._scope = scope
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         """After the perturbed batch (or when its forward ends, also by an exception): the original processors
         back, the hooks removed."""
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            scope.close(check=False)
 
     # -- the combination ----------------------------------------------------------------------------------
 
@@ -241,3 +222,30 @@ class SoftPAGGuidance(BaseGuidance):
         elif self.softpag is not None and self.softpag.branch == "cond" and self._is_softpag_enabled():
             pred = pred + self._last_delta  # pag_every: a step between two perturbed ones
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+@dataclass
+class _GuidedBatch(PerturbationState):
+    """The perturbed batch's state: its head group's strengths (heads,) by module, and the guider that closes it."""
+
+    group: dict[str, torch.Tensor] = field(default_factory=dict)
+    guider: SoftPAGGuidance | None = None
+
+
+class _GuidedBatchHook(ScopeHook):
+    """The denoiser's hooks for a perturbed batch: per-row strengths and the text length before the forward; the
+    batch's scope closed after it, also when it raises."""
+
+    serves = _GuidedBatch
+    always_call = True
+
+    def pre_forward(self, state: _GuidedBatch, module, args, kwargs):
+        first = kwargs.get("hidden_states", kwargs.get("x", args[0] if args else None))
+        device = (first[0] if isinstance(first, list) else first).device  # Z-Image: one tensor per sample
+        state.strengths = {name: u.to(device).expand(len(first), -1) for name, u in state.group.items()}
+        context = kwargs.get("encoder_hidden_states")
+        state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
+
+    def post_forward(self, state: _GuidedBatch, module, args, kwargs, output):
+        state.guider.cleanup_models(module)
+        return output

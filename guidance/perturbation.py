@@ -1,11 +1,12 @@
 """One SoftPAG call: the strength tables of a validated config, and the hooks that run the perturbed branch.
 
-Flow of a denoiser call while `SoftPAG.applied(...)` is active (pieces in `guidance.batch_rows`):
+Flow of a denoiser call while the call's scope is open (`SoftPAG.applied(...)`, a `guidance.scope.CallScope`
+whose state, a `_SoftPAGCall`, its hooks are handed; pieces in `guidance.batch_rows`):
 1. The denoiser's pre-hook sees the pipeline's batch (`[uncond, cond]` or `[cond]`). On the step's main call (the
    first denoiser call since the last `scheduler.step`, not SD3's skip-layer call nor FLUX's true-CFG uncond
    call, which come after it) inside the step window, it appends one copy of the cond rows per head group
-   (`expand_rows`) and publishes each perturbed module's strengths (rows, heads) in the call's
-   `PerturbationState` (0 on the pipeline's rows).
+   (`expand_rows`) and publishes each perturbed module's strengths (rows, heads) in the call's state, the
+   `PerturbationState` the processors read (0 on the pipeline's rows).
 2. Shared prefix (transformers): blocks before the first perturbed layer compute the same thing for cond and
    perturbed rows, so only the time-embedding inputs grow; those blocks get the first rows of `temb`, and the
    first perturbed block's pre-hook copies the cond rows of the image and text streams.
@@ -23,9 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -44,8 +43,8 @@ from guidance.batch_rows import (
 from guidance.config import SoftPAGConfig, SoftPAGError
 from guidance.heads import HeadSelection
 from guidance.layouts import ModelLayout
-from guidance.processors import PerturbationState, perturbing
-from guidance.swap import StepWindow, shared_hooks, swapped_processors
+from guidance.processors import PerturbationState
+from guidance.scope import CallScope, ScopeHook, StepWindow
 
 
 class SoftPAG:
@@ -134,28 +133,22 @@ class SoftPAG:
         self.layers = [h.layer for s in parsed if s is not None for h in s.entries]
         self.images = len(tables)
 
-    @contextmanager
-    def applied(self, pipe, cond_rows: CondRows, rescales: bool = False) -> Iterator[PerturbationState]:
-        """Install processors and hooks for one pipeline call; restore everything afterwards, also on errors.
+    def applied(self, pipe, cond_rows: CondRows, rescales: bool = False) -> CallScope:
+        """The scope of one pipeline call (enter it around the parent's `__call__`): the SoftPAG processors on the
+        perturbed modules, the denoiser's hooks (and the shared prefix's block hooks), the `scheduler.step` fold;
+        its state, a `_SoftPAGCall`, is what they are handed.
 
         cond_rows: where the cond rows sit in a denoiser batch. rescales: the parent rescales its guided
         prediction by its `guidance_rescale` (SD, SDXL)."""
         call = _SoftPAGCall(self, pipe, cond_rows, rescales)
+        scope = CallScope(call, "pag_heads", SoftPAGError)
         processors = {name: self.layout.processor(name) for name in self.modules}
-        denoiser, blocks = self.denoiser, self.layout.blocks
-        with ExitStack() as stack:
-            stack.enter_context(
-                swapped_processors(denoiser, processors, self.layout.replaceable, "pag_heads", SoftPAGError)
-            )
-            stack.enter_context(shared_hooks(denoiser, "softpag", lambda: _register_denoiser_hooks(denoiser)))
-            if blocks:
-                stack.enter_context(
-                    shared_hooks(denoiser, "softpag-blocks", lambda: _register_block_hooks(denoiser, blocks))
-                )
-            stack.enter_context(_wrapped_step(pipe.scheduler, call))
-            token = _CALL.set(call)
-            stack.callback(_CALL.reset, token)
-            yield stack.enter_context(perturbing(call.state))
+        scope.processors(self.denoiser, processors, self.layout.replaceable)
+        scope.hook(self.denoiser, "softpag", _DenoiserHook())
+        if self.split_block is not None:  # blocks after the split block see the expanded streams as they are
+            for index, name in enumerate(self.layout.blocks[: self.split_block + 1]):
+                scope.hook(self.denoiser.get_submodule(name), "softpag-block", _BlockHook(index))
+        return scope.around(pipe.scheduler, "step", _SoftPAGCall.step)
 
 
 def _warn_other_model(selection: HeadSelection, loaded: str | None, layout: ModelLayout) -> None:
@@ -173,13 +166,12 @@ def _warn_other_model(selection: HeadSelection, loaded: str | None, layout: Mode
     )
 
 
-# -- the hooks of one call ---------------------------------------------------------------------------------
-
-_CALL: ContextVar[_SoftPAGCall | None] = ContextVar("softpag_call", default=None)
+# -- the state of one call and its hooks ---------------------------------------------------------------------
 
 
-class _SoftPAGCall:
-    """The running call's state between hooks: is this denoiser call perturbed, its row layout, its delta.
+class _SoftPAGCall(PerturbationState):
+    """The running call's state, handed to its hooks: is this denoiser call perturbed, its row layout, its delta;
+    and, as a `PerturbationState`, what the processors perturb in the denoiser call now running.
 
     pag_every=k: the window's main evaluations 0, k, 2k, ... run the perturbed branch; the others run the pipeline's
     batch unexpanded and fold the last delta again. The delta is reused as it is, not rescaled for the new step: it
@@ -191,8 +183,8 @@ class _SoftPAGCall:
     prediction and got none (CFG off) raises."""
 
     def __init__(self, pag: SoftPAG, pipe, cond_rows: CondRows, rescales: bool):
+        super().__init__(pag.config.identity)
         self.pag, self.pipe, self.cond_rows, self.rescales = pag, pipe, cond_rows, rescales
-        self.state = PerturbationState(pag.config.identity)
         self.signature = inspect.signature(pag.denoiser.forward)
         self.window = StepWindow(pipe.scheduler, pag.config.start, pag.config.stop)
         self.first_of_step = True
@@ -202,8 +194,8 @@ class _SoftPAGCall:
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (delta, pure output) for this step
         self.last_delta: torch.Tensor | None = None  # the last computed PAG term, reused by pag_every
         self.uncond_due = False  # pag_branch="uncond": this step's uncond prediction is a call still to come
-        self.built_for: tuple = ()
-        self.strengths: dict[str, torch.Tensor] = {}
+        self.built_for: tuple = ()  # the batch shape `table` was built for
+        self.table: dict[str, torch.Tensor] = {}  # strengths by module for that shape, published per call
 
     def _is_main_call(self, inputs: dict) -> bool:
         """The step's first denoiser call; SD3's skip-layer call and FLUX's true-CFG uncond call come later."""
@@ -223,7 +215,7 @@ class _SoftPAGCall:
         """Denoiser pre-hook: decide what this call does; for the cond branch expand its inputs (B -> B + G*C)."""
         bound = self.signature.bind(*args, **kwargs)
         inputs = bound.arguments
-        self.layout, self.mode, self.state.strengths = None, None, {}
+        self.layout, self.mode, self.strengths = None, None, {}
         if not self._is_main_call(inputs):
             if self.uncond_due and not inputs.get("skip_layers"):  # the step's separate uncond call
                 self.uncond_due = False
@@ -263,9 +255,9 @@ class _SoftPAGCall:
                 f"pag_heads_per_image has {self.pag.images} selections but the call generates {layout.size} images"
             )
         if self.built_for != (rows, layout.size):  # the same every step of a call: build once, on the device
-            self.strengths = strength_table(layout, self.pag.group_strengths, self.pag.heads, device)
+            self.table = strength_table(layout, self.pag.group_strengths, self.pag.heads, device)
             self.built_for = (rows, layout.size)
-        self.state.strengths = self.strengths
+        self.strengths = self.table
         return layout
 
     def _perturb_uncond(self, inputs: dict) -> None:
@@ -284,9 +276,9 @@ class _SoftPAGCall:
         key = (rows, tuple(perturbed.tolist()))
         if self.built_for != key:
             (group,) = self.pag.group_strengths
-            self.strengths = row_strengths(rows, perturbed, group, self.pag.heads, device)
+            self.table = row_strengths(rows, perturbed, group, self.pag.heads, device)
             self.built_for = key
-        self.state.strengths = self.strengths
+        self.strengths = self.table
         self._publish_text_tokens(inputs)
         self.mode = "uncond"
 
@@ -307,7 +299,7 @@ class _SoftPAGCall:
     def _publish_text_tokens(self, inputs: dict) -> None:
         """The text length of this call, for the "image" identity of single-stream blocks."""
         context = inputs.get("encoder_hidden_states")
-        self.state.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
+        self.text_tokens = context.shape[1] if isinstance(context, torch.Tensor) else None
 
     def block(self, index: int, kwargs: dict) -> dict:
         """Block pre-hook (shared prefix): blocks before the split see the B rows; the split block expands."""
@@ -323,7 +315,7 @@ class _SoftPAGCall:
 
     def after(self, output):
         """Denoiser hook: return the pipeline's B rows untouched; keep the delta to add at `scheduler.step`."""
-        mode, layout, self.mode, self.layout, self.state.strengths = self.mode, self.layout, None, None, {}
+        mode, layout, self.mode, self.layout, self.strengths = self.mode, self.layout, None, None, {}
         if mode in (None, "uncond"):
             return output
         sample = output[0] if isinstance(output, tuple) else output.sample
@@ -366,54 +358,25 @@ class _SoftPAGCall:
         )
 
 
-def _register_denoiser_hooks(denoiser: torch.nn.Module) -> list:
-    """The denoiser's pre-hook and hook, dispatching to the SoftPAG call running in this thread (if any)."""
+class _DenoiserHook(ScopeHook):
+    """The denoiser's pre-hook and hook, for every running SoftPAG call: the call decides, expands and splits."""
 
-    def before(module, args, kwargs):
-        call = _CALL.get()
-        return None if call is None else call.before(args, kwargs)
+    serves = _SoftPAGCall
 
-    def after(module, args, kwargs, output):
-        call = _CALL.get()
-        return output if call is None else call.after(output)
+    def pre_forward(self, call: _SoftPAGCall, module, args, kwargs):
+        return call.before(args, kwargs)
 
-    return [
-        denoiser.register_forward_pre_hook(before, with_kwargs=True),
-        denoiser.register_forward_hook(after, with_kwargs=True),
-    ]
+    def post_forward(self, call: _SoftPAGCall, module, args, kwargs, output):
+        return call.after(output)
 
 
-def _register_block_hooks(denoiser: torch.nn.Module, blocks: Sequence[str]) -> list:
-    """Pre-hooks on every block for the shared prefix, dispatching to the running SoftPAG call (if any)."""
+class _BlockHook(ScopeHook):
+    """The pre-hook of block `index` for the shared prefix (see `_SoftPAGCall.block`)."""
 
-    def hook_for(index: int):
-        def hook(module, args, kwargs):
-            call = _CALL.get()
-            return None if call is None else (args, call.block(index, kwargs))
+    serves = _SoftPAGCall
 
-        return hook
+    def __init__(self, index: int):
+        self.index = index
 
-    return [
-        denoiser.get_submodule(name).register_forward_pre_hook(hook_for(i), with_kwargs=True)
-        for i, name in enumerate(blocks)
-    ]
-
-
-@contextmanager
-def _wrapped_step(scheduler, call: _SoftPAGCall) -> Iterator[None]:
-    """`scheduler.step` for the call, adding the PAG term to the prediction it receives."""
-    if "step" in vars(scheduler):
-        raise SoftPAGError(
-            "pag_heads: this scheduler is in use by another running call; give each concurrent pipeline its own "
-            "scheduler (e.g. HeadHunterPipeline.from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler)))"
-        )
-    original = scheduler.step
-
-    def step(model_output, *args, **kwargs):
-        return original(call.step(model_output), *args, **kwargs)
-
-    scheduler.step = step
-    try:
-        yield
-    finally:
-        del scheduler.step
+    def pre_forward(self, call: _SoftPAGCall, module, args, kwargs):
+        return args, call.block(self.index, kwargs)

@@ -4,21 +4,20 @@ Each processor reproduces the diffusers processor it replaces (projections, qk-n
 projections) and hands q, k, v to `guidance.softpag.softpag_attention`; it knows the model, not the formula.
 What to perturb travels in a `PerturbationState` owned by one call: per attention module, a strength tensor
 (batch rows, heads) for the batch now running. A module with no strength entry behaves exactly as plain attention.
-The processors find the running call's state through a context variable (`perturbing(state)`), so calls that run
-at once on shared modules (pipelines made with `from_pipe`, in several threads) each see their own.
+The processors read the running call's state from its scope (`guidance.scope.current`; `perturbing(state)` runs one
+by hand), so calls that run at once on shared modules (pipelines made with `from_pipe`, in several threads) each
+see their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
+from guidance.scope import current, running
 from guidance.softpag import softpag_attention
 
 
@@ -41,22 +40,22 @@ class PerturbationState:
         return u
 
 
-_ACTIVE: ContextVar[PerturbationState | None] = ContextVar("softpag_state", default=None)
+PLAIN = PerturbationState()  # outside a SoftPAG call: no module perturbed
 
 
-@contextmanager
-def perturbing(state: PerturbationState) -> Iterator[PerturbationState]:
-    """Make `state` the running call's perturbation for SoftPAG processors in this thread / task."""
-    token = _ACTIVE.set(state)
-    try:
-        yield state
-    finally:
-        _ACTIVE.reset(token)
+def perturbing(state: PerturbationState):
+    """Context manager: `state` as the running call's perturbation for SoftPAG processors run by hand."""
+    return running(state)
 
 
 def active_state() -> PerturbationState | None:
     """The running call's perturbation, or None outside a SoftPAG call."""
-    return _ACTIVE.get()
+    return current(PerturbationState)
+
+
+def perturbation() -> PerturbationState:
+    """The running call's perturbation; outside a call `PLAIN` (nothing perturbed: plain attention)."""
+    return current(PerturbationState) or PLAIN
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -72,29 +71,22 @@ def project(x: torch.Tensor, projections, norms, heads: int) -> tuple[torch.Tens
 
 
 class _SoftPAGProcessor:
-    """Shared part: the module name this processor serves; the running call's state comes from `perturbing`."""
+    """Shared part: the module name this processor serves (the running call's state is read per call)."""
 
     def __init__(self, name: str):
         self.name = name
         self.share_key = (type(self).__name__, name)
 
-    @property
-    def state(self) -> PerturbationState:
-        """The running call's state (an empty one outside a call: plain attention)."""
-        return _ACTIVE.get() or PLAIN
-
-    def _strength(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        u = self.state.strength(self.name, batch)
+    def _strength(self, state: PerturbationState, batch: int, device: torch.device) -> torch.Tensor | None:
+        u = state.strength(self.name, batch)
         return None if u is None else u.to(device)
-
-
-PLAIN = PerturbationState()  # outside a SoftPAG call: no module perturbed
 
 
 class SoftPAGJointAttnProcessor(_SoftPAGProcessor):
     """SD3/SD3.5 joint attention ([image, text] tokens) and SD3.5's image-only `attn2`; qk-norm kept."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        state = perturbation()
         batch, image_tokens = hidden_states.shape[:2]
         query, key, value = project(
             hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k), attn.heads
@@ -112,8 +104,8 @@ class SoftPAGJointAttnProcessor(_SoftPAGProcessor):
             query,
             key,
             value,
-            self._strength(batch, query.device),
-            self.state.identity,
+            self._strength(state, batch, query.device),
+            state.identity,
             slice(0, image_tokens),
         )
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
@@ -148,6 +140,7 @@ class SoftPAGFluxAttnProcessor(_SoftPAGProcessor):
     ):
         if attention_mask is not None:
             raise ValueError("SoftPAG on FLUX does not support attention_mask")
+        state = perturbation()
         batch, tokens = hidden_states.shape[:2]
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
@@ -155,7 +148,7 @@ class SoftPAGFluxAttnProcessor(_SoftPAGProcessor):
             query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
         query, key = attn.norm_q(query), attn.norm_k(key)
-        text_tokens = self.state.text_tokens or 0
+        text_tokens = state.text_tokens or 0
         if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
             if attn.fused_projections:
                 ctx = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
@@ -174,7 +167,7 @@ class SoftPAGFluxAttnProcessor(_SoftPAGProcessor):
 
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))
         out = softpag_attention(
-            query, key, value, self._strength(batch, query.device), self.state.identity,
+            query, key, value, self._strength(state, batch, query.device), state.identity,
             slice(text_tokens, None), attention=self._attend,
         )  # fmt: skip
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
@@ -224,6 +217,7 @@ class SoftPAGSelfAttnProcessor(_SoftPAGProcessor):
         query, key, value = project(
             hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k), attn.heads
         )
-        u = self._strength(hidden_states.shape[0], query.device)
-        out = softpag_attention(query, key, value, u, self.state.identity, None)
+        state = perturbation()
+        u = self._strength(state, hidden_states.shape[0], query.device)
+        out = softpag_attention(query, key, value, u, state.identity, None)
         return unet_output(attn, out.to(query.dtype), residual, shape)

@@ -14,14 +14,12 @@ concatenated along the token axis, so any batch reordering (CFG, SoftPAG's copie
 - conjunction: [W_p ; W̄_1 ; .. ; W̄_m ; weights]      ((m + 2)L tokens; the weights block's first row holds the
   weight of each key set: 1/(k+1) for the sets of that row, 0 for padding)
 Unconditional rows carry the negative prompt in every slot (weights on the first set only): plain attention.
-The processors read the running call's state through a context variable (`structuring(state)`).
+The processors read the running call's state from its scope (`guidance.scope.current`; `structuring(state)` runs
+one by hand).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -29,18 +27,20 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 
 from guidance.processors import project, split_heads, unet_output, unet_tokens
+from guidance.scope import StepWindow, current, running
 
-_ACTIVE: ContextVar = ContextVar("structured_state", default=None)
+
+@dataclass(kw_only=True)
+class StructuredCall:
+    """What every structured call carries: whether the current step is inside its window, and the window."""
+
+    active: bool = True
+    window: StepWindow | None = None
 
 
-@contextmanager
-def structuring(state) -> Iterator:
-    """Make `state` (StructuredState or JointStructuredState) the running call's, for the structured processors."""
-    token = _ACTIVE.set(state)
-    try:
-        yield state
-    finally:
-        _ACTIVE.reset(token)
+def structuring(state: StructuredCall):
+    """Context manager: `state` as the running structured call, for structured processors run by hand."""
+    return running(state)
 
 
 # Outside a structured call (another thread's plain call on shared modules) the processors are the plain ones.
@@ -103,13 +103,12 @@ def naive_key_value(query, key, values: list[torch.Tensor]) -> torch.Tensor:
 
 
 @dataclass
-class StructuredState:
-    """Per call: mode, the text length L of one context, number of key sets, and whether the step is active."""
+class StructuredState(StructuredCall):
+    """Per call (UNets): mode, the text length L of one context, number of key sets."""
 
     mode: str
     length: int
     sets: int = 1
-    active: bool = True
 
 
 class StructuredCrossAttnProcessor:
@@ -122,7 +121,7 @@ class StructuredCrossAttnProcessor:
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
     ):
-        state = _ACTIVE.get()
+        state = current(StructuredState)
         if state is None:
             return _PLAIN_CROSS(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if encoder_hidden_states is None or attention_mask is not None:
@@ -163,13 +162,12 @@ class StructuredCrossAttnProcessor:
 
 
 @dataclass
-class JointStructuredState:
+class JointStructuredState(StructuredCall):
     """Per call (SD3): the input-level offset d = embed(mean aligned) - embed(W_p) of the text stream, and per
     structured block the normalised value context the processor reads."""
 
     delta: torch.Tensor | None = None
     value_context: dict[str, torch.Tensor] | None = None
-    active: bool = True
     length: int = 0  # L, the tokens of the full prompt at the front of the packed context
     chosen: frozenset[str] = frozenset()  # the structured attention modules of this call
 
@@ -185,7 +183,7 @@ class StructuredJointAttnProcessor:
         self.share_key = ("structured-joint", name)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        state = _ACTIVE.get()
+        state = current(JointStructuredState)
         if state is None:
             return _PLAIN_JOINT(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         image_tokens = hidden_states.shape[1]

@@ -8,8 +8,8 @@ and the feed-forward all read. Placement `"proj_in"` does exactly that: a hook o
 `proj_in` adds a learned `W_r r` (zero at initialisation). Placement `"attn2_query"` (the first toy model) adds
 `W_r r` to the cross-attention query only. The rays are exact Plücker rays of the query camera at the token grid.
 
-Which rows attend to the scene travels with the call in a `SceneCall`, read from a context variable by processors
-and hooks that calls running at once share (`guidance.swap`): rows with `keep == 0` (classifier-free guidance's
+Which rows attend to the scene travels with the call in a `SceneCall`, the state of the call's scope
+(`guidance.scope`): handed to the `proj_in` hooks, read by the processors; calls running at once share both: rows with `keep == 0` (classifier-free guidance's
 unconditional rows, condition dropout in training) get no ray term and either no cross-attention output (`null_scene`
 "no_output", the toy models) or attention to all-zero scene tokens (`null_scene` "zero_tokens", the official
 unconditional input, which leaves the layer's output bias); every row gets nothing when the call disables scene
@@ -25,9 +25,7 @@ sit at distance 1 from the object, the first one at R = I, T = (0, 0, 1)).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +33,8 @@ import torch.nn.functional as F
 
 from guidance.cameras import plucker_rays
 from guidance.config import GuidanceError
-from guidance.swap import attention_modules, shared_hooks, swapped_processors
+from guidance.scope import CallScope, ScopeHook, current
+from guidance.swap import attention_modules
 
 REPLACEABLE = ("AttnProcessor2_0", "AttnProcessor")
 PLACEMENTS = ("proj_in", "attn2_query")
@@ -143,12 +142,9 @@ class SceneCall:
         return self._rays[side].to(dtype)
 
 
-_CALL: ContextVar[SceneCall | None] = ContextVar("upfusion_scene_call", default=None)
-
-
 def current_call() -> SceneCall:
     """The SceneCall of the scene_attention_installed scope this thread (context) is in."""
-    call = _CALL.get()
+    call = current(SceneCall)
     if call is None:
         raise GuidanceError(
             "scene-token attention ran outside a scene_attention scope (no SceneCall is active)"
@@ -192,9 +188,8 @@ class SceneTokenAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def ray_token_term(projection: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+def ray_token_term(projection: torch.nn.Module, output: torch.Tensor, call: SceneCall) -> torch.Tensor:
     """`proj_in`'s output plus the call's ray term `W_r r`: (B, C, H, W) (conv proj_in) or (B, H*W, C)."""
-    call = current_call()
     if not call.enabled:
         return output
     tokens = output.shape[-2] * output.shape[-1] if output.ndim == 4 else output.shape[1]
@@ -205,8 +200,16 @@ def ray_token_term(projection: torch.nn.Module, output: torch.Tensor) -> torch.T
     return output + term
 
 
-def _proj_in_hook(projection: torch.nn.Module):
-    return lambda module, args, output: ray_token_term(projection, output)
+class _RayTerm(ScopeHook):
+    """`proj_in`'s hook (placement "proj_in"): the running call's ray term through `projection`."""
+
+    serves = SceneCall
+
+    def __init__(self, projection: torch.nn.Module):
+        self.projection = projection
+
+    def post_forward(self, call: SceneCall, module, args, kwargs, output):
+        return ray_token_term(self.projection, output, call)
 
 
 def conditioned_transformers(model: torch.nn.Module) -> list[str]:
@@ -225,41 +228,31 @@ def ray_projection_names(model: torch.nn.Module, prefix: str, placement: str = "
     return [f"{prefix}/{name}" for name in names]
 
 
-@contextmanager
 def scene_attention_installed(
     models: Mapping[str, torch.nn.Module],
     projections: Mapping[str, torch.nn.Module],
     call: SceneCall,
     placement: str = "attn2_query",
-) -> Iterator[None]:
-    """Scene-token processors on every attn2 of each {prefix: model} and the ray term at `placement` for the
-    body; restored always. Calls running at once (threads, nested scopes) share processors and hooks.
+) -> CallScope:
+    """The scope of one call (a context manager): scene-token processors on every attn2 of each {prefix: model} and
+    the ray term at `placement`; restored always. Calls running at once (threads, nested scopes) share processors
+    and hooks.
 
     projections: {"prefix/module name": ray projection} keyed as `ray_projection_names` gives them."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
-    token = _CALL.set(call)
-    try:
-        with ExitStack() as stack:
-            for prefix, model in models.items():
-                query_terms = placement == "attn2_query"
-                processors = {
-                    name: SceneTokenAttnProcessor(
-                        projections.get(f"{prefix}/{name}") if query_terms else None
-                    )
-                    for name in attention_modules(model, "attn2")
-                }
-                stack.enter_context(swapped_processors(model, processors, REPLACEABLE, "scene_attention"))
-                if not query_terms:
-                    for name in conditioned_transformers(model):
-                        projection = projections.get(f"{prefix}/{name}")
-                        if projection is None:
-                            continue
-                        proj_in = model.get_submodule(name).proj_in
-                        register = lambda m=proj_in, p=projection: [m.register_forward_hook(_proj_in_hook(p))]  # noqa: E731
-                        stack.enter_context(
-                            shared_hooks(proj_in, f"upfusion-rays-{id(projection)}", register)
-                        )
-            yield
-    finally:
-        _CALL.reset(token)
+    scope = CallScope(call, "scene_attention")
+    query_terms = placement == "attn2_query"
+    for prefix, model in models.items():
+        processors = {
+            name: SceneTokenAttnProcessor(projections.get(f"{prefix}/{name}") if query_terms else None)
+            for name in attention_modules(model, "attn2")
+        }
+        scope.processors(model, processors, REPLACEABLE)
+        if not query_terms:
+            for name in conditioned_transformers(model):
+                projection = projections.get(f"{prefix}/{name}")
+                if projection is not None:
+                    proj_in = model.get_submodule(name).proj_in
+                    scope.hook(proj_in, f"upfusion-rays-{id(projection)}", _RayTerm(projection))
+    return scope

@@ -9,6 +9,7 @@ loaded pipeline's `__call__`; explicit arguments win.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -92,10 +93,10 @@ class SoftPAGMixin:
         @functools.wraps(parent)
         def encode_prompt(self, *args, **kwargs):
             trained = self.recorded_call.get("max_sequence_length")
-            by_design = trained if kwargs.get("max_sequence_length") == trained else None
+            by_design = trained is not None and kwargs.get("max_sequence_length") == trained
             with (
                 component_lock(getattr(self, "tokenizer", None)),
-                t5_length_by_design(parent.__module__, by_design),
+                t5_length_by_design(parent.__module__, trained) if by_design else contextlib.nullcontext(),
             ):
                 return parent(self, *args, **kwargs)
 

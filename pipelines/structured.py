@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,23 +24,21 @@ from guidance.config import (
 )
 from guidance.heads import short_repr
 from guidance.noun_phrases import Phrase, noun_phrases_batch, token_spans
+from guidance.scope import CallScope, ScopeHook, StepWindow
 from guidance.structured import (
     JointStructuredState,
+    StructuredCall,
     StructuredCrossAttnProcessor,
     StructuredJointAttnProcessor,
     StructuredState,
     aligned_contexts,
     pack,
     single_aligned,
-    structuring,
 )
-from guidance.swap import StepWindow, attention_modules, denoiser_of, shared_hooks, swapped_processors
+from guidance.swap import attention_modules, denoiser_of
 
 CROSS_REPLACEABLE = ("AttnProcessor2_0", "AttnProcessor", "StructuredCrossAttnProcessor")
 JOINT_REPLACEABLE = ("JointAttnProcessor2_0", "StructuredJointAttnProcessor")
-
-# The running structured call of this thread: its state and its step window (read by the shared hooks).
-_CALL: ContextVar[tuple | None] = ContextVar("structured_call", default=None)
 
 
 @dataclass(frozen=True)
@@ -127,22 +123,14 @@ class StructuredMixin:
                 stacks.append(full[b][None])
         return stacks
 
-    @contextmanager
-    def _structured_call(self, state, config: StructuredConfig) -> Iterator[None]:
-        """Make `state` this thread's structured call, with its step window counted by a shared denoiser hook."""
-        denoiser = denoiser_of(self)
-        window = StepWindow(self.scheduler, config.start, config.stop)
-        token = _CALL.set((state, window))
-        try:
-            with (
-                shared_hooks(denoiser, "structured-window", lambda: [_window_hook(denoiser)]),
-                structuring(state),
-            ):
-                yield
-        finally:
-            _CALL.reset(token)
+    def _structured_scope(self, state: StructuredCall, config: StructuredConfig) -> CallScope:
+        """The call's scope: its state, with the step window counted by a denoiser pre-hook (processors and other
+        hooks are added by `_structured_installed`)."""
+        state.window = StepWindow(self.scheduler, config.start, config.stop)
+        return CallScope(state, "structured", StructuredError).hook(
+            denoiser_of(self), "structured-window", _Window()
+        )
 
-    @contextmanager
     def _structured_installed(self, config: StructuredConfig, length: int, sets: int, options: EncodeOptions):
         """UNets: StructuredCrossAttnProcessor on every attn2 (those outside `layers` use W_p only)."""
         names = attention_modules(self.unet, "attn2")
@@ -151,12 +139,8 @@ class StructuredMixin:
             name: StructuredCrossAttnProcessor(config.layers is None or i in config.layers)
             for i, name in enumerate(names)
         }
-        state = StructuredState(config.mode, length, sets)
-        with (
-            swapped_processors(self.unet, processors, CROSS_REPLACEABLE, "structured", StructuredError),
-            self._structured_call(state, config),
-        ):
-            yield
+        scope = self._structured_scope(StructuredState(config.mode, length, sets), config)
+        return scope.processors(self.unet, processors, CROSS_REPLACEABLE)
 
     def __call__(
         self,
@@ -229,7 +213,6 @@ class StructuredSD3Mixin(StructuredMixin):
                     segments.append((offset + span[0], offset + span[1], offset))
         return per_phrase
 
-    @contextmanager
     def _structured_installed(self, config: StructuredConfig, length: int, sets: int, options: EncodeOptions):
         """SD3: StructuredJointAttnProcessor on the chosen blocks, the packed context split at the input, and
         each chosen block's value context computed by a block pre-hook."""
@@ -240,63 +223,57 @@ class StructuredSD3Mixin(StructuredMixin):
         names = {i: f"transformer_blocks.{i}.attn" for i in chosen}
         processors = {name: StructuredJointAttnProcessor(name) for name in names.values()}
         state = JointStructuredState(value_context={}, length=length, chosen=frozenset(names.values()))
-        with (
-            swapped_processors(transformer, processors, JOINT_REPLACEABLE, "structured", StructuredError),
-            shared_hooks(transformer, "structured-sd3", lambda: _sd3_hooks(transformer)),
-            self._structured_call(state, config),
-        ):
-            yield
+        scope = self._structured_scope(state, config).processors(transformer, processors, JOINT_REPLACEABLE)
+        scope.hook(
+            transformer, "structured-sd3", _SplitContext(inspect.signature(transformer.forward)), prepend=True
+        )
+        for i in chosen:
+            scope.hook(blocks[i], "structured-sd3-values", _ValueContext(f"transformer_blocks.{i}.attn"))
+        return scope
 
 
-def _window_hook(denoiser: torch.nn.Module):
-    """A denoiser pre-hook setting the running structured call's `state.active` inside its step window."""
+class _Window(ScopeHook):
+    """The denoiser's pre-hook: is the running structured call's step inside its window (`state.active`)."""
 
-    def count(module, args, kwargs):
-        call = _CALL.get()
-        if call is not None:
-            state, window = call
-            state.active = window.advance()
+    serves = StructuredCall
 
-    return denoiser.register_forward_pre_hook(count, with_kwargs=True)
+    def pre_forward(self, state: StructuredCall, module, args, kwargs):
+        state.active = state.window.advance()
 
 
-def _sd3_hooks(transformer: torch.nn.Module) -> list:
-    """SD3 port hooks, dispatching to the running call: split the packed `[W_p ; mean]` text input into the
-    stream and the input-level offset d, and give each structured block its value context norm(c_l + d)."""
-    signature = inspect.signature(transformer.forward)
+class _SplitContext(ScopeHook):
+    """SD3 port: split the packed `[W_p ; mean]` text input into the stream and the input-level offset d."""
 
-    def split(module, args, kwargs):
-        call = _CALL.get()
-        if call is None:
-            return None
-        state = call[0]
-        bound = signature.bind(*args, **kwargs)
+    serves = JointStructuredState
+
+    def __init__(self, signature: inspect.Signature):
+        self.signature = signature
+
+    def pre_forward(self, state: JointStructuredState, module, args, kwargs):
+        bound = self.signature.bind(*args, **kwargs)
         packed = bound.arguments["encoder_hidden_states"]
         full, mean = packed[:, : state.length], packed[:, state.length :]
         bound.arguments["encoder_hidden_states"] = full
         state.delta = module.context_embedder(mean) - module.context_embedder(full)
         return bound.args, bound.kwargs
 
-    def value_context(name: str):
-        def hook(block, args, kwargs):
-            call = _CALL.get()
-            if call is None or f"{name}.attn" not in call[0].chosen:
-                return
-            state = call[0]
-            shifted = kwargs["encoder_hidden_states"] + state.delta
-            if block.context_pre_only:
-                state.value_context[f"{name}.attn"] = block.norm1_context(shifted, kwargs["temb"])
-            else:
-                state.value_context[f"{name}.attn"] = block.norm1_context(shifted, emb=kwargs["temb"])[0]
 
-        return hook
+class _ValueContext(ScopeHook):
+    """SD3 port: a structured block's value context norm(c_l + d), before the block runs."""
 
-    handles = [transformer.register_forward_pre_hook(split, with_kwargs=True, prepend=True)]
-    handles += [
-        block.register_forward_pre_hook(value_context(f"transformer_blocks.{i}"), with_kwargs=True)
-        for i, block in enumerate(transformer.transformer_blocks)
-    ]
-    return handles
+    serves = JointStructuredState
+
+    def __init__(self, name: str):
+        self.name = name  # the block's attention module
+
+    def pre_forward(self, state: JointStructuredState, block, args, kwargs):
+        if self.name not in state.chosen:
+            return
+        shifted = kwargs["encoder_hidden_states"] + state.delta
+        if block.context_pre_only:
+            state.value_context[self.name] = block.norm1_context(shifted, kwargs["temb"])
+        else:
+            state.value_context[self.name] = block.norm1_context(shifted, emb=kwargs["temb"])[0]
 
 
 def _unpacked_callback(callback, length: int):

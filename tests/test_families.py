@@ -16,8 +16,8 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from guidance.config import SoftPAGError
 from guidance.generic import generic_layout, intercepted_calls
 from guidance.layouts import FAMILIES, layout_of
-from guidance.processors import PerturbationState, perturbing
-from guidance.swap import swapped_processors
+from guidance.processors import PerturbationState
+from guidance.scope import CallScope
 from pipelines.headhunter import HeadHunterPipeline
 from pipelines.loading import absent_components, model_index
 from pipelines.tiny import tiny_flux, tiny_sd3, tiny_sd35
@@ -101,7 +101,7 @@ def _transformer_inputs(arch: str, batch: int) -> dict:
 
 def _forward(model, processors, replaceable, strengths, identity, inputs):
     state = PerturbationState(identity, strengths, text_tokens=inputs["encoder_hidden_states"].shape[1])
-    with swapped_processors(model, processors, replaceable, "pag_heads"), perturbing(state), torch.no_grad():
+    with CallScope(state, "pag_heads").processors(model, processors, replaceable), torch.no_grad():
         return model(**inputs).sample
 
 

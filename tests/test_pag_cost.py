@@ -8,8 +8,8 @@ import guidance.perturbation as perturbation
 from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig, SoftPAGError
 from guidance.guider import SoftPAGGuidance
 from guidance.layouts import layout_of
-from guidance.processors import PerturbationState, perturbing
-from guidance.swap import swapped_processors
+from guidance.processors import PerturbationState, active_state
+from guidance.scope import CallScope
 from pipelines.headhunter import HeadHunterPipeline
 from pipelines.settings import image_record, record_call
 from pipelines.tiny import tiny_flux, tiny_sd3
@@ -180,9 +180,10 @@ def test_uncond_branch_is_cfg_with_the_perturbed_uncond_by_hand(sd3):
     processors = {name: layout.processor(name) for name in names}
     with torch.no_grad():
         eps_c = transformer(**{k: v[1] for k, v in rows.items()})[0]
-        with swapped_processors(transformer, processors, layout.replaceable, "test"):
-            with perturbing(PerturbationState("joint", strengths)):
-                eps_u = transformer(**{k: v[0] for k, v in rows.items()})[0]
+        with CallScope(PerturbationState("joint", strengths), "test").processors(
+            transformer, processors, layout.replaceable
+        ):
+            eps_u = transformer(**{k: v[0] for k, v in rows.items()})[0]
     torch.testing.assert_close(seen["output"], torch.cat([eps_u, eps_c]), atol=1e-6, rtol=0)
     sigmas = sd3.scheduler.sigmas
     guided = eps_u + 4.0 * (eps_c - eps_u)
@@ -206,7 +207,7 @@ def test_uncond_branch_on_a_separate_uncond_call():
     attention = pipe.transformer.get_submodule("blocks.0.attn1")
 
     def hook(module, args, kwargs):
-        state = perturbation._CALL.get().state
+        state = active_state()
         u = state.strengths.get("blocks.0.attn1")
         perturbed.append(bool(u is not None and u.any()))
 
