@@ -446,6 +446,78 @@ def _score(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "guard failed"
 
 
+def _guard_words(guard: str | None, max_drop: float | None, min_score: float | None) -> str | None:
+    """What the guard objective asks, in words (None without one)."""
+    if guard is None:
+        return None
+    rules = ([f"drop at most {max_drop:g} below the unguided images' score"] if max_drop is not None else []) + (
+        [f"stay at or above {min_score:g}"] if min_score is not None else [])  # fmt: skip
+    return f"`{guard}` must {' and '.join(rules)}"
+
+
+def search_report(name: str, settings, search, guard: str | None, head_map: dict | None, layers: dict | None,
+                  history: list[dict]) -> list[str]:  # fmt: skip
+    """report.md of a head search, in words: what was scored and how to read it, the head map, the layers, and
+    why each greedy round was adopted or not, a failed guard (a score of -inf) said as such."""
+    from guidance.search import label
+
+    pairs, held = len(search.search_pairs), len(search.validation_pairs)
+    unguided = f"{search.baseline:.4f}" + (
+        f" on the search pairs, {search.baseline_validation:.4f} on the validation pairs" if held else "")  # fmt: skip
+    lines = [
+        f"# Head search: {name}", "",
+        f"model `{settings.model}`, {len(settings.prompts)} prompts x {len(settings.seeds)} seeds ({pairs} search "
+        f"pairs, {held} validation pairs), {settings.steps} steps, CFG {settings.guidance_scale}, w "
+        f"{settings.pag_scale}, search u {settings.strength}", "",
+        "## How to read this", "",
+        f"- A score is the objective averaged over the search pairs (higher is better); the unguided images score "
+        f"{unguided}.",
+    ]  # fmt: skip
+    if guard:
+        lines.append(f"- Guard: {guard}. A candidate whose images break that scores **guard failed** (-inf here; "
+                     "`null` with `\"guard\": \"failed\"` in preset.json): it cannot be adopted, whatever its "
+                     "objective.")  # fmt: skip
+    if settings.early_stop:
+        where = "validation pairs" if held else "search pairs (no validation split)"
+        lines.append(f"- Each greedy round adds the {settings.k} best heads to the selection; a round is adopted "
+                     f"only if the new selection beats the best earlier one (the unguided images before round 1) "
+                     f"on the {where}; the first round that does not ends the search.")  # fmt: skip
+    else:
+        lines.append(f"- Each greedy round adds the {settings.k} best heads; profile `{settings.profile}` has no "
+                     "early stop, so every round is adopted.")  # fmt: skip
+    lines += ["", f"unguided: {search.baseline:.4f}"]
+    if head_map is not None:
+        best = sorted(head_map, key=lambda h: -head_map[h])[:10]
+        failed = [label((h,)) for h in head_map if not math.isfinite(head_map[h])]
+        lines += ["", "## Single heads (headmap.png)", "",
+                  "best single heads: " + ", ".join(f"{label((h,))} {_score(head_map[h])}" for h in best)]  # fmt: skip
+        if failed:
+            lines.append(f"{len(failed)} of {len(head_map)} heads failed the guard alone (crossed grey cells in "
+                         f"headmap.png): {', '.join(failed)}")  # fmt: skip
+    if layers is not None:
+        lines += ["", "## Whole layers", "",
+                  "layer-level PAG: " + ", ".join(f"L{layer} {_score(v)}" for layer, v in layers.items())]  # fmt: skip
+    lines += ["", "## Rounds", ""]
+    for record in history:
+        validation = "" if record["validation"] is None else f", validation {_score(record['validation'])}"
+        lines.append(f"round {record['round']}: +{', '.join(record['added'])} -> {_score(record['score'])}"
+                     f"{validation} ({record['why']})")  # fmt: skip
+        if not math.isfinite(record["score"]) or (record["validation"] is not None
+                                                  and not math.isfinite(record["validation"])):  # fmt: skip
+            lines.append(f"  the selection {record['heads'] if record['adopted'] else label(tuple(record['tried']))}"
+                         f" broke the guard ({guard or 'its guard objective'}), so its score is -inf: it was not "
+                         "adopted")  # fmt: skip
+    selected = history[-1]["selected"] if history else []
+    lines.append("")
+    if selected:
+        lines.append(f"Selected: {label(tuple(selected))} (adopted in round "
+                     f"{max(r['round'] for r in history if r['adopted'])}).")  # fmt: skip
+    else:
+        lines.append("no round beat the unguided images on the validation pairs: no heads help this objective "
+                     "here, so no preset.json is written")  # fmt: skip
+    return lines
+
+
 def _search(args: argparse.Namespace) -> int:
     """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out."""
     from guidance.adapters import heads_layout
@@ -477,45 +549,29 @@ def _search(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     search = HeadSearch(pipe, objective, settings, cache=out / "cache")
-    report = [f"# Head search: {objective.name}", "", f"model `{settings.model}`, {len(settings.prompts)} prompts x "
-              f"{len(settings.seeds)} seeds, {settings.steps} steps, CFG {settings.guidance_scale}, "
-              f"w {settings.pag_scale}, search u {settings.strength}", "", f"unguided: {search.baseline:.4f}"]  # fmt: skip
     scores: dict = {"unguided": search.baseline}
-    if args.sweep:
-        head_map = search.head_map()
+    head_map = search.head_map() if args.sweep else None
+    if head_map is not None:
         heatmap(head_map, search.baseline, out / "headmap.png")
-        best = sorted(head_map, key=lambda h: -head_map[h])[:10]
-        report += [
-            "",
-            "best single heads: " + ", ".join(f"{label((h,))} {_score(head_map[h])}" for h in best),
-        ]
         scores["head_map"] = {label((h,)): v for h, v in head_map.items()}
-    if args.layers:
-        layers = search.layer_scores()
-        report += [
-            "",
-            "layer-level PAG: " + ", ".join(f"L{layer} {_score(v)}" for layer, v in layers.items()),
-        ]
+    layers = search.layer_scores() if args.layers else None
+    if layers is not None:
         scores["layers"] = {f"L{layer}": v for layer, v in layers.items()}
     history = search.greedy()
-    for record in history:
-        validation = "" if record["validation"] is None else f", validation {_score(record['validation'])}"
-        report.append(
-            f"round {record['round']}: +{', '.join(record['added'])} -> {_score(record['score'])}{validation} "
-            f"({record['why']})"
-        )
     scores["rounds"] = history
     if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
         return 0
     selected = history[-1]["selected"]
+    guard = _guard_words(args.guard, max_drop, min_score)
+    report = search_report(objective.name, settings, search, guard, head_map, layers, history)
     if not selected:  # round 1 did not beat the unguided images on the validation pairs
-        report += ["", "no round beat the unguided images on the validation pairs: no heads help this "
-                   "objective here, so no preset.json is written"]  # fmt: skip
         (out / "preset.json").unlink(missing_ok=True)  # a preset from an earlier run in this folder is stale
     else:
         preset(selected, settings, args.use_strength, scores, name=args.objective, layout=search.layout).save(
             out / "preset.json"
         )
+        report += [f"The heads go into `preset.json` at u {args.use_strength:g} (the strength to use them at; "
+                   f"the search used u {settings.strength:g}) and w {settings.pag_scale:g}."]  # fmt: skip
     (out / "report.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
     if selected:
@@ -628,8 +684,18 @@ def table(rows: list[list[str]], header: list[str] | None = None, width: int | N
 
 
 def _preset_shape(data: dict) -> str:
+    """A preset's layers x heads: as it records them, else those of the model it records where that is a folder
+    here (a shipped toy model), read from the model's config; "-" where neither is known."""
     shape = data.get("layers_x_heads")
-    return f"{shape[0]} x {shape[1]}" if isinstance(shape, list) and len(shape) == 2 else "-"
+    if isinstance(shape, list) and len(shape) == 2:
+        return f"{shape[0]} x {shape[1]}"
+    model = data.get("model")
+    known = (
+        folder_heads_per_layer(record_model({"model": model})) if isinstance(model, str) and model else None
+    )
+    if not known or not known.get("attn"):
+        return "-"
+    return f"{len(known['attn'])} x {max(known['attn'].values())}"
 
 
 def _presets_list(width: int | None = None) -> int:
@@ -710,11 +776,12 @@ def _vocabulary_epilog() -> str | None:
         return None
     if vocabulary is None:
         return None
+    example = next((e for e in vocabulary.examples if " and " in e or " of " in e), None)
     return (
         f"The default model (the toy SD3) was trained on colours {', '.join(vocabulary.colors)}, shapes "
         f"{', '.join(vocabulary.shapes)}, sizes {', '.join(vocabulary.sizes)}, {', '.join(vocabulary.styles)}, "
-        f"positions and relations, e.g. {vocabulary.examples[1]!r}; a prompt with other words is warned about "
-        "before any work. Every word and example prompt: headhunter vocabulary [--model M]."
+        f"positions and relations{f', e.g. {example!r}' if example else ''}; a prompt with other words is warned "
+        "about before any work. Every word and example prompt: headhunter vocabulary [--model M]."
     )
 
 

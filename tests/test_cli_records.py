@@ -205,6 +205,14 @@ def test_search_with_a_failing_guard_writes_strict_json_and_says_why(tiny_folder
     assert "model `./models/tiny`" in report
     assert "round 1: +" in report and "(adopted: " in report
     assert "round 2: +" in report and "guard failed (not adopted: the guard objective failed" in report
+    # Said in words: what a score is, what the guard asks and what its failure means, how a round is adopted.
+    assert "## How to read this" in report and "the unguided images score" in report
+    assert "Guard: `saturation` must drop at most 0 below the unguided images' score." in report
+    assert (
+        "scores **guard failed** (-inf here" in report and "broke the guard (`saturation` must drop" in report
+    )
+    assert "a round is adopted only if the new selection beats the best earlier one" in report
+    assert "heads failed the guard alone (crossed grey cells in headmap.png)" in report
 
 
 def test_strict_scores_marks_each_failed_guard():
