@@ -156,3 +156,16 @@ def test_pag_flags_on_an_unguided_record_are_refused(tiny_folder, tmp_path, monk
     assert "--pag-scale: --from-png's image was made without head guidance; give --pag-heads too" in (
         capsys.readouterr().err
     )
+
+
+def test_a_structured_image_is_made_again_from_its_png(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prompt = ["generate", "a red circle and a blue square", "--model", tiny_folder("sd15"), *SMALL]
+    assert main([*prompt, "--structured", "conjunction", "--pag-heads", "L1H0", "--out", "made.png"]) == 0
+    assert main(["generate", "--from-png", "made.png", "--out", "again.png"]) == 0
+    assert np.array_equal(_pixels(Path("again.png")), _pixels(Path("made.png")))
+    assert _record(Path("again.png"))["noun_phrases"] == ["a red circle", "a blue square"]
+    # --structured off given with it: the same call without structured cross-attention.
+    assert main(["generate", "--from-png", "made.png", "--structured", "off", "--out", "plain.png"]) == 0
+    assert "structured" not in _record(Path("plain.png"))
+    assert not np.array_equal(_pixels(Path("plain.png")), _pixels(Path("made.png")))
