@@ -794,8 +794,14 @@ def _vocabulary(args: argparse.Namespace) -> int:
               "they were trained on; other models take any prompt)")  # fmt: skip
         return 0
     print("\n".join(vocabulary.describe()))
-    print("examples (each a prompt of the grammar, of pairings seen in training):")
-    print("\n".join(f"  {example}" for example in vocabulary.examples))
+    print("examples (prompts of the grammar, of pairings seen in training, with how often the model drew them "
+          "fully correct when measured):")  # fmt: skip
+    for example in vocabulary.examples:
+        score = vocabulary.example_scores.get(example)
+        measured = (
+            f"  ({round(score['correct'] * score['seeds'])} of {score['seeds']} seeds)" if score else ""
+        )
+        print(f"  {example}{measured}")
     return 0
 
 
