@@ -131,7 +131,10 @@ def test_search_command_writes_preset_heatmap_report(tiny_folder, tmp_path):
     data = json.loads((out / "preset.json").read_text())
     assert len(data["groups"][0]["heads"]) == 2 and data["groups"][0]["heads"][0]["strength"] == 0.5
     assert len(data["scores"]["head_map"]) == 16 and len(data["scores"]["layers"]) == 4
-    assert Image.open(out / "headmap.png").size == (40 + 4 * 24, 40 + 4 * 24)
+    from guidance.search import MAP_LEFT, MAP_TOP
+
+    width, height = Image.open(out / "headmap.png").size  # 4 x 4 cells of 32 px, the legend to their right
+    assert width >= MAP_LEFT + 4 * 32 + 150 and height >= MAP_TOP + 4 * 32
     assert "round 1" in (out / "report.md").read_text()
     # The found preset drives generation.
     assert main(["generate", "x", "--model", tiny_folder("sd3"), "--out", str(tmp_path / "g.png"), "--steps", "1",
