@@ -268,6 +268,8 @@ def _generate(args: argparse.Namespace) -> int:
     twin = ("-unguided",) if args.compare and image.pag else ()
     target = png_target(args.out, args.name, args.overwrite, twin)
     heads = HeadSelection.parse(image.pag["pag_heads"], "--pag-heads") if image.pag else None
+    if heads:
+        before_loading()  # the denoiser's class is imported to read its heads from its config
     known = folder_heads_per_layer(model) if heads else None  # before any weight loads
     if known is not None:
         heads.validate(known, "--pag-heads")
