@@ -133,6 +133,11 @@ class SoftPAGMixin:
         filled = {
             k: v for k, v in self.recorded_call.items() if k in names and k not in given and v is not None
         }
+        prompt = args[0] if args and names and names[0] == "prompt" else kwargs.get("prompt")
+        if isinstance(filled.get("negative_prompt"), str) and isinstance(prompt, list | tuple):
+            filled["negative_prompt"] = [filled["negative_prompt"]] * len(
+                prompt
+            )  # one per prompt, as diffusers asks
         return {**filled, **kwargs}
 
     def __call__(

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -423,3 +424,18 @@ def test_folder_recommendations_are_checked(tmp_path, tiny_folder):
     (folder / "toyworld.json").write_text('{"height": NaN}')
     with pytest.raises(ModelFolderError, match=r"sd3'?: toyworld.json: .*NaN"):
         HeadHunterPipeline.from_pretrained(folder)
+
+
+def test_a_recorded_negative_prompt_follows_a_list_of_prompts():
+    """toy-sd15 records negative_prompt "": with a list of prompts it is filled once per prompt (diffusers refuses a
+    str negative prompt beside a list prompt), and each image equals that prompt's image alone."""
+    root = Path(__file__).resolve().parent.parent
+    pipe = HeadHunterPipeline.from_pretrained(root / "assets" / "toy-sd15")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.recorded_call["negative_prompt"] == ""
+    call = dict(num_inference_steps=2, output_type="np")
+    both = pipe(["a red square", "a blue circle"], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                **call).images  # fmt: skip
+    alone = pipe("a blue circle", generator=torch.Generator().manual_seed(1), **call).images
+    assert both.shape[0] == 2
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
