@@ -45,7 +45,7 @@ def label(candidate: Candidate) -> str:
 # Settings and named profiles
 # -------------------------------------------------------------------------------------------------------------
 
-# `heads_layout(denoiser).arch`, and the families the generic adapter supports (`guidance.generic.FAMILIES`).
+# `heads_layout(denoiser).arch`: the families of `guidance.layouts.FAMILIES` (UNets are `unet`).
 GENERIC_ARCHS = ("flux2", "chroma", "qwenimage", "zimage", "wan")
 ARCHS = ("sd3", "flux", "unet", *GENERIC_ARCHS)
 FLUX_LIKE = ("flux", "flux2", "chroma")  # guidance-distilled or FLUX-sized: the paper's FLUX search settings

@@ -14,8 +14,9 @@ modules raise at import (Chroma imports `FluxPosEmbed` from its old place) is th
 from __future__ import annotations
 
 import logging
-import re
 import warnings
+
+from pipelines.loading import T5_TRUNCATION  # the notice, matched where the pipelines drop it too
 
 __all__ = ["LibraryNotices", "before_loading", "quiet_console"]
 
@@ -27,9 +28,8 @@ NOTICES = (
     # float32 is empty, so nothing is lost (a non-empty list is still reported)
     "that should be kept in float32: [].",
 )
-# SD3 / FLUX tokenizing with a T5 length shorter than the prompt; dropped only for a length a model was trained
-# at (`before_loading`), so a real model's truncated prompt is still reported.
-T5_TRUNCATION = re.compile(r"truncated because `max_sequence_length` is set to\s*(\d+)\s*tokens")
+# T5_TRUNCATION: SD3 / FLUX tokenizing with a T5 length shorter than the prompt; dropped only for a length a model
+# was trained at (`before_loading`), so a real model's truncated prompt is still reported.
 
 # Loggers that give notices while their library imports (before its handler, where `LibraryNotices` sits, exists).
 IMPORT_LOGGERS = ("transformers.utils.import_utils",)

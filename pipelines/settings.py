@@ -14,7 +14,7 @@ from pathlib import Path
 from guidance.config import SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, SoftPAGConfig, StructuredError
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
 from pipelines.files import write_atomically  # re-exported: the tools import it from here
-from pipelines.loading import ModelFolderError
+from pipelines.loading import SETTINGS_FILE, ModelFolderError, folder_recommendations
 
 __all__ = [
     "ASSETS", "DEFAULT_MODEL", "UPFUSION_MODEL", "DTYPES", "PRESETS", "OutputError", "Preset", "assets_folder",
@@ -54,7 +54,6 @@ ASSETS = assets_folder()
 DEFAULT_MODEL = ASSETS / "toy-sd3"
 UPFUSION_MODEL = ASSETS / "toy-upfusion"
 PRESETS = ASSETS / "presets"
-SETTINGS_FILE = "toyworld.json"  # recommended sampling settings written next to a toy model's weights
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -69,10 +68,10 @@ SAMPLING_KEYS = (
 
 
 def recommended_settings(model: str | Path) -> dict:
-    """Sampling defaults recorded in a model folder (toy models: toyworld.json), or {} for other models."""
-    path = Path(model) / SETTINGS_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return {k: data[k] for k in SAMPLING_KEYS if k in data}
+    """Sampling defaults recorded in a model folder (toy models: toyworld.json, read and checked by
+    `pipelines.loading.folder_recommendations`, as the pipelines read it), or {} for other models."""
+    recorded = folder_recommendations(model)
+    return {k: recorded[k] for k in SAMPLING_KEYS if k in recorded}
 
 
 def model_call_extras(model: str | Path) -> dict:
