@@ -51,7 +51,11 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {n for n in names if n.split(".")[0] in ("guidance", "pipelines", "tools", "toyworld", "benchmarks", "app")}
+    return {
+        n
+        for n in names
+        if n.split(".")[0] in ("guidance", "pipelines", "tools", "toyworld", "benchmarks", "app")
+    }
 
 
 def _graph() -> dict[str, set[str]]:
