@@ -1219,7 +1219,7 @@ def _search_inputs(demo: Demo) -> dict:
             elem_id="search-prompts",
             label=f"Prompts (one per line, at most {MAX_SEARCH_PROMPTS})",
             lines=4,
-            value="a red circle\na blue square on the left and a yellow triangle on the right",
+            value="a blue square\na yellow triangle on the left and a green circle on the right",  # pairings it was trained on
             info="The search scores heads on these prompts.",
         ),
         "Prompts",
@@ -1239,7 +1239,7 @@ def _search_inputs(demo: Demo) -> dict:
             Number(
                 elem_id="search-k",
                 label="Heads per round k",
-                value=4,
+                value=SEARCH_SETTINGS["k"].default,
                 step=1,
                 info=f"Heads added per round, 1 to {MAX_K}.",
             ),
@@ -1248,7 +1248,7 @@ def _search_inputs(demo: Demo) -> dict:
         ui["rounds"] = Number(
             elem_id="search-rounds",
             label="Rounds",
-            value=1,
+            value=SEARCH_SETTINGS["rounds"].default,
             step=1,
             info=f"Greedy rounds, 1 to {MAX_ROUNDS}.",
         )
