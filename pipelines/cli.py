@@ -925,6 +925,8 @@ def _view_images(paths: list[str]) -> list:
     """The input views as RGB PIL images (RGBA composited on white), each file checked before any model loads."""
     from PIL import Image, UnidentifiedImageError
 
+    from pipelines.upfusion import on_white
+
     if not 1 <= len(paths) <= 6:
         raise CLIError(f"views: give 1 to 6 images; got {len(paths)}")
     images = []
@@ -934,11 +936,9 @@ def _view_images(paths: list[str]) -> list:
             raise CLIError(f"views: image {str(path)!r}: no such file")
         try:
             with Image.open(file) as opened:
-                image = opened.convert("RGBA")
+                images.append(on_white(opened))
         except (UnidentifiedImageError, OSError) as error:
             raise CLIError(f"views: image {str(path)!r} cannot be read as an image ({error})") from None
-        white = Image.new("RGBA", image.size, "white")
-        images.append(Image.alpha_composite(white, image).convert("RGB"))
     if len({image.size for image in images}) > 1:
         raise CLIError(f"views: the images must have one size; got {sorted({i.size for i in images})}")
     return images

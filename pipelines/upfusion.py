@@ -657,6 +657,13 @@ def _ray_width(model: nn.Module, key: str) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def on_white(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An input view as the model takes it: RGB, any transparency composited onto white (the toy renders' and the
+    paper's background)."""
+    rgba = image.convert("RGBA")
+    return PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+
+
 def check_images(images: object) -> list[PIL.Image.Image]:
     """1-6 RGB PIL images of one size, else ValueError naming `images`."""
     if isinstance(images, PIL.Image.Image):

@@ -988,13 +988,13 @@ def read_views(files) -> list[Image.Image]:
             raise DemoInputError(
                 f"Images: image {i} is {width}x{height} px; allowed: at most {MAX_VIEW_PIXELS} px a side"
             )
+        from pipelines.upfusion import on_white  # torch, on first use
+
         try:
             with Image.open(file) as image:
-                rgba = image.convert("RGBA")
+                images.append(on_white(image))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             raise DemoInputError(unreadable) from None
-        white = Image.new("RGBA", rgba.size, "white")
-        images.append(Image.alpha_composite(white, rgba).convert("RGB"))
     return [im.resize(images[0].size) for im in images]
 
 
