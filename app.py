@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 
 from guidance import HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
 from guidance.adapters import heads_layout  # noqa: E402
-from guidance.config import SEARCH_SETTINGS, STRUCTURED_SETTINGS  # noqa: E402
+from guidance.config import SEARCH_SETTINGS, STRUCTURED_SETTINGS, SoftPAGConfig  # noqa: E402
 from guidance.heads import printable, short_repr  # noqa: E402
 from guidance.search import SEARCH_PROFILES, SearchSettings, search_profile  # noqa: E402
 from guidance.swap import denoiser_of  # noqa: E402
@@ -516,7 +516,13 @@ class Demo:
             return None, {}, "none", unused_head_settings(pag)
         if pag["pag_branch"] == "uncond":
             del pag["pag_scale"]
-        return selection, dict(pag, pag_heads=selection), self.preset_label(preset, selection, pag), []
+        label = self.preset_label(preset, selection, pag)
+        if (
+            label != CUSTOM
+        ):  # the preset's recommended settings, filled as the pipeline fills them (CLI, batch)
+            config = SoftPAGConfig.from_call(**pag, pag_heads=self.presets[label])
+            pag.update({name: getattr(config, name.removeprefix("pag_")) for name in config.from_preset})
+        return selection, dict(pag, pag_heads=selection), label, []
 
     def _sample(self, call: dict, pag: dict, progress, done: int, total: int, stop: threading.Event):
         """One image; the progress bar counts every step of both passes; Stop ends it at the next step."""

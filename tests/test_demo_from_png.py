@@ -55,3 +55,31 @@ def test_a_demo_image_with_a_preset_w_is_made_again_from_its_png_elsewhere(
     monkeypatch.chdir(elsewhere)
     assert main(["generate", "--from-png", "made.png", "--out", "again.png"]) == 0
     assert np.array_equal(np.asarray(Image.open("again.png")), np.asarray(Image.open("made.png")))
+
+
+def test_a_preset_s_recommended_settings_apply_in_the_demo_and_are_recorded(
+    server, client, tmp_path, monkeypatch
+):
+    """As in the CLI and batch: a preset's settings fill the inputs left at their defaults; explicit ones win."""
+    _, demo = server
+    preset = {"settings": {"pag_stop": 0.5}, "groups": [{"name": "g", "heads": ["L0H1", "L1H0"]}]}
+    demo.presets["with-settings"] = HeadSelection.parse(preset)
+    heads, w = demo.preset_inputs("with-settings")
+    try:
+        filled = client.predict("a red circle", seed=2, steps=2, pag_scale=w, preset="with-settings", heads=heads,
+                                api_name="/generate")[2]  # fmt: skip
+        explicit = client.predict("a red circle", seed=2, steps=2, pag_scale=w, pag_stop=0.8,
+                                  preset="with-settings", heads=heads, api_name="/generate")[2]  # fmt: skip
+    finally:
+        del demo.presets["with-settings"]
+    record = json.loads(Image.open(_path(filled[0])).text["headhunter"])
+    assert (record["pag_preset"], record["pag_stop"]) == ("with-settings", 0.5)
+    assert json.loads(Image.open(_path(explicit[0])).text["headhunter"])["pag_stop"] == 0.8
+    # made again from the record alone: the window that applied is the recorded one
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / record["model"]).symlink_to(Path(demo.model).resolve(), target_is_directory=True)
+    shutil.copy(_path(filled[0]), elsewhere / "made.png")
+    monkeypatch.chdir(elsewhere)
+    assert main(["generate", "--from-png", "made.png", "--out", "again.png"]) == 0
+    assert np.array_equal(np.asarray(Image.open("again.png")), np.asarray(Image.open("made.png")))
