@@ -30,9 +30,9 @@ LOG = logging.getLogger("headhunter.app")
 # A quiet console: known library messages dropped where they are emitted (before the libraries load)
 # ------------------------------------------------------------------------------------------------------------
 
-from pipelines.console import before_loading, quiet_console  # noqa: E402
+from tools.console import before_loading, quiet_console  # noqa: E402
 
-quiet_console()  # the libraries' notices and loading bars off (pipelines/console.py, as in the CLI) ...
+quiet_console()  # the libraries' notices and loading bars off (tools/console.py, as in the CLI) ...
 before_loading()  # ... installed now, before gradio and diffusers are imported
 
 import gradio as gr  # noqa: E402
@@ -47,19 +47,6 @@ from guidance.search import SEARCH_PROFILES, SearchSettings, search_profile  # n
 from guidance.swap import denoiser_of  # noqa: E402
 from pipelines import HeadHunterPipeline  # noqa: E402
 from pipelines.loading import ModelFolderError  # noqa: E402
-from pipelines.settings import (  # noqa: E402
-    DEFAULT_MODEL,
-    PRESETS,
-    check_structured,
-    image_record,
-    model_call_extras,
-    png_parameters,
-    read_presets,
-    recommended_settings,
-    record_parameters,
-    save_png,
-    structured_support,
-)
 from tools.demo import (  # noqa: E402
     DEFAULT_PRESET,
     DIFFERENCE_GAIN,
@@ -106,6 +93,19 @@ from tools.demo import (  # noqa: E402
     turntable_gif,
     unused_head_settings,
     whole,
+)
+from tools.settings import (  # noqa: E402
+    DEFAULT_MODEL,
+    PRESETS,
+    check_structured,
+    image_record,
+    model_call_extras,
+    png_parameters,
+    read_presets,
+    recommended_settings,
+    record_parameters,
+    save_png,
+    structured_support,
 )
 
 CUSTOM = "custom"

@@ -29,7 +29,7 @@ PROMPTS = ("a red circle", "a blue square", "a green triangle", "a red square")
 def run(model: str, jobs: Path, engine: list[str], steps: int, size: int, batch: int) -> float:
     """Seconds of one whole `headhunter batch` into a fresh folder (fails loudly if the command fails)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "pipelines.cli", "batch", str(jobs), "--out", out, "--model", model,
+        cmd = [sys.executable, "-m", "tools.cli", "batch", str(jobs), "--out", out, "--model", model,
                "--steps", str(steps), "--height", str(size), "--width", str(size), "--batch-size", str(batch),
                "--quiet", *engine]  # fmt: skip
         start = time.perf_counter()

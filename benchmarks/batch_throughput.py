@@ -30,9 +30,9 @@ def main() -> None:
 
     import torch
 
-    from pipelines.batch import BatchRunner, plan
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.settings import DEFAULT_MODEL, recommended_settings
+    from tools.batch import BatchRunner, plan
+    from tools.settings import DEFAULT_MODEL, recommended_settings
 
     model = args.model or str(DEFAULT_MODEL)
     pipe = HeadHunterPipeline.from_pretrained(model)

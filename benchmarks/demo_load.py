@@ -40,9 +40,9 @@ def main() -> None:
     from gradio_client import Client
 
     import app as demo_app
+    from fixtures.tiny import tiny_sd3
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.settings import DEFAULT_MODEL
-    from pipelines.tiny import tiny_sd3
+    from tools.settings import DEFAULT_MODEL
 
     model = str(DEFAULT_MODEL)
     if not (DEFAULT_MODEL / "model_index.json").is_file():

@@ -62,7 +62,7 @@ def main() -> None:
     from guidance.objectives import get_objective
     from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.settings import DEFAULT_MODEL, PRESETS, model_call_extras, recommended_settings
+    from tools.settings import DEFAULT_MODEL, PRESETS, model_call_extras, recommended_settings
 
     model = args.model or str(DEFAULT_MODEL)
     root = Path(__file__).resolve().parent.parent

@@ -32,10 +32,10 @@ def main() -> None:
     import torch
     from test_planted_head import PLANTED, plant_head
 
+    from fixtures.tiny import tiny_sd3
     from guidance.objectives import get_objective
     from guidance.search import HeadSearch, SearchSettings, label
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import tiny_sd3
 
     words = ["a red circle", "a blue square", "a green triangle", "a circle", "a square", "a red square",
              "a blue circle", "a green circle"]  # fmt: skip

@@ -36,8 +36,8 @@ def _fuzz_module():
 
 def _classified(fuzz, root: Path) -> dict[str, list[tuple[str, str, str]]]:
     """{surface: [(case, outcome, message)]} for the Python API, the CLI and batch job files."""
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import TINY_PIPELINES
 
     pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
     pipe.set_progress_bar_config(disable=True)
@@ -91,8 +91,8 @@ def _input_runs(root: Path) -> list[tuple]:
     as the Python API, `headhunter views` lines as the CLI; each case named by its table."""
     import dataclasses
 
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import HeadHunterPipeline, StructuredDiffusionPipeline
-    from pipelines.tiny import TINY_PIPELINES
     from pipelines.upfusion import build_upfusion
 
     spec = importlib.util.spec_from_file_location(

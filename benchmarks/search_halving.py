@@ -55,7 +55,7 @@ def main() -> None:
     from guidance.objectives import get_objective
     from guidance.search import SearchSettings
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.settings import model_call_extras, recommended_settings
+    from tools.settings import model_call_extras, recommended_settings
 
     root = Path(__file__).resolve().parent.parent
     model = args.model or str(root / "assets" / "toy-sd3")

@@ -57,11 +57,13 @@ COST_VARIANTS = (
 )
 HEADS, HEAD_DIM = 8, 16  # head_dim 16: the tiny builders' RoPE axes sum to 16
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # fixtures/: a checkout's tiny pipelines
+
 
 def build(family: str, folder: Path, layers: int) -> None:
     """Save a mid-size random pipeline of `family`: 8 heads x 16 dims per attention, `layers` layers in all."""
-    from pipelines.tiny import tiny_flux, tiny_sd3
-    from pipelines.tiny_families import tiny_chroma, tiny_flux2, tiny_qwenimage, tiny_wan, tiny_zimage
+    from fixtures.tiny import tiny_flux, tiny_sd3
+    from fixtures.tiny_families import tiny_chroma, tiny_flux2, tiny_qwenimage, tiny_wan, tiny_zimage
 
     double, single = layers // 3, layers - layers // 3
     builders = {
@@ -97,7 +99,7 @@ def _generic_pipeline(family: str, folder: str):
 
 def _call_inputs(family: str, size: int) -> dict:
     """Prompt (or precomputed embeddings), size and CFG of one call of `family`."""
-    from pipelines.tiny_families import prompt_embeds_for
+    from fixtures.tiny_families import prompt_embeds_for
 
     inputs: dict = dict(height=size, width=size, output_type="latent")
     if family in ("flux2", "qwenimage", "zimage"):

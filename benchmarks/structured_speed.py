@@ -37,7 +37,7 @@ def worker(args) -> None:
     import torch
 
     from pipelines.headhunter import StructuredDiffusionPipeline
-    from pipelines.settings import recommended_call
+    from tools.settings import recommended_call
     from toyworld.measure import prompt_scenes
     from toyworld.scenes import canonical_caption
 

@@ -65,7 +65,7 @@ def main() -> None:
 
     from guidance.stats import paired_difference
     from pipelines.headhunter import StructuredDiffusionPipeline
-    from pipelines.settings import recommended_call
+    from tools.settings import recommended_call
     from toyworld.evaluator import detect, evaluate
     from toyworld.scenes import canonical_caption
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import torch
 
-    from pipelines.tiny import TINY_PIPELINES, save_and_reload
+    from fixtures.tiny import TINY_PIPELINES, save_and_reload
 
     rows = []
     for name, build in TINY_PIPELINES.items():

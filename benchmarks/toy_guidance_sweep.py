@@ -323,7 +323,7 @@ def main() -> None:
     from guidance.stats import paired_difference
     from guidance.swap import denoiser_of
     from pipelines import HeadHunterPipeline
-    from pipelines.settings import recommended_call
+    from tools.settings import recommended_call
     from toyworld.scenes import distinct_captions
 
     pipe = HeadHunterPipeline.from_pretrained(args.model)

@@ -1,7 +1,7 @@
 """Which project files one SoftPAG call enters, traced with `sys.setprofile` (the call path docs/architecture.md
 describes, measured instead of asserted).
 
-A tiny SD3 (`pipelines.tiny.tiny_sd3`) saved and loaded as `HeadHunterPipeline`, `pag_heads="L1H0,L2H1"`, 2 steps.
+A tiny SD3 (`fixtures.tiny.tiny_sd3`) saved and loaded as `HeadHunterPipeline`, `pag_heads="L1H0,L2H1"`, 2 steps.
 Every Python call and return is recorded with its file; frames outside this repository (torch, diffusers) are
 ignored. Reported: the project files entered during the whole call, those entered inside the denoising steps (from
 the first denoiser forward to the VAE decoding), and how often the innermost project file changes along
@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("guidance", "pipelines")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # fixtures/: a checkout's tiny pipelines
 
 
 def project_file(filename: str) -> str | None:
@@ -65,8 +67,8 @@ def main() -> None:
 
     import torch
 
+    from fixtures.tiny import tiny_sd3
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import tiny_sd3
 
     with tempfile.TemporaryDirectory() as folder:
         tiny_sd3().save_pretrained(folder, safe_serialization=True)

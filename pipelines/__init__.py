@@ -1,5 +1,5 @@
-"""diffusers pipelines with SoftPAG, structured cross-attention and UpFusion; loading; and the tools built on them
-(`settings`, `cli`, `batch`). Names are imported on first use (diffusers loads only then)."""
+"""diffusers pipelines with SoftPAG, structured cross-attention and UpFusion, and their loading (layer 2; the front
+ends built on them are in `tools`). Names are imported on first use (diffusers loads only then)."""
 
 from __future__ import annotations
 

@@ -437,7 +437,7 @@ Inputs: 256 x 256 RGB images of one object on a white background; query cameras 
 
 def _meta_components(config: str) -> dict:
     """The named configuration's components on the meta device (nothing is allocated)."""
-    from pipelines.tiny import clip_tokenizer
+    from pipelines.tokenizers import clip_tokenizer
 
     with torch.device("meta"):
         return paper_components(CONFIGS[config], clip_tokenizer())

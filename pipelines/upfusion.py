@@ -568,7 +568,7 @@ def build_upfusion(name: str = "toy", seed: int = 0, **upsrt_overrides) -> UpFus
         raise ValueError(f"name must be one of {tuple(CONFIGS)}; got {name!r}")
     config = CONFIGS[name]
     if "vae" in config:
-        from pipelines.tiny import clip_tokenizer
+        from pipelines.tokenizers import clip_tokenizer
 
         return UpFusionPipeline(**paper_components(config, clip_tokenizer(), **upsrt_overrides))
     upsrt = UpSRT(**{**config["upsrt"], **upsrt_overrides})

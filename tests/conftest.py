@@ -14,7 +14,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 
 import pytest  # noqa: E402
 
-from pipelines.tiny import TINY_PIPELINES  # noqa: E402
+from fixtures.tiny import TINY_PIPELINES  # noqa: E402
 
 NETWORK_ATTEMPTS: list[str] = []
 _real_connect = socket.socket.connect

@@ -339,7 +339,7 @@ def test_display_name_never_shows_an_absolute_path(tmp_path):
 
 
 def test_library_noise_is_dropped_at_its_source():
-    """app.py uses the CLI's console (pipelines/console.py): the torchvision notices always, the T5 truncation
+    """app.py uses the CLI's console (tools/console.py): the torchvision notices always, the T5 truncation
     notice only at a length a model folder records (the toy models: 1, marked when the demo loads one)."""
 
     def passes(library: str, message: str) -> bool:

@@ -6,8 +6,8 @@ without a text encoder (prompt embeddings only) are refused with a clear message
 import pytest
 
 import app as demo_app
-from pipelines.tiny import TINY_PIPELINES
-from pipelines.tiny_families import TINY_FAMILIES, tiny_family
+from fixtures.tiny import TINY_PIPELINES
+from fixtures.tiny_families import TINY_FAMILIES, tiny_family
 
 EMBEDDINGS_ONLY = ("flux2", "qwenimage", "zimage")  # their default tiny pipelines have no text encoder
 TEXT = ("sd3", "sd35", "flux", "sd15", "sdxl", "chroma", "wan", *EMBEDDINGS_ONLY)

@@ -11,30 +11,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Layers, bottom up; a module may import only from its own layer or below.
-TOOLS = {
-    "pipelines.settings",
-    "pipelines.console",
-    "pipelines.cli",
-    "pipelines.batch",
-    "pipelines.batch_ray",
-    "app",
-}
+# Layers, bottom up; a module may import only from its own layer or below. The folders are the layers:
+# guidance/ (1, the math and hooks), pipelines/ (2, diffusers pipelines and loading), tools/ and app.py (3, the
+# front ends), toyworld/, fixtures/, benchmarks/ (4).
 
 
 def _layer(module: str) -> int:
-    if module.startswith("guidance"):
-        return 1
-    if module in TOOLS or module.split(".")[0] == "tools":
-        return 3
-    if module.startswith("pipelines"):
-        return 2
-    return 4  # toyworld, benchmarks
+    top = module.split(".")[0]
+    return {"guidance": 1, "pipelines": 2, "tools": 3, "app": 3}.get(top, 4)
 
 
 def _modules() -> dict[str, Path]:
     found = {"app": ROOT / "app.py"}
-    for package in ("guidance", "pipelines", "tools", "toyworld", "benchmarks"):
+    for package in ("guidance", "pipelines", "tools", "toyworld", "fixtures", "benchmarks"):
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -54,7 +43,7 @@ def _imports(path: Path) -> set[str]:
     return {
         n
         for n in names
-        if n.split(".")[0] in ("guidance", "pipelines", "tools", "toyworld", "benchmarks", "app")
+        if n.split(".")[0] in ("guidance", "pipelines", "tools", "toyworld", "fixtures", "benchmarks", "app")
     }
 
 
@@ -73,7 +62,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_imports_point_down_the_layers():
-    """guidance <- pipelines <- tools (settings, cli, batch, app) <- toyworld, benchmarks."""
+    """guidance <- pipelines <- tools (cli, batch, settings, console, demo; app) <- toyworld, fixtures, benchmarks."""
     violations = [
         f"{source} (layer {_layer(source)}) imports {target} (layer {_layer(target)})"
         for source, targets in _graph().items()
@@ -81,6 +70,26 @@ def test_imports_point_down_the_layers():
         if _layer(target) > _layer(source)
     ]
     assert not violations, "\n".join(violations)
+
+
+def test_the_wheel_ships_no_test_fixtures():
+    """The shipped packages are the pyproject's list; fixtures/ and benchmarks/ are not among them, and nothing
+    shipped imports them (a user's install has neither)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    shipped = {pattern.rstrip("*") for pattern in include}
+    assert shipped == {"guidance", "pipelines", "tools", "toyworld"}
+    leaks = [
+        f"{source} imports {target}"
+        for source, targets in _graph().items()
+        if source.split(".")[0] in shipped | {"app"}
+        for target in targets
+        if target.split(".")[0] in ("fixtures", "benchmarks")
+    ]
+    assert not leaks, leaks
 
 
 def test_no_import_cycles():
@@ -121,9 +130,9 @@ def test_softpag_defaults_agree_on_every_surface():
     from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig
     from guidance.guider import SoftPAGGuidance
     from guidance.search import SearchSettings
-    from pipelines.batch import DEFAULTS, FIELDS
-    from pipelines.cli import build_parser
     from pipelines.headhunter import SoftPAGMixin
+    from tools.batch import DEFAULTS, FIELDS
+    from tools.cli import build_parser
 
     config = SoftPAGConfig.call_defaults()
     signature = inspect.signature(SoftPAGMixin.__call__).parameters
@@ -193,7 +202,7 @@ def test_toy_objectives_arrive_through_the_registry():
 
 
 def test_assets_folder_override(monkeypatch, tmp_path):
-    from pipelines import settings
+    from tools import settings
 
     monkeypatch.setenv("HEADHUNTER_ASSETS", str(tmp_path))
     assert settings.assets_folder() == tmp_path

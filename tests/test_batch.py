@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipelines.batch as batch_module
-from pipelines.batch import JobFileError, plan
-from pipelines.cli import main
-from pipelines.settings import save_png
+import tools.batch as batch_module
+from tools.batch import JobFileError, plan
+from tools.cli import main
+from tools.settings import save_png
 
 LAYOUT = {"attn": {layer: 4 for layer in range(4)}, "attn2": {}}
 
@@ -109,7 +109,7 @@ def test_resume_after_kill_yields_every_item_once(tiny_folder, tmp_path):
         tmp_path / "jobs.jsonl", [{"prompt": f"a red circle {i}", "seed": i} for i in range(24)]
     )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipelines.cli", *_cli(tiny_folder("sd3"), jobs, out, "--batch-size", "1")]
+    cmd = [sys.executable, "-m", "tools.cli", *_cli(tiny_folder("sd3"), jobs, out, "--batch-size", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.jsonl"
@@ -134,7 +134,7 @@ def test_two_ranks_split_items_and_merge_manifests(tiny_folder, tmp_path):
     )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.cli",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tools.cli",
            *_cli(tiny_folder("sd3"), jobs, out)]  # fmt: skip
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
@@ -188,9 +188,7 @@ KILL_POINTS = {
     "inside a partly written group": lambda mp, _: mp.setattr(
         batch_module, "save_png", _kill_on(2, save_png)
     ),
-    "between temporary file and rename": lambda mp, _: mp.setattr(
-        "pipelines.batch.save_png", _tmp_left_behind
-    ),
+    "between temporary file and rename": lambda mp, _: mp.setattr("tools.batch.save_png", _tmp_left_behind),
     "after a PNG, before its manifest line": lambda mp, runner: mp.setattr(
         runner, "_record", _kill_on(3, runner._record)
     ),
@@ -202,8 +200,8 @@ KILL_POINTS = {
 
 @pytest.fixture(scope="module")
 def tiny_pipe():
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import TINY_PIPELINES
 
     pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
     pipe.set_progress_bar_config(disable=True)
@@ -213,7 +211,7 @@ def tiny_pipe():
 @pytest.fixture(scope="module")
 def fault_plan(tmp_path_factory, tiny_pipe):
     """Six items in groups of three (two settings), and the images of an uninterrupted run."""
-    from pipelines.batch import BatchRunner
+    from tools.batch import BatchRunner
 
     folder = tmp_path_factory.mktemp("faults")
     jobs = write_jobs(folder / "jobs.jsonl", [
@@ -227,7 +225,7 @@ def fault_plan(tmp_path_factory, tiny_pipe):
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_killed_run_resumes_to_the_uninterrupted_images(point, fault_plan, tiny_pipe, tmp_path, monkeypatch):
     """Every item exactly once, no temporary files, manifest equal to the files, images bit-identical."""
-    from pipelines.batch import BatchRunner
+    from tools.batch import BatchRunner
 
     items, reference = fault_plan
     runner = BatchRunner(tiny_pipe, "tiny", tmp_path, 3)
@@ -248,7 +246,7 @@ def test_killed_run_resumes_to_the_uninterrupted_images(point, fault_plan, tiny_
 
 def test_batch_size_changes_pixels_by_at_most_one_level(fault_plan, tiny_pipe, tmp_path):
     """The documented tolerance (docs/reliability.md): another batch size moves 8-bit pixels by at most 1."""
-    from pipelines.batch import BatchRunner
+    from tools.batch import BatchRunner
 
     items, reference = fault_plan
     BatchRunner(tiny_pipe, "tiny", tmp_path, 1).run(items, progress=False)
@@ -272,7 +270,7 @@ def test_csv_keeps_strings_and_converts_numeric_fields(tmp_path):
 
 
 def test_job_file_problems_are_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import pipelines.cli as cli
+    import tools.cli as cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model must not load"))
     for content, message in [(None, "no such file"), ("", "holds no jobs"), (b"\0\1", "a binary file")]:

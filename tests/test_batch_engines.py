@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.cli import main
+from tools.cli import main
 
 PROMPTS = [
     "a red circle",
@@ -42,7 +42,7 @@ def _cli(model, jobs, out, *extra, steps=2):
 
 def _run(args, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_a_killed_actor_is_replaced_and_every_item_ends_up_once(local_run, tiny_
     """SIGKILL one actor by pid once it has written an item; Ray restarts it and retries its group."""
     out = tmp_path / "out"
     jobs = _jobs(tmp_path / "jobs.jsonl")
-    cmd = [sys.executable, "-m", "pipelines.cli",
+    cmd = [sys.executable, "-m", "tools.cli",
            *_cli(tiny_folder("sd3"), jobs, out, "--batch-size", "2", "--engine", "ray", "--workers", "2", steps=2)]  # fmt: skip
     process = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -155,7 +155,7 @@ def test_a_ray_run_killed_as_a_whole_resumes(local_run, tiny_folder, tmp_path):
     more = JOBS + [{"id": f"k{i}", "prompt": p, "seed": 10 + i} for i, p in enumerate(PROMPTS * 2)]
     jobs = _jobs(tmp_path / "jobs.jsonl", more)
     args = _cli(tiny_folder("sd3"), jobs, out, "--batch-size", "2", "--engine", "ray", "--workers", "2")
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], start_new_session=True,
+    process = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], start_new_session=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
@@ -180,7 +180,7 @@ def test_a_ray_run_killed_as_a_whole_resumes(local_run, tiny_folder, tmp_path):
 def test_accelerate_with_two_cpu_processes_gives_the_local_images(local_run, tiny_folder, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.cli",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tools.cli",
            *_cli(tiny_folder("sd3"), _jobs(tmp_path / "jobs.jsonl"), out, "--batch-size", "2", "--engine",
                  "accelerate")]  # fmt: skip
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,

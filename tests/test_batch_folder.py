@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.batch import folder_lock
-from pipelines.cli import main
+from tools.batch import folder_lock
+from tools.cli import main
 
 JOBS = [{"id": "a", "prompt": "a red circle", "seed": 1}, {"id": "b", "prompt": "a blue square", "seed": 2}]
 
@@ -40,7 +40,7 @@ def test_a_second_run_on_a_held_folder_is_refused_naming_the_first(tiny_folder, 
     """Two real processes on one --out: the second stops before any work with exit 2 and the first's pid."""
     jobs = _jobs(tmp_path / "jobs.jsonl", [{"prompt": f"a red circle {i}", "seed": i} for i in range(200)])
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipelines.cli", *_cli(tiny_folder("sd3"), jobs, out)]
+    cmd = [sys.executable, "-m", "tools.cli", *_cli(tiny_folder("sd3"), jobs, out)]
     first = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)  # fmt: skip
     try:

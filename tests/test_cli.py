@@ -6,8 +6,8 @@ import os
 import pytest
 from PIL import Image
 
-from pipelines.cli import main
-from pipelines.settings import PRESETS, list_presets
+from tools.cli import main
+from tools.settings import PRESETS, list_presets
 
 
 def test_generate_writes_png_with_parameters(tiny_folder, tmp_path):
@@ -200,7 +200,7 @@ def test_long_head_lists_are_heads_not_paths(tiny_folder, tmp_path):
 
 
 def test_presets_list_is_an_aligned_table_without_cut_words(capsys):
-    from pipelines.cli import _presets_list
+    from tools.cli import _presets_list
 
     assert _presets_list(width=80) == 0
     lines = capsys.readouterr().out.splitlines()

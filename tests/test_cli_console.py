@@ -1,7 +1,7 @@
 """A plain `headhunter generate`, `search` and `batch` print nothing on stderr but their own lines: no library
 notice (transformers' torchvision fallbacks, given while the libraries import; diffusers' own deprecations), no
 loading bar, no T5 truncation notice for a toy model run at the T5 length it was trained at; `--verbose` brings
-the libraries' lines back (`pipelines/console.py`). Each command runs in a fresh interpreter, as a user runs it."""
+the libraries' lines back (`tools/console.py`). Each command runs in a fresh interpreter, as a user runs it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import ASSETS
-from pipelines.tiny_families import tiny_family
+from fixtures.tiny_families import tiny_family
+from tools.settings import ASSETS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ASSETS / "toy-sd3"
@@ -25,7 +25,7 @@ needs_toy = pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.batch import plan
-from pipelines.cli import main
-from pipelines.settings import ASSETS, DEFAULT_MODEL, model_vocabulary, resolve_heads, structured_support
+from tools.batch import plan
+from tools.cli import main
+from tools.settings import ASSETS, DEFAULT_MODEL, model_vocabulary, resolve_heads, structured_support
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -57,7 +57,7 @@ def test_generate_as_in_the_readme(here, capsys):
 
 def test_search_on_the_example_prompts(here):
     """On a tiny SD3 of 2 layers x 2 heads (the toy's 64 heads x 24 pairs would take minutes)."""
-    from pipelines.tiny import tiny_sd3
+    from fixtures.tiny import tiny_sd3
 
     tiny_sd3(num_layers=2, num_heads=2).save_pretrained(here / "tiny")
     args = ["search", "--objective", "toy-dark", "--guard", "toy-fidelity", "--prompts", "examples/prompts.txt",

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.cli import main
-from pipelines.tiny import TINY_PIPELINES
-from pipelines.tiny_families import EMBEDS_ONLY, TINY_FAMILIES, chat_tokenizer, tiny_family
+from fixtures.tiny import TINY_PIPELINES
+from fixtures.tiny_families import EMBEDS_ONLY, TINY_FAMILIES, chat_tokenizer, tiny_family
+from tools.cli import main
 
 # One hand-written and one generic family in every run (about 12 s); all ten with `-m slow` (about 2 min here).
 QUICK = ("sd35", "qwenimage")

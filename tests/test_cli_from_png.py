@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from pipelines.batch import BOOKKEEPING
-from pipelines.cli import main
-from pipelines.settings import SOFTPAG_SETTINGS
+from tools.batch import BOOKKEEPING
+from tools.cli import main
+from tools.settings import SOFTPAG_SETTINGS
 
 SMALL = ["--steps", "2", "--height", "32", "--width", "32"]
 STYLE_W = 1.5  # the preset's own group scale, not the default pag_scale
@@ -130,7 +130,7 @@ def _png(path: Path, text: dict | None = None) -> Path:
 def test_a_png_without_a_usable_record_is_refused_naming_from_png(
     tmp_path, monkeypatch, capsys, name, make, message
 ):
-    import pipelines.cli as cli
+    import tools.cli as cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model loaded"))
     monkeypatch.chdir(tmp_path)

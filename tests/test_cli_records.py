@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from guidance.heads import HeadSelection, read_preset
-from pipelines.cli import main
-from pipelines.settings import ASSETS, record_call, record_model
+from tools.cli import main
+from tools.settings import ASSETS, record_call, record_model
 
 PROMPT = "a red circle and a blue square"
 SMALL = ["--steps", "2", "--height", "32", "--width", "32"]
@@ -77,7 +77,7 @@ def test_a_structured_png_records_mode_and_phrases_and_is_made_again_bit_for_bit
 def test_structured_is_refused_by_family_before_the_model_loads(
     tiny_folder, tmp_path, monkeypatch, capsys, model, flags, message
 ):
-    import pipelines.cli as cli
+    import tools.cli as cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model loaded"))
     args = ["generate", "x", "--model", tiny_folder(model), "--out", str(tmp_path / "a.png"), *flags]
@@ -87,7 +87,7 @@ def test_structured_is_refused_by_family_before_the_model_loads(
 
 def test_structured_flag_is_derived_from_its_setting():
     from guidance.config import STRUCTURED_SETTINGS
-    from pipelines.cli import build_parser
+    from tools.cli import build_parser
 
     setting = STRUCTURED_SETTINGS["structured"]
     assert build_parser().parse_args(["generate", "x"]).structured is setting.default is None

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.settings import ASSETS, folder_heads_per_layer, read_presets
+from tools.cli import main
+from tools.settings import ASSETS, folder_heads_per_layer, read_presets
 
 
 def test_batch_reports_every_problem_of_a_job_file_in_one_pass_before_the_model_loads(
     tiny_folder, tmp_path, monkeypatch, capsys
 ):
-    import pipelines.cli as cli
+    import tools.cli as cli
 
     monkeypatch.setattr(cli, "_load", lambda *a: pytest.fail("the model loaded"))
     jobs = tmp_path / "jobs.jsonl"

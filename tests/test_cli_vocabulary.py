@@ -1,6 +1,6 @@
 """What a toy model was trained on, as the tools tell it: the grammar of the toy world's captions recorded in each
 toy model's folder (toyworld/grammar_record.py -> toyworld.json), read without importing the toy world
-(`pipelines.settings.model_vocabulary`); examples the grammar writes; a warning before any work for a prompt with
+(`tools.settings.model_vocabulary`); examples the grammar writes; a warning before any work for a prompt with
 words the model never saw; `headhunter vocabulary` and generate's help list them."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from pipelines.cli import build_parser, main
-from pipelines.settings import ASSETS, model_vocabulary
+from tools.cli import build_parser, main
+from tools.settings import ASSETS, model_vocabulary
 from toyworld.grammar_record import EXAMPLE_KINDS, WORKS, candidates, grammar
 from toyworld.scenes import HELD_OUT_PAIRS, held_out_pairs, parse_caption, vocabulary
 
@@ -63,7 +63,7 @@ def test_words_the_toy_never_saw_are_named():
 
 def _stopped(monkeypatch):
     """The model load replaced by an interruption: what is printed before it came before any work."""
-    import pipelines.cli as cli
+    import tools.cli as cli
 
     def stop(*args):
         raise KeyboardInterrupt

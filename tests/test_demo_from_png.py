@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from guidance.heads import HeadSelection
-from pipelines.cli import main
-from pipelines.settings import SOFTPAG_SETTINGS
+from tools.cli import main
+from tools.settings import SOFTPAG_SETTINGS
 
 STYLE_W = 1.5
 assert STYLE_W != SOFTPAG_SETTINGS["pag_scale"].default

@@ -13,6 +13,8 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+from fixtures.tiny import tiny_flux, tiny_sd3, tiny_sd35
+from fixtures.tiny_families import TINY_FAMILIES, prompt_embeds_for
 from guidance.config import SoftPAGError
 from guidance.generic import generic_layout, intercepted_calls
 from guidance.layouts import FAMILIES, layout_of
@@ -20,8 +22,6 @@ from guidance.processors import PerturbationState
 from guidance.scope import CallScope
 from pipelines.headhunter import HeadHunterPipeline
 from pipelines.loading import absent_components, model_index
-from pipelines.tiny import tiny_flux, tiny_sd3, tiny_sd35
-from pipelines.tiny_families import TINY_FAMILIES, prompt_embeds_for
 
 FAMILY_PIPELINES = {
     "flux2": "Flux2Pipeline",

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures.tiny import TINY_PIPELINES, save_and_reload
 from pipelines.loading import absent_components, model_index
-from pipelines.tiny import TINY_PIPELINES, clip_tokenizer, save_and_reload, t5_tokenizer
+from pipelines.tokenizers import clip_tokenizer, t5_tokenizer
 
 
 @pytest.mark.parametrize("name", sorted(TINY_PIPELINES))
@@ -58,7 +59,7 @@ def test_tokenizers_keep_known_words_whole():
     assert clip_tokenizer().tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
     assert clip_tokenizer().tokenize("zq") == ["z", "q</w>"]
     # Every listed word is one token, whatever merges other words made first (e.g. "ri" from "right").
-    from pipelines.tiny import BASE_WORDS
+    from pipelines.tokenizers import BASE_WORDS
 
     tok = clip_tokenizer()
     assert [w for w in BASE_WORDS if len(tok.tokenize(w)) != 1] == []

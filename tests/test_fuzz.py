@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection
-from pipelines.settings import PRESETS, UPFUSION_MODEL
+from tools.settings import PRESETS, UPFUSION_MODEL
 
 OUTCOMES = ("clear", "unclear", "silently accepted", "crash")
 LAYOUT = {"attn": {layer: 4 for layer in range(4)}, "attn2": {}}  # the tiny SD3's heads
@@ -158,7 +158,7 @@ def classify_python(pipe, case: Case, tmp: Path) -> tuple[str, str]:
 
 
 # -------------------------------------------------------------------------------------------------------------
-# CLI: `pipelines.cli.main([...])` in-process; {model} is a tiny saved SD3, {tmp} a fresh folder, {out} in it
+# CLI: `tools.cli.main([...])` in-process; {model} is a tiny saved SD3, {tmp} a fresh folder, {out} in it
 # -------------------------------------------------------------------------------------------------------------
 
 
@@ -444,7 +444,7 @@ CLI_CASES = [
 
 def classify_cli(case: Case, model: str, tmp: Path) -> tuple[str, str]:
     """(outcome, stderr) of `main(argv)`: clear = exit 2, one `headhunter` line holding the words, no file."""
-    from pipelines.cli import main
+    from tools.cli import main
 
     _write_files(case, tmp)
     if case.broken_model:
@@ -527,7 +527,7 @@ BATCH_CASES = [
 
 def classify_batch(case: Case, tmp: Path) -> tuple[str, str]:
     """(outcome, message) of planning a job file whose first job line is the case's."""
-    from pipelines.batch import JobFileError, plan
+    from tools.batch import JobFileError, plan
 
     path = tmp / ("jobs" + case.files.get("suffix", ".jsonl"))
     if isinstance(case.given, bytes):
@@ -575,8 +575,8 @@ def _files(folder: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def pipe():
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import TINY_PIPELINES
 
     pipeline = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
     pipeline.set_progress_bar_config(disable=True)
@@ -645,7 +645,7 @@ def test_random_job_lines_give_items_or_line_numbers(tmp_path):
     """Random JSON objects as job lines either plan or fail with the line's number."""
     import random
 
-    from pipelines.batch import FIELDS, JobFileError, plan
+    from tools.batch import FIELDS, JobFileError, plan
 
     rng = random.Random(0)
     values = [

@@ -5,13 +5,13 @@ import torch
 from diffusers.guiders import PerturbedAttentionGuidance
 from diffusers.modular_pipelines.stable_diffusion_3 import StableDiffusion3AutoBlocks
 
+from fixtures.tiny import tiny_sd3
+from fixtures.tiny_families import tiny_qwenimage
 from guidance.config import SoftPAGError
 from guidance.generic import generic_layout
 from guidance.guider import SoftPAGGuidance
 from guidance.processors import active_state
 from pipelines.headhunter import HeadHunterPipeline
-from pipelines.tiny import tiny_sd3
-from pipelines.tiny_families import tiny_qwenimage
 
 # An explicit negative prompt: with none, modular SD3 0.42.1 encodes "" differently from StableDiffusion3Pipeline.
 CALL = dict(
@@ -166,8 +166,8 @@ def _without_text_encoder(blocks, classic):
 def test_modular_wan_equals_classic_pipeline():
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanBlocks
 
+    from fixtures.tiny_families import tiny_wan
     from pipelines.families import HeadHunterWanPipeline
-    from pipelines.tiny_families import tiny_wan
 
     classic = HeadHunterWanPipeline.from_pipe(tiny_wan())
     classic.set_progress_bar_config(disable=True)
@@ -189,8 +189,8 @@ def test_modular_qwenimage_runs_and_perturbs():
     classic pipeline rescales CFG only and adds the PAG term after): equal to the classic one with CFG only."""
     from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
 
+    from fixtures.tiny_families import prompt_embeds_for, tiny_qwenimage
     from pipelines.families import HeadHunterQwenImagePipeline
-    from pipelines.tiny_families import prompt_embeds_for, tiny_qwenimage
 
     classic = HeadHunterQwenImagePipeline.from_pipe(tiny_qwenimage())
     classic.set_progress_bar_config(disable=True)
@@ -215,8 +215,8 @@ def test_modular_zimage_equals_classic_pipeline():
     hands the scheduler the negated output; the modular loop negates before the guider. Both agree with SoftPAG."""
     from diffusers.modular_pipelines.z_image.modular_blocks_z_image import ZImageAutoBlocks
 
+    from fixtures.tiny_families import prompt_embeds_for, tiny_zimage
     from pipelines.families import HeadHunterZImagePipeline
-    from pipelines.tiny_families import prompt_embeds_for, tiny_zimage
 
     classic = HeadHunterZImagePipeline.from_pipe(tiny_zimage())
     classic.set_progress_bar_config(disable=True)

@@ -246,7 +246,7 @@ def test_unsupported_pipeline_is_named(tmp_path):
 
 def test_flux_guidance_distilled(tmp_path):
     """FLUX.1-dev style: the distilled guidance embedding is expanded with the perturbed rows."""
-    from pipelines.tiny import tiny_flux
+    from fixtures.tiny import tiny_flux
 
     tiny_flux(guidance_embeds=True).save_pretrained(tmp_path)
     pipe = HeadHunterPipeline.from_pretrained(tmp_path)
@@ -333,7 +333,8 @@ def _sd3_with_t5(folder, recommended: dict | None):
     """A tiny SD3 with a tiny T5 (d_model = the transformer's joint dim) saved to `folder`, with a toyworld.json."""
     from transformers import T5Config, T5EncoderModel
 
-    from pipelines.tiny import t5_tokenizer, tiny_sd3
+    from fixtures.tiny import tiny_sd3
+    from pipelines.tokenizers import t5_tokenizer
 
     pipe = tiny_sd3()
     torch.manual_seed(1)

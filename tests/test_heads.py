@@ -120,7 +120,7 @@ def test_non_object_preset_files_are_named(tmp_path, content):
 
 
 def test_a_preset_for_another_model_says_which():
-    from pipelines.settings import PRESETS
+    from tools.settings import PRESETS
 
     selection = HeadSelection.parse(str(PRESETS / "sd3-paper-dark.json"))
     with pytest.raises(HeadSelectionError, match=r"this preset is for stabilityai/stable-diffusion-3-medium-diffusers"
@@ -130,7 +130,7 @@ def test_a_preset_for_another_model_says_which():
 
 
 def test_heads_then_preset_name_then_path(tmp_path):
-    from pipelines.settings import PRESETS, resolve_heads
+    from tools.settings import PRESETS, resolve_heads
 
     long_heads = ", ".join(f"L{i}H{j}" for i in range(10) for j in range(10))
     assert len(long_heads) > 250 and resolve_heads(long_heads) == long_heads

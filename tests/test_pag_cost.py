@@ -5,15 +5,15 @@ import pytest
 import torch
 
 import guidance.perturbation as perturbation
+from fixtures.tiny import tiny_flux, tiny_sd3
+from fixtures.tiny_families import TINY_FAMILIES, prompt_embeds_for
 from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig, SoftPAGError
 from guidance.guider import SoftPAGGuidance
 from guidance.layouts import layout_of
 from guidance.processors import PerturbationState, active_state
 from guidance.scope import CallScope
 from pipelines.headhunter import HeadHunterPipeline
-from pipelines.settings import image_record, record_call
-from pipelines.tiny import tiny_flux, tiny_sd3
-from pipelines.tiny_families import TINY_FAMILIES, prompt_embeds_for
+from tools.settings import image_record, record_call
 
 HEADS = "L1H0,L2H3"
 CALL = dict(prompt="a red circle", num_inference_steps=4, height=32, width=32, max_sequence_length=8)

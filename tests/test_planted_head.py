@@ -4,10 +4,10 @@ darkens the image; the search must rank that head first among all 16 from 4 prom
 import pytest
 import torch
 
+from fixtures.tiny import tiny_sd3
 from guidance.objectives import get_objective
 from guidance.search import HeadSearch, SearchSettings
 from pipelines.headhunter import HeadHunterPipeline
-from pipelines.tiny import tiny_sd3
 
 PLANTED = (3, 1)  # (layer, head) of the tiny SD3 (4 layers x 4 heads, head_dim 8)
 

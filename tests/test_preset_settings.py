@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from fixtures.tiny import tiny_sd3
 from guidance.config import SoftPAGConfig, SoftPAGError
 from guidance.heads import HeadSelection, HeadSelectionError
 from pipelines.headhunter import HeadHunterPipeline
-from pipelines.tiny import tiny_sd3
 
 CALL = dict(prompt="a red circle", num_inference_steps=4, height=32, width=32, max_sequence_length=8)
 

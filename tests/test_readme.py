@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import build_parser
-from pipelines.settings import ASSETS, PRESETS
+from tools.cli import build_parser
+from tools.settings import ASSETS, PRESETS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-import pipelines.settings as settings
+import tools.settings as settings
 from guidance.heads import HeadSelection, HeadSelectionError, printable
-from pipelines.cli import main
+from tools.cli import main
 
 # name -> (file text, words of the reason)
 BROKEN_PRESETS = {
@@ -121,8 +121,8 @@ def test_preset_json_is_strict_and_names_the_field(tmp_path, text, expect):
 @pytest.fixture
 def demo(presets, monkeypatch, tiny_folder):
     import app as demo_app
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import TINY_PIPELINES
 
     monkeypatch.setattr(demo_app, "PRESETS", presets)
     pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())

@@ -289,7 +289,7 @@ VIEWS_CASES = [
 
 def classify_views(case: Case, model: str, tmp: Path) -> tuple[str, str]:
     """(outcome, stderr) of `main(argv)`: clear = exit 2, one `headhunter` line with the words, files unchanged."""
-    from pipelines.cli import main
+    from tools.cli import main
 
     image, out = tmp / "input.png", tmp / "out"
     PIL.Image.new("RGB", (32, 32), "red").save(image)
@@ -341,8 +341,8 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def sd3():
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import TINY_PIPELINES
 
     pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
     pipe.set_progress_bar_config(disable=True)
@@ -351,8 +351,8 @@ def sd3():
 
 @pytest.fixture(scope="module")
 def sd15():
+    from fixtures.tiny import TINY_PIPELINES
     from pipelines.headhunter import StructuredDiffusionPipeline
-    from pipelines.tiny import TINY_PIPELINES
 
     pipe = StructuredDiffusionPipeline.from_pipe(TINY_PIPELINES["sd15"]())
     pipe.set_progress_bar_config(disable=True)
@@ -417,7 +417,7 @@ def test_views_overwrite_replaces_files_and_links_without_writing_through(
 ):
     """--overwrite replaces a view, and a link at a view's name is replaced, never written through; no temporary
     files are left."""
-    from pipelines.cli import main
+    from tools.cli import main
 
     image, out, elsewhere = tmp_path / "input.png", tmp_path / "out", tmp_path / "elsewhere.png"
     PIL.Image.new("RGB", (32, 32), "red").save(image)
@@ -455,7 +455,7 @@ def test_orbit_gif_replaces_a_link_instead_of_writing_through_it(upfusion, tmp_p
 def test_the_limit_is_one_constant():
     """The pipeline, orbit and the CLI take their bounds from `MAX_QUERY_CAMERAS` (guidance.config)."""
     from guidance.config import UPFUSION_SETTINGS
-    from pipelines import cli
+    from tools import cli
 
     assert UPFUSION_SETTINGS["frames"].high == MAX_QUERY_CAMERAS == cli.FRAMES.high
     assert f"1 to {MAX_QUERY_CAMERAS}" in (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()

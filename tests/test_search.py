@@ -217,7 +217,7 @@ def test_clip_and_pickscore_objectives_from_local_folder(tmp_path):
     """Real loading code on a tiny random CLIP saved to disk (no hub)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from pipelines.tiny import clip_tokenizer
+    from pipelines.tokenizers import clip_tokenizer
 
     tokenizer = clip_tokenizer()
     config = CLIPConfig(
@@ -280,7 +280,7 @@ def test_two_processes_with_accelerate_split_candidates(tiny_folder, tmp_path):
     import sys
 
     def run(out, launcher):
-        cmd = [*launcher, "-m", "pipelines.cli", "search", "--model", tiny_folder("sd3"), "--objective",
+        cmd = [*launcher, "-m", "tools.cli", "search", "--model", tiny_folder("sd3"), "--objective",
                "saturation", "--prompt", "a red circle", "--seeds", "0", "1", "--k", "2", "--sweep", "--steps", "2",
                "--size", "32", "--out", str(out)]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -303,10 +303,10 @@ def test_two_processes_with_accelerate_split_candidates(tiny_folder, tmp_path):
 def test_search_on_a_generic_family_enumerates_its_heads_and_presets_record_the_shape(tmp_path):
     """A head search on a newer family (Chroma, through the generic adapter): its heads, a profile, and a preset that
     records the family and layers x heads, refused on a model of another shape."""
+    from fixtures.tiny_families import tiny_chroma
     from guidance.heads import HeadSelectionError
     from guidance.search import SEARCH_PROFILES
     from pipelines import HeadHunterPipeline
-    from pipelines.tiny_families import tiny_chroma
 
     tiny_chroma().save_pretrained(tmp_path / "chroma")
     pipe = HeadHunterPipeline.from_pretrained(tmp_path / "chroma")

@@ -1,4 +1,4 @@
-"""pipelines.settings: the sampling settings a model folder records, as call arguments; what made an image."""
+"""tools.settings: the sampling settings a model folder records, as call arguments; what made an image."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.settings import (
+from tools.settings import (
     ASSETS,
     image_record,
     recommended_call,
@@ -58,7 +58,7 @@ def test_the_toy_flux_called_with_its_recommended_call_samples_at_its_trained_si
 
 
 def test_model_names_are_never_absolute_paths_of_this_machine(tmp_path, monkeypatch):
-    from pipelines.settings import model_name
+    from tools.settings import model_name
 
     (tmp_path / "models" / "mine").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
@@ -103,10 +103,10 @@ def test_a_preset_records_its_own_scale_name_and_hash(tmp_path):
 def test_a_batch_png_is_made_again_from_its_record_bit_for_bit(tmp_path):
     """A preset whose w (1.5) is not the default pag_scale (3), and a u of its own beside the job's: the PNG's
     record, fed back through record_call, gives the same pixels; the default w would not."""
+    from fixtures.tiny import TINY_PIPELINES
     from guidance.heads import HeadSelection
-    from pipelines.batch import BatchRunner, plan
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.tiny import TINY_PIPELINES
+    from tools.batch import BatchRunner, plan
 
     pipe = HeadHunterPipeline.from_pipe(TINY_PIPELINES["sd3"]())
     pipe.set_progress_bar_config(disable=True)

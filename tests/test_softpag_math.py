@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+from fixtures.tiny import TINY_PIPELINES
 from guidance.processors import PerturbationState, perturbing
 from guidance.softpag import image_identity_mask, softpag_attention
-from pipelines.tiny import TINY_PIPELINES
 
 torch.manual_seed(0)
 Q, K, V = (torch.randn(3, 4, 10, 8) for _ in range(3))

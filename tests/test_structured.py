@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from fixtures.tiny import TINY_PIPELINES
 from guidance.config import SoftPAGError
 from guidance.noun_phrases import (
     Phrase,
@@ -26,7 +27,7 @@ from guidance.structured import (
     structuring,
 )
 from pipelines.headhunter import HeadHunterPipeline, StructuredDiffusionPipeline
-from pipelines.tiny import TINY_PIPELINES, clip_tokenizer
+from pipelines.tokenizers import clip_tokenizer
 
 CALL = dict(num_inference_steps=3, height=32, width=32, output_type="np")
 

@@ -30,7 +30,7 @@ from pipelines.convert_upfusion import (
     map_state_dict,
     upsrt_rows,
 )
-from pipelines.tiny import clip_tokenizer
+from pipelines.tokenizers import clip_tokenizer
 from pipelines.upfusion import (
     CONFIGS,
     PaperUpSRT,
@@ -573,7 +573,7 @@ def test_upfusion2d_key_problems_are_refused_by_name(official_files, change, mat
 
 
 def test_the_cli_converts_and_a_refused_conversion_leaves_no_folder(official_files, tmp_path, capsys):
-    from pipelines.cli import main
+    from tools.cli import main
 
     files = [str(official_files["upsrt"]), str(official_files["upfusion2d"])]
     options = ["--dinov2", str(official_files["dinov2"]), "--sd15", str(official_files["sd15"])]

@@ -27,7 +27,7 @@ from guidance.config import STRUCTURED_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, short_repr
 from guidance.search import HeadSearch, SearchSettings, label, preset
 from guidance.swap import denoiser_of
-from pipelines.settings import ASSETS, LATER_SETTINGS, Vocabulary, model_vocabulary
+from tools.settings import ASSETS, LATER_SETTINGS, Vocabulary, model_vocabulary
 
 PAG = {name.removeprefix("pag_"): setting for name, setting in SOFTPAG_SETTINGS.items()}
 DEFAULT_PRESET = (
@@ -273,7 +273,7 @@ def examples_for(words: Sequence[str], examples: Sequence[str] = EXAMPLE_PROMPTS
 @dataclass(frozen=True)
 class PromptHelp:
     """What a model reads: its words, example prompts it draws, and what in a prompt it was not trained on. From
-    the grammar its folder records (`pipelines.settings.model_vocabulary`: the toy models), else from its
+    the grammar its folder records (`tools.settings.model_vocabulary`: the toy models), else from its
     tokenizer's whole words (`vocabulary`; none for a real model's open vocabulary)."""
 
     words: tuple[str, ...]

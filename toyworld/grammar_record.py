@@ -2,7 +2,7 @@
 
 The tools (CLI, batch, demo) never import the toy world (layering: tests/test_architecture.py), yet they should tell
 a user which words and prompts a toy model was trained on. So the grammar its captions came from is written into
-the model folder, where `pipelines.settings.model_vocabulary` reads it: the colours, shapes, sizes, position and
+the model folder, where `tools.settings.model_vocabulary` reads it: the colours, shapes, sizes, position and
 relation phrases, background and style words, the prompt templates, every word, the colour-shape pairs held out
 of training (`held_out_pairs_seed`), and example prompts of each kind that the grammar writes (held-in pairs only),
 the one the model draws best of four candidates, measured on it with the model-free evaluator.
@@ -88,7 +88,7 @@ def measure(model: str | Path, prompts: list[str], seeds: int = 4) -> dict[str, 
     import torch
 
     from pipelines.headhunter import HeadHunterPipeline
-    from pipelines.settings import recommended_call
+    from tools.settings import recommended_call
     from toyworld.evaluator import evaluate
 
     pipe = HeadHunterPipeline.from_pretrained(model)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.tiny import learn_merges
+from pipelines.tokenizers import learn_merges
 from toyworld.scenes import vocabulary
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"

@@ -1,8 +1,8 @@
 """Batch jobs on a Ray cluster: `headhunter batch JOBS --out DIR --engine ray [--workers N] [--ray-address auto]`.
 
-The driver validates the jobs and plans the items exactly as the local engine (`pipelines.batch.plan`), holds the
+The driver validates the jobs and plans the items exactly as the local engine (`tools.batch.plan`), holds the
 output folder's lock, checks what is done (`BatchRunner.check_done`), and forms the same groups of items that
-`--batch-size` generates together (`pipelines.batch.batches`), so every image equals the local engine's. Ray Data
+`--batch-size` generates together (`tools.batch.batches`), so every image equals the local engine's. Ray Data
 sends one group per row to a pool of actors (`ActorPoolStrategy(size=workers)`); each actor loads the pipeline
 once and writes each item as the local engine does (temporary file renamed into place, PNG metadata, a manifest
 line in its own `manifest.rank-ray-<pid>.jsonl`). An actor that dies is restarted by Ray and its group retried: the
@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.batch import BatchRunner, Item, batches, folder_lock, read_manifests
+from tools.batch import BatchRunner, Item, batches, folder_lock, read_manifests
 
 INSTALL = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]")'
 RESTARTS = 4  # an actor killed more often than this (e.g. out of memory at every load) fails the run
@@ -63,7 +63,7 @@ class _Generate:
 
     def __call__(self, batch: dict) -> dict:
         """Each row is one group (JSON); write its items that no manifest has yet (a retry skips finished ones)."""
-        from pipelines.batch import repair_manifest
+        from tools.batch import repair_manifest
 
         repair_manifest(self.runner.manifest)
         ok, failed = [], []

@@ -28,9 +28,9 @@ from guidance.config import (
     SoftPAGConfig,
 )
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, printable, short_repr
-from pipelines.console import before_loading, quiet_console
 from pipelines.loading import ModelFolderError
-from pipelines.settings import (
+from tools.console import before_loading, quiet_console
+from tools.settings import (
     DEFAULT_MODEL,
     DTYPES,
     UPFUSION_MODEL,
@@ -188,7 +188,7 @@ def _heads(args: argparse.Namespace) -> str | None:
 
 
 def _load(model: str, dtype: str, device: str):
-    """The HeadHunter pipeline of a checked model, on its device, progress bars off (`pipelines.console`)."""
+    """The HeadHunter pipeline of a checked model, on its device, progress bars off (`tools.console`)."""
     before_loading(recommended_settings(model).get("max_sequence_length"))
     import torch
 
@@ -588,7 +588,7 @@ def _search(args: argparse.Namespace) -> int:
 
 def _batch_defaults(args: argparse.Namespace, model: str) -> dict:
     """Job defaults: the model's recommendations < --config < flags, each checked."""
-    from pipelines.batch import FIELDS
+    from tools.batch import FIELDS
 
     check_flags(args, [*GENERATION_FLAGS, GENERATION_SETTINGS["batch_size"], *PAG_FLAGS])
     recommended = recommended_settings(model)
@@ -613,13 +613,13 @@ def _batch_defaults(args: argparse.Namespace, model: str) -> dict:
 
 def _batch(args: argparse.Namespace) -> int:
     """Validate a job file (before and after loading the model), generate what is not done, print a summary."""
-    from pipelines.batch import BatchRunner, JobFileError, plan, print_problems
+    from tools.batch import BatchRunner, JobFileError, plan, print_problems
 
     if args.engine != "ray" and (args.workers is not None or args.ray_address is not None):
         flag = "--workers" if args.workers is not None else "--ray-address"
         raise CLIError(f"{flag} is for --engine ray; this run uses --engine {args.engine}")
     if args.engine == "ray":
-        from pipelines.batch_ray import require_ray
+        from tools.batch_ray import require_ray
 
         require_ray()  # before any work: says how to install it
     model = check_model(args.model)
@@ -650,7 +650,7 @@ def _batch(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from functools import partial
 
-        from pipelines.batch_ray import run_ray
+        from tools.batch_ray import run_ray
 
         counts = run_ray(runner, items, partial(_load, model, args.dtype, device), args.workers or 2,
                          args.ray_address, device.startswith("cuda"), args.redo_changed, not args.quiet)  # fmt: skip

@@ -4,12 +4,12 @@
 pipelines' call arguments (see `FIELDS`). Each line becomes `num_images` items `<id>-<k>` with seed `seed + k`;
 the id is the line's `id` or a hash of its resolved settings, so a rerun finds what is done. A run holds its
 folder (a lock file) and writes no file through a link. Every item is written to a temporary file and renamed,
-then recorded in the manifest (JSONL) with everything that made it (`pipelines.settings.image_record`). A rerun
+then recorded in the manifest (JSONL) with everything that made it (`tools.settings.image_record`). A rerun
 skips finished items only if their record still equals what the job asks and their image decodes; anything else
 is an error naming the items, or with `redo_changed` is made again. Under `accelerate launch` (RANK /
 WORLD_SIZE) each rank takes every WORLD_SIZE-th item (with `--engine accelerate`: a contiguous slice from
 accelerate's `split_between_processes`) and keeps its own manifest; rank 0 merges them into `manifest.jsonl` at
-the end. `pipelines.batch_ray` runs the same items on Ray actors.
+the end. `tools.batch_ray` runs the same items on Ray actors.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, STRUCTURED_SE
 from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from guidance.ranks import barrier, process_index
 from guidance.strictjson import integer, loads_strict, refused_values
-from pipelines.settings import (
+from tools.settings import (
     LATER_SETTINGS,
     OutputError,
     StructuredSupport,
@@ -500,7 +500,7 @@ class BatchRunner:
         GENERATION_SETTINGS["batch_size"].check(batch_size, GuidanceError, "batch_size")
         self.pipe, self.model, self.out, self.batch_size = pipe, model, Path(out), batch_size
         self.resolve_heads = resolve_heads
-        self.extras = extras or {}  # call arguments the model needs (see pipelines.cli.model_call_extras)
+        self.extras = extras or {}  # call arguments the model needs (see tools.cli.model_call_extras)
         try:
             self.version = version("headhunter-diffusion")
         except PackageNotFoundError:
@@ -515,7 +515,7 @@ class BatchRunner:
 
     def use_accelerate(self) -> None:
         """Ranks from accelerate's `PartialState`, each rank's share a contiguous slice of the plan
-        (`split_between_processes`): `accelerate launch -m pipelines.cli batch ... --engine accelerate`."""
+        (`split_between_processes`): `accelerate launch -m tools.cli batch ... --engine accelerate`."""
         import torch
         from accelerate import PartialState
 
