@@ -41,7 +41,12 @@ from PIL import Image  # noqa: E402
 
 from guidance import HeadSelection, HeadSelectionError, SoftPAGError  # noqa: E402
 from guidance.adapters import heads_layout  # noqa: E402
-from guidance.config import SEARCH_SETTINGS, STRUCTURED_SETTINGS, SoftPAGConfig  # noqa: E402
+from guidance.config import (  # noqa: E402
+    GENERATION_SETTINGS,
+    SEARCH_SETTINGS,
+    STRUCTURED_SETTINGS,
+    SoftPAGConfig,
+)
 from guidance.heads import printable, short_repr  # noqa: E402
 from guidance.search import SEARCH_PROFILES, SearchSettings, search_profile  # noqa: E402
 from guidance.swap import denoiser_of  # noqa: E402
@@ -50,11 +55,11 @@ from pipelines.loading import ModelFolderError  # noqa: E402
 from tools.demo import (  # noqa: E402
     DEFAULT_PRESET,
     DIFFERENCE_GAIN,
-    MAX_FRAMES,
     MAX_PROMPT_CHARS,
     MAX_UPLOAD_BYTES,
     PAG,
     STRUCTURED_MODEL,
+    VIEW_SETTINGS,
     DemoInputError,
     SearchRun,
     Stopped,
@@ -83,6 +88,7 @@ from tools.demo import (  # noqa: E402
     read_views,
     result_note,
     setting,
+    setting_of,
     shown_at,
     shown_gallery,
     structured_choices,
@@ -906,14 +912,19 @@ class StructuredPrompts:
 # ------------------------------------------------------------------------------------------------------------
 
 UPFUSION = Path(DEFAULT_MODEL).parent / "toy-upfusion"
+# The CFG slider's top: the toy's 3 and the paper's 9 inside, in steps a hand can set; the check (and the API) takes
+# the library's whole range.
+VIEW_CFG_SHOWN = 15
 YOUR_IMAGES = "(your own images)"
 
 
 class NovelViews:
     """UpFusion novel views for the demo: checks, lazy loading, the toy-object picker, views and turntable."""
 
-    def __init__(self, folder: Path = UPFUSION, device: str = "cpu", max_steps: int = 100):
+    def __init__(self, folder: Path = UPFUSION, device: str = "cpu", max_steps: int = Limits.max_steps):
         self.folder, self.device, self.max_steps = Path(folder), device, max_steps
+        steps = VIEW_SETTINGS["num_inference_steps"]
+        self.steps = steps.narrowed(high=max_steps, default=min(steps.default, max_steps))
         self.pipe, self._lock = None, threading.Lock()
         self.objects = {o.label: o for o in toy_objects()}
 
@@ -928,6 +939,15 @@ class NovelViews:
         except ImportError as error:
             return f"Novel views are not available in this installation ({error})."
         return None
+
+    def default_cfg(self) -> float | None:
+        """The CFG scale the folder's pipeline uses by default (its preset's), read without loading it; None where
+        the tab cannot run."""
+        if self.unavailable():
+            return None
+        from pipelines.upfusion import folder_sampling
+
+        return folder_sampling(self.folder)[1]
 
     def _load(self):
         with self._lock:
@@ -974,9 +994,9 @@ class NovelViews:
             raise InputError(reason)
         mode = choice("Mode", mode, ("views", "orbit"))
         images = read_views(files)
-        steps = whole("Steps", steps, 1, self.max_steps)
-        cfg = number("CFG scale", cfg, 1, 30)
-        seed = whole("Seed", seed, 0, 2**63 - 1)
+        steps = setting_of(self.steps, "Steps", steps)
+        cfg = setting_of(VIEW_SETTINGS["guidance_scale"], "CFG scale", cfg)
+        seed = setting_of(GENERATION_SETTINGS["seed"], "Seed", seed)
         call = dict(
             num_inference_steps=steps, guidance_scale=cfg, generator=torch.Generator().manual_seed(seed)
         )
@@ -985,8 +1005,8 @@ class NovelViews:
             views = self._load()(images=images, query_cameras=queries, **call).images
             captions = [f"azimuth {a:g}°, elevation {e:g}°" for a, e in queries]
             return shown_gallery(views, captions), None, None
-        frames = whole("Frames", frames, 2, MAX_FRAMES)
-        elevation = number("Elevation", elevation, -89, 89)
+        frames = setting_of(VIEW_SETTINGS["frames"], "Frames", frames)
+        elevation = setting_of(VIEW_SETTINGS["orbit_elevation"], "Elevation", elevation)
         from pipelines.upfusion import orbit
 
         out = Path(tempfile.mkdtemp(prefix="headhunter-orbit-"))
@@ -1435,20 +1455,34 @@ def _novel_views_tab(views: NovelViews) -> None:
             with gr.Row():
                 frames = Number(
                     label="Frames",
-                    value=12,
+                    value=VIEW_SETTINGS["frames"].default,
                     step=1,
-                    info=f"Orbit frames, 2 to {MAX_FRAMES}.",
+                    info=f"Orbit frames, {VIEW_SETTINGS['frames'].low:g} to {VIEW_SETTINGS['frames'].high:g}.",
                     elem_id="views-frames",
                 )
-                elevation = Number(label="Elevation", value=15, info="Orbit elevation in degrees.")
+                elevation = Number(
+                    label="Elevation",
+                    value=VIEW_SETTINGS["orbit_elevation"].default,
+                    info=VIEW_SETTINGS["orbit_elevation"].help,
+                )
             with gr.Row():
                 steps = Number(
-                    label="Steps", value=25, step=1, info="Denoising steps.", elem_id="views-steps"
+                    label="Steps",
+                    value=views.steps.default,
+                    step=1,
+                    info="Denoising steps.",
+                    elem_id="views-steps",
                 )
                 cfg = Slider(
-                    1, 15, value=3, step=0.5, label="CFG scale", info="How closely to follow the photos."
+                    VIEW_SETTINGS["guidance_scale"].low, VIEW_CFG_SHOWN, value=views.default_cfg(), step=0.5,
+                    label="CFG scale", info="How closely to follow the photos.",
+                )  # fmt: skip
+                seed = Number(
+                    label="Seed",
+                    value=GENERATION_SETTINGS["seed"].default,
+                    step=1,
+                    info="The same seed gives the same views.",
                 )
-                seed = Number(label="Seed", value=0, step=1, info="The same seed gives the same views.")
             go = gr.Button("Make views", variant="primary", interactive=reason is None)
         with gr.Column():
             gallery = gr.Gallery(

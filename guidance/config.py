@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from guidance.heads import PRESET_SETTINGS, SCALE_LIMIT, HeadSelection, short_repr
@@ -20,7 +20,8 @@ from guidance.softpag import IDENTITIES
 __all__ = [
     "GENERATION_SETTINGS", "GenerationConfig", "GenerationError", "GuidanceError", "SEARCH_SETTINGS",
     "SOFTPAG_SETTINGS", "STRUCTURED_SETTINGS", "Setting", "SoftPAGConfig", "SoftPAGError", "StructuredConfig",
-    "StructuredError", "MAX_QUERY_CAMERAS", "UPFUSION_SETTINGS", "check_call_arguments", "check_finite", "check_text",
+    "StructuredError", "MAX_INPUT_VIEWS", "MAX_QUERY_CAMERAS", "UPFUSION_SETTINGS", "check_call_arguments",
+    "check_finite", "check_text", "check_window",
 ]  # fmt: skip
 
 STRUCTURED_MODES = ("key-value", "conjunction")
@@ -67,6 +68,8 @@ class Setting:
 
     def allowed(self) -> str:
         """What is allowed, in words."""
+        if self.kind == "number" and math.isinf(self.low) and math.isinf(self.high):
+            return "a finite number"
         if self.kind == "number":
             return f"a finite number in [{self.low:g}, {self.high:g}]"
         if self.kind == "integer":
@@ -106,6 +109,29 @@ class Setting:
             if not isinstance(value, bool):
                 raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
         return value
+
+    def narrowed(self, low: float | None = None, high: float | None = None, default: Any = ...) -> Setting:
+        """This setting with a narrower range (and another default) for one front end, e.g. a demo's inputs kept
+        small for responsiveness; a range outside this one is a ValueError, so a surface cannot widen it."""
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        if not self.low <= low <= high <= self.high:
+            raise ValueError(
+                f"{self.name}: [{low:g}, {high:g}] does not lie in [{self.low:g}, {self.high:g}]"
+            )
+        return replace(self, low=low, high=high, default=self.default if default is ... else default)
+
+
+def check_window(
+    start: float,
+    stop: float,
+    error: type[Exception] = GuidanceError,
+    labels: tuple[str, str] = ("start", "stop"),
+) -> None:
+    """Raise `error` naming both unless start < stop: a step window (the fraction of the steps in which a
+    technique runs) that holds no step would silently leave the technique off."""
+    if not start < stop:
+        raise error(f"{labels[0]}={short_repr(start)} must be below {labels[1]}={short_repr(stop)}")
 
 
 def _is_numpy_bool(value: Any) -> bool:
@@ -232,8 +258,7 @@ class SoftPAGConfig:
         for attribute in ("strength", "identity", "start", "stop", "shared_prefix", "every", "branch"):
             setting = SOFTPAG_SETTINGS[f"pag_{attribute}"]
             object.__setattr__(self, attribute, setting.check(getattr(self, attribute), SoftPAGError))
-        if self.start >= self.stop:
-            raise SoftPAGError(f"pag_start={self.start!r} must be below pag_stop={self.stop!r}")
+        check_window(self.start, self.stop, SoftPAGError, ("pag_start", "pag_stop"))
         scale = SOFTPAG_SETTINGS["pag_scale"]
         if isinstance(self.scale, Sequence) and not isinstance(self.scale, str):
             values = tuple(scale.check(s, SoftPAGError, f"pag_scale[{i}]") for i, s in enumerate(self.scale))
@@ -384,11 +409,23 @@ def check_call_arguments(kwargs: dict[str, Any]) -> None:
 # diffusion batch (two under CFG) and of UpSRT's ray batch, so this bounds the work and memory of a call; it is
 # not a promise that this many fit a given device.
 MAX_QUERY_CAMERAS = 360
+MAX_INPUT_VIEWS = 6  # the paper's largest input set (its PSNR table runs 1 to 6 views)
 
 UPFUSION_SETTINGS = _settings(
+    Setting("views", None, "integer", 1, MAX_INPUT_VIEWS,
+            help="Input images of the object (no poses); the first is the reference view."),
+    Setting("num_inference_steps", None, "integer", 1, 1000,
+            help="DDIM steps (None: the model's preset: 50 for the toy and the paper models)."),
+    Setting("guidance_scale", None, "number", 1, 50,
+            help="Classifier-free guidance against the model without the views; 1 turns it off (None: the "
+                 "model's preset: 3 for the toy models, 9 for the paper's)."),
+    Setting("azimuth", 0.0, "number", -math.inf, math.inf,
+            help="Query camera azimuth in degrees, relative to the first view (0: the first view's)."),
+    Setting("elevation", 0.0, "number", -90, 90,
+            help="Query camera elevation in degrees, relative to the first view (90: from above)."),
     Setting("frames", 24, "integer", 1, MAX_QUERY_CAMERAS,
             help="Orbit frames: query views at equal azimuth steps around the object."),
-    Setting("elevation", 15.0, "number", -90, 90, help="Elevation of the orbit in degrees."),
+    Setting("orbit_elevation", 15.0, "number", -90, 90, help="Elevation of the orbit in degrees."),
     Setting("frame_ms", 80, "integer", 1, 60_000, help="Milliseconds per frame of the orbit's GIF."),
     Setting("upsrt_only", False, "bool", help="Return UpSRT's regression render (no diffusion)."),
     Setting("scene_attention", True, "bool",
@@ -449,10 +486,7 @@ class StructuredConfig:
         for attribute in ("start", "stop"):
             setting = STRUCTURED_SETTINGS[f"structured_{attribute}"]
             object.__setattr__(self, attribute, setting.check(getattr(self, attribute), StructuredError))
-        if self.start >= self.stop:
-            raise StructuredError(
-                f"structured_start={self.start} / structured_stop={self.stop}: need 0 <= start < stop <= 1"
-            )
+        check_window(self.start, self.stop, StructuredError, ("structured_start", "structured_stop"))
         if self.noun_phrases is not None and isinstance(self.noun_phrases, str):
             raise StructuredError(
                 f"noun_phrases={self.noun_phrases!r} must be a list of phrases (or one list per prompt), "

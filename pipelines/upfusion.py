@@ -23,10 +23,12 @@ object at the training distance, or 4x4 camera-to-world matrices in the first vi
 from __future__ import annotations
 
 import functools
+import json
 import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -49,7 +51,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
 from guidance.cameras import check_pose, plucker_rays, query_camera
-from guidance.config import MAX_QUERY_CAMERAS, UPFUSION_SETTINGS
+from guidance.config import MAX_INPUT_VIEWS, MAX_QUERY_CAMERAS, UPFUSION_SETTINGS
 from guidance.swap import one_call_per_scheduler
 from guidance.upfusion import (
     PLACEMENTS,
@@ -59,7 +61,7 @@ from guidance.upfusion import (
     scene_attention_installed,
 )
 
-MAX_VIEWS = 6
+MAX_VIEWS = MAX_INPUT_VIEWS  # the toy world's trainer samples up to this many inputs
 HINTS = ("bottleneck", "hidden")
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -559,6 +561,15 @@ PRESETS: dict[str, dict] = {
     "paper": {"guidance_scale": 9.0, "num_inference_steps": 50,
               "prompt": "a high quality image with a white background", "cfg_query_rays": False},
 }  # fmt: skip
+DEFAULT_PRESET = "toy"
+
+
+def folder_sampling(folder: str | Path) -> tuple[int, float]:
+    """(steps, guidance scale) that a saved pipeline uses when a call leaves them None (its preset's), read from
+    its model_index.json without loading it."""
+    config = json.loads((Path(folder) / "model_index.json").read_text())
+    preset = PRESETS[config.get("preset", DEFAULT_PRESET)]
+    return preset["num_inference_steps"], preset["guidance_scale"]
 
 
 def build_upfusion(name: str = "toy", seed: int = 0, **upsrt_overrides) -> UpFusionPipeline:
@@ -670,8 +681,7 @@ def check_images(images: object) -> list[PIL.Image.Image]:
         images = [images]
     if not isinstance(images, Sequence) or isinstance(images, str):
         raise ValueError(f"images must be a list of 1 to {MAX_VIEWS} PIL images; got {type(images).__name__}")
-    if not 1 <= len(images) <= MAX_VIEWS:
-        raise ValueError(f"images must hold 1 to {MAX_VIEWS} views; got {len(images)}")
+    UPFUSION_SETTINGS["views"].check(len(images), ValueError, "len(images)")
     for i, image in enumerate(images):
         if not isinstance(image, PIL.Image.Image):
             raise ValueError(f"images[{i}] must be a PIL image; got {type(image).__name__}")
@@ -690,10 +700,6 @@ def _is_number(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _is_real(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
-
-
 def query_poses(query_cameras: object, distance: float) -> torch.Tensor:
     """Query cameras -> (Q, 4, 4) poses relative to the first view, from (azimuth, elevation) pairs or matrices."""
     allowed = "a list of (azimuth, elevation) pairs in degrees, or 4x4 matrices / a (Q, 4, 4) array"
@@ -710,17 +716,12 @@ def query_poses(query_cameras: object, distance: float) -> torch.Tensor:
     check_camera_count(len(query_cameras))
     poses = []
     for i, camera in enumerate(query_cameras):
-        if isinstance(camera, Sequence) and len(camera) == 2 and all(_is_real(x) for x in camera):
-            azimuth, elevation = (float(x) for x in camera)
-            if not -90.0 <= elevation <= 90.0:
-                raise ValueError(
-                    f"query_cameras[{i}]: elevation must lie in [-90, 90] degrees; got {elevation}"
-                )
-            poses.append(query_camera(azimuth, elevation, distance))
-        elif isinstance(camera, Sequence) and len(camera) == 2 and all(_is_number(x) for x in camera):
-            raise ValueError(
-                f"query_cameras[{i}]={tuple(camera)!r}: azimuth and elevation must be finite angles in degrees"
+        if isinstance(camera, Sequence) and len(camera) == 2 and all(_is_number(x) for x in camera):
+            azimuth, elevation = (
+                UPFUSION_SETTINGS[name].check(x, ValueError, f"query_cameras[{i}] {name}")
+                for name, x in zip(("azimuth", "elevation"), camera, strict=True)
             )
+            poses.append(query_camera(azimuth, elevation, distance))
         elif isinstance(camera, torch.Tensor | np.ndarray) or (
             isinstance(camera, Sequence) and len(camera) == 4
         ):
@@ -750,15 +751,11 @@ def check_flags(**flags: object) -> dict[str, bool | None]:
 
 
 def check_sampling(num_inference_steps: object, guidance_scale: object, output_type: object, max_steps: int):
-    """ValueError naming the parameter for bad steps, guidance scale or output type."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral):
-        raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}")
-    if not 1 <= num_inference_steps <= max_steps:
-        raise ValueError(f"num_inference_steps must lie in [1, {max_steps}]; got {num_inference_steps}")
-    if not _is_real(guidance_scale) or not 1.0 <= float(guidance_scale) <= 50.0:
-        raise ValueError(
-            f"guidance_scale must be a finite number in [1, 50] (1 turns guidance off); got {guidance_scale!r}"
-        )
+    """ValueError naming the parameter for bad steps (`UPFUSION_SETTINGS`, at most the scheduler's `max_steps`),
+    guidance scale or output type."""
+    steps = UPFUSION_SETTINGS["num_inference_steps"]
+    steps.narrowed(high=min(steps.high, max_steps)).check(num_inference_steps, ValueError)
+    UPFUSION_SETTINGS["guidance_scale"].check(guidance_scale, ValueError)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}; got {output_type!r}")
 
@@ -806,7 +803,7 @@ class UpFusionPipeline(DiffusionPipeline):
         text_encoder: CLIPTextModel | None = None,
         tokenizer: CLIPTokenizer | None = None,
         image_encoder: Dinov2Model | None = None,
-        preset: str = "toy",
+        preset: str = DEFAULT_PRESET,
     ):
         super().__init__()
         latent = {
@@ -890,6 +887,14 @@ class UpFusionPipeline(DiffusionPipeline):
         ).input_ids  # fmt: skip
         return self.text_encoder(ids.to(self._execution_device)).last_hidden_state
 
+    def sampling(self, num_inference_steps: int | None = None, guidance_scale: float | None = None) -> tuple:
+        """(steps, guidance scale) of a call: the given ones, the preset's (`PRESETS`) for None."""
+        preset = PRESETS[self.config.preset]
+        return (
+            preset["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+            preset["guidance_scale"] if guidance_scale is None else guidance_scale,
+        )
+
     @torch.no_grad()
     def __call__(
         self,
@@ -923,9 +928,7 @@ class UpFusionPipeline(DiffusionPipeline):
             preset's (the paper preset reproduces the official sampler, which passes none).
         callback_on_step_end: `f(pipe, step, timestep, {"latents": ...}) -> dict` after each step.
         """
-        preset = PRESETS[self.config.preset]
-        steps = preset["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance = preset["guidance_scale"] if guidance_scale is None else guidance_scale
+        steps, guidance = self.sampling(num_inference_steps, guidance_scale)
         flags = check_flags(
             upsrt_only=upsrt_only, scene_attention=scene_attention, cfg_query_rays=cfg_query_rays,
             return_dict=return_dict,
@@ -1033,24 +1036,24 @@ class UpFusionPipeline(DiffusionPipeline):
 def orbit(
     pipe: UpFusionPipeline,
     images: Sequence[PIL.Image.Image],
-    frames: int = 24,
-    elevation: float = 15.0,
+    frames: int = UPFUSION_SETTINGS["frames"].default,
+    elevation: float = UPFUSION_SETTINGS["orbit_elevation"].default,
     gif_path: str | None = None,
-    frame_ms: int = 80,
+    frame_ms: int = UPFUSION_SETTINGS["frame_ms"].default,
     **kwargs,
 ) -> list[PIL.Image.Image]:
     """A turntable: `frames` views at equal azimuth steps around the object (relative to the first input view).
 
     Extra keyword arguments go to the pipeline call; with `gif_path` the frames are written as a looping GIF, whole
     or not at all and never through a link (`pipelines.files.write_atomically`)."""
-    from pathlib import Path
-
     from pipelines.files import write_atomically
 
     frames, elevation, frame_ms = (
-        UPFUSION_SETTINGS[name].check(value, ValueError)
-        for name, value in (("frames", frames), ("elevation", elevation), ("frame_ms", frame_ms))
-    )
+        UPFUSION_SETTINGS[setting].check(value, ValueError, name)
+        for setting, name, value in (
+            ("frames", "frames", frames), ("orbit_elevation", "elevation", elevation), ("frame_ms", "frame_ms", frame_ms)
+        )
+    )  # fmt: skip
     cameras = [(360.0 * k / frames, elevation) for k in range(frames)]
     views = pipe(images=images, query_cameras=cameras, output_type="pil", **kwargs).images
     if gif_path is not None:

@@ -264,9 +264,9 @@ def test_views_writes_one_png_per_camera_and_an_orbit_gif(upfusion_folder, tmp_p
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--orbit", "0"], "--orbit 0 is out of range"),
+        (["--orbit", "0"], "--orbit=0 is out of range; allowed: an integer in [1, 360]"),
         (["--azimuth", "0", "90", "--elevation", "1", "2", "3"], "--elevation has 3 values for 2 azimuths"),
-        (["--azimuth", "nan"], "--azimuth nan"),
+        (["--azimuth", "nan"], "--azimuth=nan must be a finite number in [-360, 360]"),
         (["--orbit", "4", "--azimuth", "10"], "give --azimuth or --orbit, not both"),
         (["--steps", "0"], "--steps=0"),
     ],

@@ -166,8 +166,14 @@ UPFUSION_CASES = [
     ),
     Case(f"{TOO_MANY} matrices as a list", {"query_cameras": [np.eye(4)] * TOO_MANY}, "query_cameras holds"),
     Case("(0, 4, 4) array", {"query_cameras": np.zeros((0, 4, 4))}, "query_cameras holds no camera"),
-    Case("azimuth nan", {"query_cameras": [(NAN, 0)]}, "query_cameras[0]=(nan, 0)"),
-    Case("elevation inf", {"query_cameras": [(10, 0), (0, INF)]}, "query_cameras[1]=(0, inf)"),
+    Case(
+        "azimuth nan", {"query_cameras": [(NAN, 0)]}, "query_cameras[0] azimuth=nan must be a finite number"
+    ),
+    Case(
+        "elevation inf",
+        {"query_cameras": [(10, 0), (0, INF)]},
+        "query_cameras[1] elevation=inf must be a finite",
+    ),
     Case("numpy azimuth nan", {"query_cameras": [(np.float32(NAN), 0)]}, "query_cameras[0]"),
     Case("matrix list nan", {"query_cameras": BAD_MATRIX}, "query_cameras contains NaN"),
     Case(

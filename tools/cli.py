@@ -919,6 +919,12 @@ def _batch_parser(sub) -> None:
 # -------------------------------------------------------------------------------------------------------------
 
 FRAMES = UPFUSION_SETTINGS["frames"]  # --orbit's range, and the most --azimuth values (MAX_QUERY_CAMERAS)
+VIEWS = UPFUSION_SETTINGS["views"]
+# A view's file is named by its angles: one turn either way names every camera (the same camera modulo 360 is
+# refused by `_check_distinct`).
+AZIMUTH = UPFUSION_SETTINGS["azimuth"].narrowed(-360, 360)
+ELEVATION = UPFUSION_SETTINGS["elevation"]
+VIEW_SAMPLING = [UPFUSION_SETTINGS["num_inference_steps"], UPFUSION_SETTINGS["guidance_scale"]]
 
 
 def _view_images(paths: list[str]) -> list:
@@ -927,8 +933,8 @@ def _view_images(paths: list[str]) -> list:
 
     from pipelines.upfusion import on_white
 
-    if not 1 <= len(paths) <= 6:
-        raise CLIError(f"views: give 1 to 6 images; got {len(paths)}")
+    if not VIEWS.low <= len(paths) <= VIEWS.high:
+        raise CLIError(f"views: give {VIEWS.low:g} to {VIEWS.high:g} images; got {len(paths)}")
     images = []
     for path in paths:
         file = Path(path)
@@ -946,32 +952,28 @@ def _view_images(paths: list[str]) -> list:
 
 def _view_cameras(args: argparse.Namespace) -> list[tuple[float, float]] | None:
     """(azimuth, elevation) pairs from the flags (elevation broadcast when one is given), or None for --orbit."""
-    import math
-
     if args.orbit is not None:
         if args.azimuth:
             raise CLIError("views: give --azimuth or --orbit, not both")
-        if not FRAMES.low <= args.orbit <= FRAMES.high:
-            raise CLIError(f"--orbit {args.orbit} is out of range; allowed: 1 to {FRAMES.high:g} frames")
-        UPFUSION_SETTINGS["elevation"].check(args.orbit_elevation, CLIError, "--orbit-elevation")
+        FRAMES.check(args.orbit, CLIError, "--orbit")
+        UPFUSION_SETTINGS["orbit_elevation"].check(args.orbit_elevation, CLIError, "--orbit-elevation")
         return None
-    azimuths = args.azimuth or [0.0]
+    azimuths = args.azimuth or [AZIMUTH.default]
     if len(azimuths) > FRAMES.high:
         raise CLIError(
             f"--azimuth has {len(azimuths)} values; allowed: at most {FRAMES.high:g} views per run (use --orbit "
             "for a turntable, or several runs)"
         )
-    elevations = args.elevation or [0.0]
+    elevations = args.elevation or [ELEVATION.default]
     if len(elevations) == 1:
         elevations = elevations * len(azimuths)
     if len(elevations) != len(azimuths):
         raise CLIError(
             f"--elevation has {len(elevations)} values for {len(azimuths)} azimuths; give 1 or as many"
         )
-    for flag, values, limit in (("--azimuth", azimuths, 360.0), ("--elevation", elevations, 89.0)):
+    for setting, values in ((AZIMUTH, azimuths), (ELEVATION, elevations)):
         for value in values:
-            if not math.isfinite(value) or abs(value) > limit:
-                raise CLIError(f"{flag} {value}: allowed: a finite angle in degrees within ±{limit:g}")
+            setting.check(value, CLIError, setting.flag)
     cameras = list(zip(azimuths, elevations, strict=True))
     _check_distinct(cameras)
     return cameras
@@ -1023,8 +1025,7 @@ def _views(args: argparse.Namespace) -> int:
 
     images = _view_images(args.images)
     cameras = _view_cameras(args)
-    steps = GENERATION_SETTINGS["num_inference_steps"].check(args.steps, CLIError, "--steps")
-    cfg = GENERATION_SETTINGS["guidance_scale"].check(args.guidance_scale, CLIError, "--guidance-scale")
+    check_flags(args, [*VIEW_SAMPLING, GENERATION_SETTINGS["seed"]])
     if cameras is None:
         names = [f"orbit-{i:03d}.png" for i in range(args.orbit)] + ["orbit.gif"]
     else:
@@ -1037,6 +1038,7 @@ def _views(args: argparse.Namespace) -> int:
 
     pipe = UpFusionPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(device)
     pipe.set_progress_bar_config(disable=True)
+    steps, cfg = pipe.sampling(args.num_inference_steps, args.guidance_scale)  # None: the model's preset
     call = dict(num_inference_steps=steps, guidance_scale=cfg, upsrt_only=args.upsrt_only,
                 generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     settings = {"model": model_name(args.model), "steps": steps, "guidance_scale": cfg, "seed": args.seed,
@@ -1061,22 +1063,16 @@ def _views_parser(sub) -> None:
     views = sub.add_parser("views", help="novel views of an object from 1-6 unposed images (UpFusion)")
     views.add_argument("images", nargs="+", help="1-6 images of one object, the first is the reference view")
     _common(views, UPFUSION_MODEL, "the toy UpFusion model")
-    views.add_argument(
-        "--azimuth", type=float, nargs="+", help="degrees, relative to the first image (default 0)"
-    )
-    views.add_argument("--elevation", type=float, nargs="+", help="degrees (one for all, or one per azimuth)")
-    views.add_argument(
-        "--orbit", type=int, help=f"render a turntable of N frames, 1 to {FRAMES.high:g} (PNGs and orbit.gif)"
-    )
-    views.add_argument(
-        "--orbit-elevation", type=float, default=UPFUSION_SETTINGS["elevation"].default,
-        help="elevation of the orbit (degrees)",
-    )  # fmt: skip
-    views.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    views.add_argument(
-        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)"
-    )
-    views.add_argument("--seed", type=int, default=0)
+    views.add_argument("--azimuth", type=float, nargs="+",
+                       help=f"{AZIMUTH.help} Allowed: {AZIMUTH.allowed()} (default {AZIMUTH.default:g}).")  # fmt: skip
+    views.add_argument("--elevation", type=float, nargs="+",
+                       help=f"{ELEVATION.help} One for all, or one per azimuth (default {ELEVATION.default:g}).")  # fmt: skip
+    views.add_argument("--orbit", type=int, metavar="N",
+                       help=f"{FRAMES.help} A turntable of N frames, {FRAMES.low:g} to {FRAMES.high:g} (PNGs and "
+                       "orbit.gif)")  # fmt: skip
+    add_setting_flags(views, [UPFUSION_SETTINGS["orbit_elevation"]])
+    add_setting_flags(views, VIEW_SAMPLING, defaults=False)  # None: the model's preset
+    views.add_argument("--seed", type=int, default=GENERATION_SETTINGS["seed"].default)
     views.add_argument("--upsrt-only", action="store_true", help="UpSRT's regression render, no diffusion")
     views.add_argument("--out", default="outputs/views", help="a folder (default: outputs/views)")
     views.add_argument("--overwrite", action="store_true", help="replace files that exist")

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError
-from guidance.config import STRUCTURED_SETTINGS
+from guidance.config import STRUCTURED_SETTINGS, UPFUSION_SETTINGS, Setting
 from guidance.heads import HeadEntry, HeadGroup, short_repr
 from guidance.search import HeadSearch, SearchSettings, label, preset
 from guidance.swap import denoiser_of
@@ -105,7 +105,11 @@ def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHAR
 
 def setting(name: str, label: str, value):
     """A SoftPAG setting checked against `SOFTPAG_SETTINGS` (the source of its range), named as in the UI."""
-    s = SOFTPAG_SETTINGS[name]
+    return setting_of(SOFTPAG_SETTINGS[name], label, value)
+
+
+def setting_of(s: Setting, label: str, value):
+    """`value` checked against a config `Setting` (the source of its range), named as in the UI."""
     if s.kind == "choice":
         return choice(label, value, s.choices)
     if s.kind == "integer":
@@ -948,7 +952,23 @@ def structured_effect(model: str | Path) -> str:
 TOY_OBJECTS = ASSETS / "upfusion-examples"
 MAX_VIEW_PIXELS = 4096
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # an uploaded image: at most 10 MiB
-MAX_CAMERAS, MAX_FRAMES = 12, 36
+
+# The novel views' inputs: the library's UpFusion settings (`UPFUSION_SETTINGS`), narrowed where the demo must stay
+# responsive. Measured on the toy model with one CPU thread: three views take 4 s at 25 steps and 9 s at the
+# preset's 50, and every camera or frame is one more row of the diffusion batch, so the demo starts at 25 steps
+# and takes at most 12 cameras and 36 frames (12 by default); a turntable shown playing needs two frames.
+VIEW_SETTINGS = {
+    "views": UPFUSION_SETTINGS["views"],
+    "num_inference_steps": UPFUSION_SETTINGS["num_inference_steps"].narrowed(default=25),
+    "guidance_scale": UPFUSION_SETTINGS["guidance_scale"],
+    # one turn either way names every camera, as on the command line
+    "azimuth": UPFUSION_SETTINGS["azimuth"].narrowed(-360, 360),
+    "elevation": UPFUSION_SETTINGS["elevation"],
+    "frames": UPFUSION_SETTINGS["frames"].narrowed(2, 36, default=12),
+    "orbit_elevation": UPFUSION_SETTINGS["orbit_elevation"],
+    "frame_ms": UPFUSION_SETTINGS["frame_ms"],
+}
+MAX_CAMERAS, MAX_FRAMES = 12, int(VIEW_SETTINGS["frames"].high)
 
 
 def _bytes(n: int) -> str:
@@ -962,8 +982,11 @@ def read_views(files) -> list[Image.Image]:
     """1-6 image files as RGB (transparency on white), all at the first one's size; a file over
     `MAX_UPLOAD_BYTES` or `MAX_VIEW_PIXELS` a side, or one that is not an image, is refused by number."""
     files = [files] if isinstance(files, str) else list(files or [])
-    if not 1 <= len(files) <= 6:
-        raise DemoInputError(f"Images: upload 1 to 6 images of the object (got {len(files)})")
+    count = VIEW_SETTINGS["views"]
+    if not count.low <= len(files) <= count.high:
+        raise DemoInputError(
+            f"Images: upload {count.low:g} to {count.high:g} images of the object (got {len(files)})"
+        )
     images = []
     for i, file in enumerate(files, start=1):
         unreadable = f"Images: file {i} is not an image this demo can read"
@@ -1012,8 +1035,8 @@ def parse_cameras(text_value) -> list[tuple[float, float]]:
             raise DemoInputError(f"Cameras: cannot read {pair.strip()!r}; write e.g. '90, 15'") from None
         cameras.append(
             (
-                number("Cameras (azimuth)", azimuth, -360, 360),
-                number("Cameras (elevation)", elevation, -89, 89),
+                setting_of(VIEW_SETTINGS["azimuth"], "Cameras (azimuth)", azimuth),
+                setting_of(VIEW_SETTINGS["elevation"], "Cameras (elevation)", elevation),
             )
         )
     return cameras
@@ -1045,7 +1068,9 @@ def toy_objects(folder: Path = TOY_OBJECTS) -> list[ToyObject]:
     return found
 
 
-def turntable_gif(frames: Sequence[Image.Image], path: Path, frame_ms: int = 120) -> Path:
+def turntable_gif(
+    frames: Sequence[Image.Image], path: Path, frame_ms: int = UPFUSION_SETTINGS["frame_ms"].default
+) -> Path:
     """The frames, enlarged with nearest neighbour to about `SHOWN_PX`, as a looping GIF (it plays where shown)."""
     factor = enlargement(frames[0].size)
     shown = [enlarge(f.convert("RGB"), factor) for f in frames]
