@@ -129,7 +129,12 @@ SEARCH_OBJECTIVES = (
     "sharpness",
 )
 NO_GUARD = "none"
-MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS, MAX_K, MAX_ROUNDS = 8, 4, 8, 5  # 5 rounds: the paper profile's
+# The demo's search: the library's settings, narrowed so that a search on the toy model ends in minutes (every k
+# and round is another sweep of the remaining heads); 5 rounds: the paper profile's.
+MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS = 8, 4
+SEARCH_K = SEARCH_SETTINGS["k"].narrowed(high=8)
+SEARCH_ROUNDS = SEARCH_SETTINGS["rounds"].narrowed(high=5)
+MAX_K, MAX_ROUNDS = int(SEARCH_K.high), int(SEARCH_ROUNDS.high)
 SEARCH_USE_STRENGTH = SEARCH_SETTINGS["use_strength"].default  # the paper: search with u = 1, use about 0.5
 
 HELP = {
@@ -381,8 +386,9 @@ class Demo:
         settings = recommended_settings(model)
         before_loading(settings.get("max_sequence_length"))  # its T5 length by design: no truncation notice
         self.extras = {**model_call_extras(model), **family_call(pipe)}
-        self.default_steps = min(settings.get("num_inference_steps", 28), limits.max_steps)
-        self.default_cfg = settings.get("guidance_scale", 5.0)
+        steps, cfg = (GENERATION_SETTINGS[k].default for k in ("num_inference_steps", "guidance_scale"))
+        self.default_steps = min(settings.get("num_inference_steps", steps), limits.max_steps)
+        self.default_cfg = settings.get("guidance_scale", cfg)
         self.sizes = model_sizes(pipe, settings, limits.max_size)
         self.words = prompt_help(model)
         self.presets = self._compatible_presets()
@@ -715,8 +721,8 @@ class Demo:
                 f"Prompts: give 1 to {MAX_SEARCH_PROMPTS} prompts, one per line (got {len(lines)})"
             )
         seeds = whole("Seeds", seeds, 1, MAX_SEARCH_SEEDS)
-        k = whole("k", k, 1, MAX_K)
-        rounds = whole("Rounds", rounds, 1, MAX_ROUNDS)
+        k = setting_of(SEARCH_K, "k", k)
+        rounds = setting_of(SEARCH_ROUNDS, "Rounds", rounds)
         steps = whole("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
         if not isinstance(sweep, bool):
             raise InputError(f"Head map: {sweep!r} must be true or false")
@@ -1265,18 +1271,18 @@ def _search_inputs(demo: Demo) -> dict:
             Number(
                 elem_id="search-k",
                 label="Heads per round k",
-                value=SEARCH_SETTINGS["k"].default,
+                value=SEARCH_K.default,
                 step=1,
-                info=f"Heads added per round, 1 to {MAX_K}.",
+                info=f"{SEARCH_K.help[:-1]}, 1 to {MAX_K}.",
             ),
             "k",
         )
         ui["rounds"] = Number(
             elem_id="search-rounds",
             label="Rounds",
-            value=SEARCH_SETTINGS["rounds"].default,
+            value=SEARCH_ROUNDS.default,
             step=1,
-            info=f"Greedy rounds, 1 to {MAX_ROUNDS}.",
+            info=f"{SEARCH_ROUNDS.help[:-1]}, 1 to {MAX_ROUNDS}.",
         )
         ui["steps"] = Number(
             elem_id="search-steps",

@@ -438,6 +438,8 @@ UPFUSION_SETTINGS = _settings(
 
 # -- Head search ---------------------------------------------------------------------------------------------
 
+# `guidance.search.SearchSettings` and `SearchProfile` take their defaults from here; the CLI's and the demo's search
+# inputs too (`steps` and `guidance_scale` there default to the model's recommended call instead, as generation's).
 SEARCH_SETTINGS = _settings(
     Setting("k", 4, "integer", 1, 1024, help="Heads added per round."),
     Setting("rounds", 1, "integer", 1, 100, help="Greedy rounds."),
@@ -446,6 +448,11 @@ SEARCH_SETTINGS = _settings(
     Setting("batch", 16, "integer", 1, 1024, help="Images per forward pass."),
     Setting("max_drop", 0.05, "number", 0, 1e6, help="How far the guard objective may drop."),
     Setting("size", None, "integer", 8, 4096, help="Image size during search (default: the model's)."),
+    Setting("steps", 10, "integer", 1, 1000, help="Sampling steps of every searched image."),
+    Setting("guidance_scale", 4.0, "number", 0, 100, help="CFG scale of every searched image (1 or below: off)."),
+    Setting("validation", 0.25, "number", 0, 1,
+            help="Share of the prompt-seed pairs held out to stop the rounds and report on (below 1)."),
+    Setting("early_stop", True, "bool", help="Adopt a round only if it beats the best earlier selection."),
 )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from diffusers.modular_pipelines.modular_pipeline import BlockState
 
 _PREDICTIONS = ["pred_cond", "pred_uncond", "pred_cond_perturbed"]
+_PAG = SoftPAGConfig.call_defaults()  # the pipelines' pag_* defaults
 
 
 class SoftPAGGuidance(BaseGuidance):
@@ -55,25 +56,27 @@ class SoftPAGGuidance(BaseGuidance):
     def __init__(
         self,
         guidance_scale: float = 7.0,
-        pag_heads: str | list | None = None,
-        pag_scale: float = 3.0,
-        pag_strength: float = 1.0,
-        pag_identity: str = "joint",
-        pag_start: float = 0.0,
-        pag_stop: float = 1.0,
+        pag_heads: str | list | None = _PAG["pag_heads"],
+        pag_scale: float = _PAG["pag_scale"],
+        pag_strength: float = _PAG["pag_strength"],
+        pag_identity: str = _PAG["pag_identity"],
+        pag_start: float = _PAG["pag_start"],
+        pag_stop: float = _PAG["pag_stop"],
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
-        pag_every: int = 1,
-        pag_branch: str = "cond",
+        pag_every: int = _PAG["pag_every"],
+        pag_branch: str = _PAG["pag_branch"],
     ):
         super().__init__(start, stop, enabled)
         self.guidance_scale = guidance_scale
         self.softpag = None
         if pag_heads is not None:  # validated now; resolved against the model at the first perturbed call
-            self.softpag = SoftPAGConfig(
-                pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, False,
-                every=pag_every, branch=pag_branch,
+            # shared_prefix off: a modular pipeline runs the perturbed batch as a call of its own (no prefix to share)
+            self.softpag = SoftPAGConfig.from_call(
+                pag_heads=pag_heads, pag_scale=pag_scale, pag_strength=pag_strength, pag_identity=pag_identity,
+                pag_start=pag_start, pag_stop=pag_stop, pag_shared_prefix=False, pag_every=pag_every,
+                pag_branch=pag_branch,
             )  # fmt: skip
             if self.softpag.branch == "uncond":
                 self._check_uncond_branch()

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from guidance.adapters import heads_layout
-from guidance.config import SOFTPAG_SETTINGS
+from guidance.config import SEARCH_SETTINGS, SOFTPAG_SETTINGS
 from guidance.heads import HeadEntry, HeadGroup, HeadSelection
 from guidance.objectives import Objective
 from guidance.ranks import barrier, process_index
@@ -60,13 +60,13 @@ class SearchProfile:
 
     guidance_scale: float | None = None
     pag_scale: float | None = None
-    strength: float = 1.0
+    strength: float = SEARCH_SETTINGS["search_strength"].default
     steps: int | None = None
     size: int | None = None
-    k: int = 4
-    rounds: int = 1
-    validation: float = 0.25
-    early_stop: bool = True
+    k: int = SEARCH_SETTINGS["k"].default
+    rounds: int = SEARCH_SETTINGS["rounds"].default
+    validation: float = SEARCH_SETTINGS["validation"].default
+    early_stop: bool = SEARCH_SETTINGS["early_stop"].default
     clip_prefix: str = ""
     min_scores: dict[str, float] = field(default_factory=dict)  # absolute guard thresholds by objective kind
 
@@ -113,20 +113,20 @@ class SearchSettings:
 
     prompts: list[str]
     seeds: list[int]
-    steps: int = 10
-    size: int | None = None
-    guidance_scale: float = 4.0
+    steps: int = SEARCH_SETTINGS["steps"].default
+    size: int | None = SEARCH_SETTINGS["size"].default
+    guidance_scale: float = SEARCH_SETTINGS["guidance_scale"].default
     pag_scale: float = SOFTPAG_SETTINGS["pag_scale"].default
-    strength: float = 1.0  # u while searching (the paper's); the preset carries the use strength
+    strength: float = SEARCH_SETTINGS["search_strength"].default  # the preset carries the use strength
     identity: str = SOFTPAG_SETTINGS["pag_identity"].default
-    batch: int = 16
+    batch: int = SEARCH_SETTINGS["batch"].default
     model: str = ""
     objective: str = ""
     extra: dict = field(default_factory=dict)  # more call arguments (e.g. a toy model's max_sequence_length)
-    k: int = 4
-    rounds: int = 1
-    validation: float = 0.25  # share of the prompt-seed pairs held out to stop the rounds and report on
-    early_stop: bool = True  # adopt a round only if it beats the best earlier selection (validation score)
+    k: int = SEARCH_SETTINGS["k"].default
+    rounds: int = SEARCH_SETTINGS["rounds"].default
+    validation: float = SEARCH_SETTINGS["validation"].default
+    early_stop: bool = SEARCH_SETTINGS["early_stop"].default
     profile: str = "ours"
 
     def __post_init__(self):

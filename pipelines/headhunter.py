@@ -190,9 +190,10 @@ class SoftPAGMixin:
         """The call, with its scheduler held: the parent's alone without heads, else inside `SoftPAG.applied`."""
         if pag_heads is None and pag_heads_per_image is None:
             return super().__call__(*args, **kwargs)
-        config = SoftPAGConfig(
-            pag_heads, pag_scale, pag_strength, pag_identity, pag_start, pag_stop, pag_shared_prefix,
-            pag_heads_per_image, pag_every, pag_branch,
+        config = SoftPAGConfig.from_call(
+            pag_heads=pag_heads, pag_scale=pag_scale, pag_strength=pag_strength, pag_identity=pag_identity,
+            pag_start=pag_start, pag_stop=pag_stop, pag_shared_prefix=pag_shared_prefix,
+            pag_heads_per_image=pag_heads_per_image, pag_every=pag_every, pag_branch=pag_branch,
         )  # fmt: skip
         self._check_call(kwargs)
         if config.branch == "uncond":

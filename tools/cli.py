@@ -65,6 +65,9 @@ GENERATION_FLAGS = [
     GENERATION_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "height", "width")
 ]
 STRUCTURED = STRUCTURED_SETTINGS["structured"]
+# The search's own flags (its steps and CFG are generation's flags: the model's recommended call by default).
+SEARCH_FLAGS = [SEARCH_SETTINGS[k] for k in ("k", "rounds", "search_strength", "use_strength", "batch", "max_drop",
+                                             "size")]  # fmt: skip
 OFF = "off"  # a choice setting's None ("not used") on the command line
 MAX_FILE_BYTES = 64 * 1024 * 1024  # job, prompt and config files
 
@@ -431,7 +434,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 def _check_search(args: argparse.Namespace) -> list[str]:
     """Every search flag that needs no model; returns the prompts."""
-    check_flags(args, [*SEARCH_SETTINGS.values(), *GENERATION_FLAGS[:2], *PAG_FLAGS[1:4]])
+    check_flags(args, [*SEARCH_FLAGS, *GENERATION_FLAGS[:2], *PAG_FLAGS[1:4]])
     for seed in args.seeds:
         GENERATION_SETTINGS["seed"].check(seed, GuidanceError, "--seeds")
     if len(args.seeds) != len(set(args.seeds)):
@@ -535,8 +538,9 @@ def _search(args: argparse.Namespace) -> int:
     arch = heads_layout(denoiser_of(pipe)).arch
     profile = search_profile(args.profile, arch)
     recommended = recommended_settings(model)
-    defaults = dict(steps=recommended.get("num_inference_steps", 28), size=recommended.get("height"),
-                    guidance_scale=recommended.get("guidance_scale", 5.0))  # fmt: skip
+    steps, cfg = (GENERATION_SETTINGS[k].default for k in ("num_inference_steps", "guidance_scale"))
+    defaults = dict(steps=recommended.get("num_inference_steps", steps), size=recommended.get("height"),
+                    guidance_scale=recommended.get("guidance_scale", cfg))  # fmt: skip
     min_score = profile.min_score(args.guard)
     max_drop = args.max_drop
     if max_drop is None and min_score is None:  # the profile has no absolute threshold for this guard
@@ -855,15 +859,16 @@ def _search_parser(sub) -> None:
     search.add_argument(
         "--objective", default="toy-quality", help="toy-quality, toy-dark, saturation, clip:<model>, ..."
     )
-    search.add_argument("--guard", help="keep this objective within --max-drop (default 0.05) of the unguided "
+    search.add_argument("--guard", help=f"keep this objective within --max-drop (default "
+                        f"{SEARCH_SETTINGS['max_drop'].default:g}) of the unguided "
                         "images; under --profile paper, at or above the paper's absolute threshold instead")  # fmt: skip
     search.add_argument("--profile", choices=sorted(SEARCH_PROFILES), default="ours",
                         help="named search settings ('paper': the official search's)")  # fmt: skip
     search.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     search.add_argument("--prompts", help="a text file, one prompt per line")
     search.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    for setting in SEARCH_SETTINGS.values():
-        # k, rounds, size: the profile's / model's; max_drop: 0.05 unless the profile gives the guard an
+    for setting in SEARCH_FLAGS:
+        # k, rounds, size: the profile's / model's; max_drop: its default unless the profile gives the guard an
         # absolute threshold (the paper's), which then stands alone unless --max-drop is given too
         defaults = setting.name in ("search_strength", "use_strength", "batch")
         add_setting_flags(search, [setting], defaults=defaults)
