@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -45,7 +45,9 @@ from guidance.config import (  # noqa: E402
     GENERATION_SETTINGS,
     SEARCH_SETTINGS,
     STRUCTURED_SETTINGS,
+    Setting,
     SoftPAGConfig,
+    check_window,
 )
 from guidance.heads import printable, short_repr  # noqa: E402
 from guidance.search import SEARCH_PROFILES, SearchSettings, search_profile  # noqa: E402
@@ -77,7 +79,6 @@ from tools.demo import (  # noqa: E402
     input_gallery,
     input_warnings,
     model_sizes,
-    number,
     parse_cameras,
     parse_heads,
     phrases_markdown,
@@ -135,6 +136,8 @@ MAX_SEARCH_PROMPTS, MAX_SEARCH_SEEDS = 8, 4
 SEARCH_K = SEARCH_SETTINGS["k"].narrowed(high=8)
 SEARCH_ROUNDS = SEARCH_SETTINGS["rounds"].narrowed(high=5)
 MAX_K, MAX_ROUNDS = int(SEARCH_K.high), int(SEARCH_ROUNDS.high)
+DEMO_SEED = replace(GENERATION_SETTINGS["seed"], low=-1)  # the seed inputs: -1 draws a new seed
+DEMO_CFG = GENERATION_SETTINGS["guidance_scale"].narrowed(1, 30)  # the demo's CFG: 1 (off) to 30
 SEARCH_USE_STRENGTH = SEARCH_SETTINGS["use_strength"].default  # the paper: search with u = 1, use about 0.5
 
 HELP = {
@@ -362,6 +365,10 @@ class Limits:
     queue_size: int = 16
     concurrency: int = 1
 
+    def steps(self) -> Setting:
+        """Sampling steps a request may ask for: generation's, at most `max_steps`."""
+        return GENERATION_SETTINGS["num_inference_steps"].narrowed(high=self.max_steps)
+
 
 def _session(request) -> str:
     return getattr(request, "session_hash", None) or "local"
@@ -476,11 +483,11 @@ class Demo:
         """Checked sampling inputs (seed -1 drawn here) as pipeline keywords, before any work."""
         prompt = text("Prompt", prompt, required=True)
         negative = text("Negative prompt", negative)
-        steps = whole("Steps", steps, 1, self.limits.max_steps)
+        steps = setting_of(self.limits.steps(), "Steps", steps)
         width = self.sizes.check("Width", width, self.sizes.native[1])
         height = self.sizes.check("Height", height, self.sizes.native[0])
-        cfg = number("CFG scale", cfg, 1, 30)
-        seed = whole("Seed", seed, -1, 2**63 - 1)
+        cfg = setting_of(DEMO_CFG, "CFG scale", cfg)
+        seed = setting_of(DEMO_SEED, "Seed", seed)
         seed = random.randrange(2**31) if seed == -1 else seed
         call = dict(
             self.extras,
@@ -521,8 +528,7 @@ class Demo:
             pag_every=setting("pag_every", "Every k steps", pag_every),
             pag_branch=setting("pag_branch", "Perturbed branch", pag_branch),
         )
-        if pag["pag_start"] >= pag["pag_stop"]:
-            raise InputError(f"Start: {pag['pag_start']:g} must be below Stop ({pag['pag_stop']:g})")
+        check_window(pag["pag_start"], pag["pag_stop"], InputError, ("Start", "Stop"))
         selection = parse_heads(heads, self.heads_per_layer)
         if selection is None:
             return None, {}, "none", unused_head_settings(pag)
@@ -723,7 +729,7 @@ class Demo:
         seeds = whole("Seeds", seeds, 1, MAX_SEARCH_SEEDS)
         k = setting_of(SEARCH_K, "k", k)
         rounds = setting_of(SEARCH_ROUNDS, "Rounds", rounds)
-        steps = whole("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
+        steps = setting_of(self.limits.steps(), "Steps", self.default_steps if steps is None else steps)
         if not isinstance(sweep, bool):
             raise InputError(f"Head map: {sweep!r} must be true or false")
         profile = choice("Profile", profile, sorted(SEARCH_PROFILES))
@@ -864,9 +870,9 @@ class StructuredPrompts:
             check_structured(mode, self.support, None, "Mode")
         except ValueError as error:
             raise InputError(str(error)) from None
-        seed = whole("Seed", seed, -1, 2**63 - 1)
+        seed = setting_of(DEMO_SEED, "Seed", seed)
         seed = random.randrange(2**31) if seed == -1 else seed
-        steps = whole("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
+        steps = setting_of(self.limits.steps(), "Steps", self.default_steps if steps is None else steps)
         phrases = structured_phrases(prompt)
         pipe = self._load()
         height, width = self.sizes.native

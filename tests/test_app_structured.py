@@ -66,7 +66,9 @@ def test_the_modes_come_from_the_structured_setting():
     assert tools.structured_choices(modes) == ["conjunction", "key-value", "off"]
     assert tools.structured_choices(("key-value",)) == ["key-value", "off"]  # SD3: its experimental port only
     assert tools.structured_mode("off", ["conjunction", "off"]) is None
-    with pytest.raises(tools.DemoInputError, match="Mode: 'spin' is not one of conjunction, off"):
+    with pytest.raises(
+        tools.DemoInputError, match="Mode='spin' is not supported; allowed: 'conjunction' or 'off'"
+    ):
         tools.structured_mode("spin", ["conjunction", "off"])
 
 

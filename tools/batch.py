@@ -33,7 +33,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, GuidanceError, Setting
+from guidance.config import (
+    GENERATION_SETTINGS,
+    SOFTPAG_SETTINGS,
+    STRUCTURED_SETTINGS,
+    GuidanceError,
+    Setting,
+    check_window,
+)
 from guidance.heads import HeadSelection, HeadSelectionError, short_repr
 from guidance.ranks import barrier, process_index
 from guidance.strictjson import integer, loads_strict, refused_values
@@ -239,8 +246,12 @@ def check_job(
     if "prompt" not in job:
         problems.append("missing key 'prompt'")
     problems += [p for key, value in job.items() if key in FIELDS and (p := _check_value(key, value))]
-    if not problems and job.get("pag_start", 0) >= job.get("pag_stop", 1):
-        problems.append(f"pag_start={job['pag_start']!r} must be below pag_stop={job['pag_stop']!r}")
+    if not problems:
+        window = (job.get(k, SOFTPAG_SETTINGS[k].default) for k in ("pag_start", "pag_stop"))
+        try:
+            check_window(*window, GuidanceError, ("pag_start", "pag_stop"))
+        except GuidanceError as error:
+            problems.append(str(error))
     if not problems and job.get("structured") and structured is not None:
         try:
             check_structured(job["structured"], structured, job.get("pag_heads"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import re
 import threading
 import time
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError
-from guidance.config import STRUCTURED_SETTINGS, UPFUSION_SETTINGS, Setting
+from guidance.config import STRUCTURED_SETTINGS, UPFUSION_SETTINGS, Setting, check_text
 from guidance.heads import HeadEntry, HeadGroup, short_repr
 from guidance.search import HeadSearch, SearchSettings, label, preset
 from guidance.swap import denoiser_of
@@ -47,60 +46,13 @@ class DemoInputError(ValueError):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _real(value) -> bool:
-    try:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:  # an int too large for a float (10**400) is no value of ours either
-        return False
-
-
-def whole(label: str, value, low: int, high: int) -> int:
-    """`value` as an int if it is a whole number in [low, high], else DemoInputError naming `label`."""
-    if not _real(value) or value != int(value) or not low <= value <= high:
-        raise DemoInputError(
-            f"{label}: {short_repr(value)} is not allowed; use a whole number from {low} to {high}"
-        )
-    return int(value)
-
-
-def number(label: str, value, low: float, high: float) -> float:
-    """`value` as a float if it is a finite number in [low, high], else DemoInputError naming `label`."""
-    if not _real(value) or not low <= value <= high:
-        raise DemoInputError(
-            f"{label}: {short_repr(value)} is not allowed; use a number from {low:g} to {high:g}"
-        )
-    return float(value)
-
-
-def choice(label: str, value, choices) -> str:
-    """`value` if it is one of `choices`, else DemoInputError naming `label`."""
-    if not isinstance(value, str) or value not in choices:
-        raise DemoInputError(f"{label}: {short_repr(value)} is not one of {', '.join(map(str, choices))}")
-    return value
-
-
-def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHARS) -> str:
-    """`value` as stripped text of at most `limit` characters, else DemoInputError naming `label`: not a string,
-    a lone surrogate, a control character other than tab and newline (NUL too), too long, or (`required`)
-    blank."""
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise DemoInputError(
-            f"{label}: {short_repr(value)} is not text ({type(value).__name__}); give a string"
-        )
-    if len(value) > limit:
-        raise DemoInputError(f"{label}: give text of at most {limit} characters (got {len(value)})")
-    bad = next((i for i, c in enumerate(value) if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
-    if bad is not None:
-        raise DemoInputError(
-            f"{label}: contains a NUL/control character ({value[bad]!r} at position {bad}); remove it"
-        )
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise DemoInputError(f"{label}: contains a lone surrogate (not valid Unicode text); send UTF-8 text")
-    if required and not value.strip():
-        raise DemoInputError(f"{label}: write a {label.lower()}")
-    return value.strip()
+def setting_of(s: Setting, label: str, value):
+    """`value` checked by a config `Setting` (the source of its range and its message), refused as a
+    DemoInputError naming the input as the UI labels it. A whole float (2.0) counts as an integer: a UI number
+    arrives as a float."""
+    if s.kind == "integer" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return s.check(value, DemoInputError, label)
 
 
 def setting(name: str, label: str, value):
@@ -108,13 +60,27 @@ def setting(name: str, label: str, value):
     return setting_of(SOFTPAG_SETTINGS[name], label, value)
 
 
-def setting_of(s: Setting, label: str, value):
-    """`value` checked against a config `Setting` (the source of its range), named as in the UI."""
-    if s.kind == "choice":
-        return choice(label, value, s.choices)
-    if s.kind == "integer":
-        return whole(label, value, int(s.low), int(s.high))
-    return number(label, value, s.low, s.high)
+def whole(label: str, value, low: int, high: int) -> int:
+    """`value` as an int if it is a whole number in [low, high], else DemoInputError naming `label`."""
+    return setting_of(Setting(label, low, "integer", low, high), label, value)
+
+
+def number(label: str, value, low: float, high: float) -> float:
+    """`value` as a float if it is a finite number in [low, high], else DemoInputError naming `label`."""
+    return setting_of(Setting(label, low, "number", low, high), label, value)
+
+
+def choice(label: str, value, choices) -> str:
+    """`value` if it is one of `choices`, else DemoInputError naming `label`."""
+    return setting_of(Setting(label, None, "choice", choices=tuple(choices)), label, value)
+
+
+def text(label: str, value, required: bool = False, limit: int = MAX_PROMPT_CHARS) -> str:
+    """`value` (None: empty) as stripped text (`check_text`: a string of valid Unicode, no control character
+    other than tab and newline, at most `limit` characters, not blank where `required`), else DemoInputError
+    naming `label`."""
+    value = "" if value is None else value
+    return check_text(value, label, DemoInputError, 1 if required else 0, limit).strip()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -144,26 +110,22 @@ class Sizes:
     trained_only: bool
 
     def check(self, label: str, value, native: int) -> int:
-        """`value` if this model supports it along one side, else DemoInputError naming `label` and the range."""
-        if self.trained_only:
-            if not _real(value) or value != native:
-                raise DemoInputError(
-                    f"{label}: {value!r} is not allowed; this toy model makes "
-                    f"{self.native[1]}x{self.native[0]} "
-                    f"images only (its training size; other sizes give noise)"
+        """`value` if this model supports it along one side, else DemoInputError naming `label` and the rule."""
+        low, high = (native, native) if self.trained_only else (self.low, self.high)
+        try:
+            checked = setting_of(Setting(label, native, "integer", low, high), label, value)
+            if checked % self.multiple:
+                raise DemoInputError(label)
+        except DemoInputError:
+            if self.trained_only:
+                rule = (
+                    f"this toy model makes {self.native[1]}x{self.native[0]} images only (its training size; other "
+                    "sizes give noise)"
                 )
-            return native
-        if (
-            not _real(value)
-            or value != int(value)
-            or not self.low <= value <= self.high
-            or value % self.multiple
-        ):
-            raise DemoInputError(
-                f"{label}: {value!r} is not allowed; use a multiple of {self.multiple} from {self.low} to "
-                f"{self.high}"
-            )
-        return int(value)
+            else:
+                rule = f"use a multiple of {self.multiple} from {self.low} to {self.high}"
+            raise DemoInputError(f"{label}: {short_repr(value)} is not allowed; {rule}") from None
+        return checked
 
     def describe(self) -> str:
         """The rule in words."""
