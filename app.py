@@ -138,6 +138,9 @@ SEARCH_ROUNDS = SEARCH_SETTINGS["rounds"].narrowed(high=5)
 MAX_K, MAX_ROUNDS = int(SEARCH_K.high), int(SEARCH_ROUNDS.high)
 DEMO_SEED = replace(GENERATION_SETTINGS["seed"], low=-1)  # the seed inputs: -1 draws a new seed
 DEMO_CFG = GENERATION_SETTINGS["guidance_scale"].narrowed(1, 30)  # the demo's CFG: 1 (off) to 30
+# The CFG sliders' top: the toy models' 3 and the paper's UpFusion 9 inside, in steps a hand can set; the checks
+# (and the API) take the whole range.
+CFG_SHOWN = 15
 SEARCH_USE_STRENGTH = SEARCH_SETTINGS["use_strength"].default  # the paper: search with u = 1, use about 0.5
 
 HELP = {
@@ -924,9 +927,6 @@ class StructuredPrompts:
 # ------------------------------------------------------------------------------------------------------------
 
 UPFUSION = Path(DEFAULT_MODEL).parent / "toy-upfusion"
-# The CFG slider's top: the toy's 3 and the paper's 9 inside, in steps a hand can set; the check (and the API) takes
-# the library's whole range.
-VIEW_CFG_SHOWN = 15
 YOUR_IMAGES = "(your own images)"
 
 
@@ -1036,8 +1036,12 @@ PRIVATE = dict(api_visibility="private", queue=False)
 
 
 def _pag_slider(name: str, label: str, low: float, high: float, step: float, value=None):
-    s = PAG[name]
-    return Slider(low, high, value=s.default if value is None else value, step=step, label=label, info=s.help)
+    """A slider over [low, high], a part of the setting's range (the checks take the whole range: the API and a
+    preset's values may lie beyond the slider), starting at the setting's default."""
+    s = PAG[name].narrowed(low, high)
+    return Slider(
+        s.low, s.high, value=s.default if value is None else value, step=step, label=label, info=s.help
+    )
 
 
 def build_app(
@@ -1072,7 +1076,7 @@ def _generate_inputs(demo: Demo) -> dict:
     )
     ui["negative"] = Textbox(label="Negative prompt", value="", info=HELP["negative"])
     with gr.Row():
-        ui["seed"] = Number(elem_id="seed", label="Seed", value=0, step=1, info=HELP["seed"])
+        ui["seed"] = Number(elem_id="seed", label="Seed", value=DEMO_SEED.default, step=1, info=HELP["seed"])
         ui["random_seed"] = gr.Button("🎲 Random seed", size="sm")
         ui["last_seed"] = gr.Button("♻ Last seed", size="sm")
     with gr.Row():
@@ -1097,7 +1101,9 @@ def _generate_inputs(demo: Demo) -> dict:
             step=demo.sizes.multiple,
             info=f"{HELP['height']} This model: {demo.sizes.describe()}.",
         )
-    ui["cfg"] = Slider(1, 15, value=demo.default_cfg, step=0.5, label="CFG scale", info=HELP["cfg"])
+    ui["cfg"] = Slider(
+        DEMO_CFG.low, CFG_SHOWN, value=demo.default_cfg, step=0.5, label="CFG scale", info=HELP["cfg"]
+    )
     heads, w = demo.preset_inputs(demo.default_preset)
     ui["preset"] = named(
         Dropdown(
@@ -1375,7 +1381,13 @@ def _structured_tab(structured: StructuredPrompts) -> None:
                 info=f"{mode.help} ('off' is the setting's None.)",
             )
             with gr.Row():
-                seed = Number(elem_id="structured-seed", label="Seed", value=0, step=1, info=HELP["seed"])
+                seed = Number(
+                    elem_id="structured-seed",
+                    label="Seed",
+                    value=DEMO_SEED.default,
+                    step=1,
+                    info=HELP["seed"],
+                )
                 steps = Number(
                     elem_id="structured-steps",
                     label="Steps",
@@ -1476,6 +1488,7 @@ def _novel_views_tab(views: NovelViews) -> None:
                     label="Elevation",
                     value=VIEW_SETTINGS["orbit_elevation"].default,
                     info=VIEW_SETTINGS["orbit_elevation"].help,
+                    elem_id="views-elevation",
                 )
             with gr.Row():
                 steps = Number(
@@ -1486,14 +1499,15 @@ def _novel_views_tab(views: NovelViews) -> None:
                     elem_id="views-steps",
                 )
                 cfg = Slider(
-                    VIEW_SETTINGS["guidance_scale"].low, VIEW_CFG_SHOWN, value=views.default_cfg(), step=0.5,
-                    label="CFG scale", info="How closely to follow the photos.",
+                    VIEW_SETTINGS["guidance_scale"].low, CFG_SHOWN, value=views.default_cfg(), step=0.5,
+                    label="CFG scale", info="How closely to follow the photos.", elem_id="views-cfg",
                 )  # fmt: skip
                 seed = Number(
                     label="Seed",
                     value=GENERATION_SETTINGS["seed"].default,
                     step=1,
                     info="The same seed gives the same views.",
+                    elem_id="views-seed",
                 )
             go = gr.Button("Make views", variant="primary", interactive=reason is None)
         with gr.Column():

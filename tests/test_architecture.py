@@ -124,46 +124,249 @@ def test_the_layer_check_can_fail(monkeypatch):
 
 
 # -- one source for each default -----------------------------------------------------------------------------
+# Every default and range of SoftPAG, structured attention, the head search and UpFusion, on every surface that
+# exposes it: the pipelines' signatures, the CLI's parsers, the batch job keys, the demo's inputs, the guider, the
+# search's settings. A literal that drifts from `guidance.config` fails here.
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    """The CLI's parser of `command`, built from tools/cli.py."""
+    from tools.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
+def _action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    return next(a for a in parser._actions if a.dest == dest)
+
+
+def _signature(function) -> dict:
+    """{parameter: default} of the parameters that have one."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _within(narrow, wide) -> bool:
+    """`narrow` is `wide` (same name, kind and help) over a part of its range: a surface's derived restriction."""
+    return (narrow.name, narrow.kind, narrow.help) == (wide.name, wide.kind, wide.help) and (
+        wide.low <= narrow.low <= narrow.high <= wide.high
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(loaded, tiny_folder):
+    """The demo built around a tiny SD3 (not launched): (app module, Demo, {elem_id or label: component})."""
+    app = pytest.importorskip("app")
+    demo = app.Demo(loaded("sd3"), tiny_folder("sd3"))
+    blocks = app.build_app(demo)
+    components = {}
+    for block in blocks.blocks.values():
+        for key in (getattr(block, "elem_id", None), getattr(block, "label", None)):
+            if key:
+                components.setdefault(key, block)
+    return app, demo, components
 
 
 def test_softpag_defaults_agree_on_every_surface():
     from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig
     from guidance.guider import SoftPAGGuidance
+    from guidance.heads import SCALE_LIMIT
     from guidance.search import SearchSettings
     from pipelines.headhunter import SoftPAGMixin
     from tools.batch import DEFAULTS, FIELDS
-    from tools.cli import build_parser
+    from tools.cli import PAG_FLAGS
 
     config = SoftPAGConfig.call_defaults()
-    signature = inspect.signature(SoftPAGMixin.__call__).parameters
-    assert {k: signature[k].default for k in config} == config
-    assert {k: s.default for k, s in SOFTPAG_SETTINGS.items() if k in config} == {
-        k: config[k] for k in SOFTPAG_SETTINGS if k in config
-    }
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    generate = subparsers.choices["generate"].parse_args(["a prompt"])
-    keys = ("pag_scale", "pag_strength", "pag_identity", "pag_start", "pag_stop", "pag_every", "pag_branch")
-    for key in keys:
-        assert getattr(generate, key) == config[key], key
-        assert DEFAULTS[key] == config[key], key
-        assert FIELDS[key][1] == SOFTPAG_SETTINGS[key].allowed(), key
-    guider = inspect.signature(SoftPAGGuidance.__init__).parameters
-    for key in keys:
-        assert guider[key].default == config[key], key
-    search = subparsers.choices["search"].parse_args([])
+    signature = _signature(SoftPAGMixin.__call__)
+    assert {k: signature[k] for k in config} == config
+    assert {k: s.default for k, s in SOFTPAG_SETTINGS.items()} == {k: config[k] for k in SOFTPAG_SETTINGS}
+    generate = _parser("generate")
+    parsed = generate.parse_args(["a prompt"])
+    assert {s.name for s in PAG_FLAGS} == set(SOFTPAG_SETTINGS) - {"pag_shared_prefix"}
+    for setting in PAG_FLAGS:
+        key = setting.name
+        assert getattr(parsed, key) == config[key], key
+        assert DEFAULTS.get(key) == config[key], key
+        assert FIELDS[key][1] == setting.allowed(), key
+        if setting.kind == "choice":
+            assert tuple(_action(generate, key).choices) == setting.choices, key
+    guider = _signature(SoftPAGGuidance.__init__)
+    assert {k: guider[k] for k in config if k in guider} == {k: config[k] for k in config if k in guider}
+    assert set(config) - set(guider) == {
+        "pag_shared_prefix",
+        "pag_heads_per_image",
+    }  # one selection, no prefix
+    search = _parser("search").parse_args([])
     settings = SearchSettings(prompts=["p"], seeds=[0])
     assert search.pag_scale == settings.pag_scale == config["pag_scale"]
     assert search.pag_identity == settings.identity == config["pag_identity"]
+    assert (SOFTPAG_SETTINGS["pag_scale"].low, SOFTPAG_SETTINGS["pag_scale"].high) == (
+        -SCALE_LIMIT,
+        SCALE_LIMIT,
+    )
 
 
-def test_demo_defaults_come_from_the_config():
-    from guidance.config import SoftPAGConfig
+def test_demo_defaults_come_from_the_config(demo_inputs):
+    from guidance.config import GENERATION_SETTINGS, SOFTPAG_SETTINGS, SoftPAGConfig
 
-    app = pytest.importorskip("app")
-    parameters = inspect.signature(app.Demo.generate).parameters
+    app, _, components = demo_inputs
+    parameters = _signature(app.Demo.generate)
     for key, default in SoftPAGConfig.call_defaults().items():
         if key in parameters:
-            assert parameters[key].default == default, key
+            assert parameters[key] == default, key
+    sliders = {"Default strength u": "pag_strength", "Start": "pag_start", "Stop": "pag_stop",
+               "Every k steps": "pag_every", "Head guidance w": "pag_scale"}  # fmt: skip
+    for label, key in sliders.items():
+        slider, setting = components[label], SOFTPAG_SETTINGS[key]
+        assert setting.low <= slider.minimum <= slider.maximum <= setting.high, label
+        if key != "pag_scale":  # w: the default preset's
+            assert slider.value == setting.default, label
+    for label, key in {"Identity": "pag_identity", "Perturbed branch": "pag_branch"}.items():
+        radio, setting = components[label], SOFTPAG_SETTINGS[key]
+        assert [c[1] for c in radio.choices] == list(setting.choices) and radio.value == setting.default, (
+            label
+        )
+    for name in ("seed", "structured-seed", "views-seed"):
+        assert components[name].value == GENERATION_SETTINGS["seed"].default, name
+    assert _within(app.DEMO_CFG, GENERATION_SETTINGS["guidance_scale"])
+    assert (
+        app.DEMO_SEED.high == GENERATION_SETTINGS["seed"].high and app.DEMO_SEED.low == -1
+    )  # -1: a new seed
+    assert _within(app.Limits().steps(), GENERATION_SETTINGS["num_inference_steps"])
+
+
+def test_structured_defaults_agree_on_every_surface(demo_inputs):
+    from guidance.config import STRUCTURED_SETTINGS, StructuredConfig
+    from pipelines.structured import StructuredMixin
+    from tools.batch import DEFAULTS, FIELDS
+
+    defaults = {k: s.default for k, s in STRUCTURED_SETTINGS.items()}
+    signature = _signature(StructuredMixin.__call__)
+    assert {k: signature[k] for k in defaults} == defaults
+    config = StructuredConfig()
+    assert (config.mode, config.start, config.stop) == tuple(defaults.values())
+    assert config.modes == tuple(c for c in STRUCTURED_SETTINGS["structured"].choices if c is not None)
+    assert _parser("generate").parse_args(["a prompt"]).structured == defaults["structured"]
+    assert DEFAULTS["structured"] == defaults["structured"]
+    assert FIELDS["structured"][1] == STRUCTURED_SETTINGS["structured"].allowed()
+    _, _, components = demo_inputs
+    shown = [c[1] for c in components["structured-mode"].choices]
+    assert set(shown) - {"off"} <= set(config.modes)
+
+
+def test_search_defaults_agree_on_every_surface(demo_inputs):
+    from guidance.config import SEARCH_SETTINGS
+    from guidance.search import SEARCH_PROFILES, SearchProfile, SearchSettings
+    from tools.cli import SEARCH_FLAGS
+
+    fields = {"strength": "search_strength"}  # SearchSettings' name: the setting's
+    settings = SearchSettings(prompts=["p"], seeds=[0])
+    for name in (
+        "k",
+        "rounds",
+        "batch",
+        "size",
+        "steps",
+        "guidance_scale",
+        "validation",
+        "early_stop",
+        "strength",
+    ):
+        assert getattr(settings, name) == SEARCH_SETTINGS[fields.get(name, name)].default, name
+    profile = SearchProfile()
+    for name in ("k", "rounds", "validation", "early_stop", "strength"):
+        assert getattr(profile, name) == SEARCH_SETTINGS[fields.get(name, name)].default, name
+    assert SEARCH_PROFILES["ours"]["sd3"] == profile
+    search = _parser("search")
+    parsed = search.parse_args([])
+    for setting in SEARCH_FLAGS:  # the profile's / model's where the CLI leaves None
+        default = setting.default if setting.name in ("search_strength", "use_strength", "batch") else None
+        assert getattr(parsed, setting.name) == default, setting.name
+        assert _action(search, setting.name).type is {"integer": int, "number": float}[setting.kind]
+    assert {s.name for s in SEARCH_FLAGS} == set(SEARCH_SETTINGS) - {"steps", "guidance_scale", "validation",
+                                                                    "early_stop"}  # fmt: skip
+    app, _, components = demo_inputs
+    assert _within(app.SEARCH_K, SEARCH_SETTINGS["k"]) and _within(
+        app.SEARCH_ROUNDS, SEARCH_SETTINGS["rounds"]
+    )
+    assert components["search-k"].value == SEARCH_SETTINGS["k"].default
+    assert components["search-rounds"].value == SEARCH_SETTINGS["rounds"].default
+    assert app.SEARCH_USE_STRENGTH == SEARCH_SETTINGS["use_strength"].default
+
+
+def test_upfusion_defaults_agree_on_every_surface(demo_inputs, tmp_path):
+    from guidance.config import GENERATION_SETTINGS, UPFUSION_SETTINGS
+    from pipelines import upfusion
+    from tools import cli
+    from tools import demo as tools
+
+    settings = {k: s.default for k, s in UPFUSION_SETTINGS.items()}
+    call = _signature(upfusion.UpFusionPipeline.__call__)
+    shared = set(call) & set(settings)
+    assert shared == {"num_inference_steps", "guidance_scale", "upsrt_only", "scene_attention", "cfg_query_rays",
+                      "return_dict"}  # fmt: skip
+    assert {k: call[k] for k in shared} == {k: settings[k] for k in shared}
+    orbit = _signature(upfusion.orbit)
+    assert (orbit["frames"], orbit["elevation"], orbit["frame_ms"]) == (
+        settings["frames"], settings["orbit_elevation"], settings["frame_ms"])  # fmt: skip
+    # the pipeline's checks: each range's ends taken, one step beyond refused
+    steps, cfg, elevation = (
+        UPFUSION_SETTINGS[k] for k in ("num_inference_steps", "guidance_scale", "elevation")
+    )
+    upfusion.check_sampling(int(steps.high), cfg.high, "pil", 10**6)
+    upfusion.check_sampling(int(steps.low), cfg.low, "pil", 10**6)
+    for bad in (
+        (steps.high + 1, cfg.high),
+        (steps.low - 1, cfg.low),
+        (1, cfg.high + 0.5),
+        (1, cfg.low - 0.5),
+    ):
+        with pytest.raises(ValueError):
+            upfusion.check_sampling(*bad, "pil", 10**6)
+    upfusion.query_poses([(0, elevation.high), (0, elevation.low)], 2.0)
+    with pytest.raises(ValueError, match="elevation"):
+        upfusion.query_poses([(0, elevation.high + 0.5)], 2.0)
+    assert UPFUSION_SETTINGS["views"].high == upfusion.MAX_VIEWS
+    # the CLI
+    views = _parser("views")
+    parsed = views.parse_args(["image.png"])
+    assert parsed.orbit_elevation == settings["orbit_elevation"]
+    assert (parsed.num_inference_steps, parsed.guidance_scale) == (settings["num_inference_steps"],
+                                                                   settings["guidance_scale"])  # fmt: skip
+    assert parsed.seed == GENERATION_SETTINGS["seed"].default
+    assert cli.FRAMES is UPFUSION_SETTINGS["frames"] and cli.ELEVATION is UPFUSION_SETTINGS["elevation"]
+    assert cli.VIEWS is UPFUSION_SETTINGS["views"] and _within(cli.AZIMUTH, UPFUSION_SETTINGS["azimuth"])
+    for value, allowed in ((elevation.high, True), (elevation.high + 0.5, False)):
+        flags = views.parse_args(["image.png", "--azimuth", "10", "--elevation", str(value)])
+        if allowed:
+            assert cli._view_cameras(flags) == [(10.0, value)]
+        else:
+            with pytest.raises(cli.CLIError, match="--elevation"):
+                cli._view_cameras(flags)
+    # the demo
+    for name, setting in tools.VIEW_SETTINGS.items():
+        assert _within(setting, UPFUSION_SETTINGS[name]), name
+    assert tools.MAX_FRAMES == tools.VIEW_SETTINGS["frames"].high
+    assert tools.parse_cameras(f"0, {elevation.high:g}") == [(0.0, elevation.high)]
+    with pytest.raises(tools.DemoInputError, match="elevation"):
+        tools.parse_cameras(f"0, {elevation.high + 0.5:g}")
+    assert _signature(tools.turntable_gif)["frame_ms"] == settings["frame_ms"]
+    app, _, components = demo_inputs
+    tab = app.NovelViews()
+    shown = {
+        "views-frames": "frames",
+        "views-elevation": "orbit_elevation",
+        "views-steps": "num_inference_steps",
+    }
+    for elem_id, name in shown.items():
+        assert components[elem_id].value == tools.VIEW_SETTINGS[name].default, elem_id
+    assert components["views-cfg"].minimum == UPFUSION_SETTINGS["guidance_scale"].low
+    if not tab.unavailable():
+        preset = upfusion.PRESETS[
+            upfusion.DEFAULT_PRESET
+        ]  # the toy folder records no preset: the default one
+        assert components["views-cfg"].value == tab.default_cfg() == preset["guidance_scale"]
 
 
 def test_setting_errors_name_the_parameter_and_the_range():
