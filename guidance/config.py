@@ -3,7 +3,7 @@
 Every front end derives from these: the pipelines' `pag_*` / `structured*` keyword defaults, `SoftPAGGuidance`'s,
 the UpFusion pipeline's and `orbit`'s, the CLI flags, the batch job keys, the demo's inputs and the head search's
 settings (`test_*_defaults_agree_on_every_surface` in `tests/test_architecture.py` fail if one drifts). A `Setting`
-describes one call argument (default, type, range, help in plain words); `check` raises an error that names the
+(`guidance.checks`, re-exported here with the other checks) describes one call argument (default, type, range, help in plain words); `check` raises an error that names the
 parameter, the value and what is allowed, and is the one check every surface uses (a front end passes its own error
 type and its own label; `narrowed` gives a front end a part of the range, e.g. the demo's, kept small for
 responsiveness). `check_window` checks every step window (start < stop).
@@ -12,12 +12,19 @@ responsiveness). `check_window` checks every step window (start < stop).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from guidance.heads import PRESET_SETTINGS, SCALE_LIMIT, HeadSelection, short_repr
+from guidance.checks import (  # noqa: F401 (GuidanceError, Setting and the checks are imported from here too)
+    GuidanceError,
+    Setting,
+    check_finite,
+    check_text,
+    check_window,
+    short_repr,
+)
+from guidance.heads import GROUP_SCALE, HEAD_STRENGTH, PRESET_SETTINGS, HeadSelection
 from guidance.softpag import IDENTITIES
 
 __all__ = [
@@ -29,12 +36,6 @@ __all__ = [
 
 STRUCTURED_MODES = ("key-value", "conjunction")
 PAG_BRANCHES = ("cond", "uncond")
-
-
-class GuidanceError(ValueError):
-    """Bad settings for a guidance technique, or processors that another feature replaced.
-
-    The message names the parameter, the value and what is allowed."""
 
 
 class GenerationError(GuidanceError):
@@ -49,145 +50,6 @@ class StructuredError(SoftPAGError):
     """Bad structured cross-attention settings (a SoftPAGError too, so one `except` covers both pipelines)."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One call argument: its name, default, kind ("number", "integer", "choice", "bool", "text"), range, help.
-
-    A setting whose default is None also accepts None ("not given"). For "text", `low` / `high` bound the
-    length in characters (`low=1`: not blank)."""
-
-    name: str
-    default: Any
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple = ()
-    help: str = ""
-
-    @property
-    def flag(self) -> str:
-        """The command-line flag, e.g. `--pag-scale`."""
-        return "--" + self.name.replace("_", "-")
-
-    def allowed(self) -> str:
-        """What is allowed, in words."""
-        if self.kind == "number" and math.isinf(self.low) and math.isinf(self.high):
-            return "a finite number"
-        if self.kind == "number":
-            return f"a finite number in [{self.low:g}, {self.high:g}]"
-        if self.kind == "integer":
-            return f"an integer in [{int(self.low)}, {int(self.high)}]"
-        if self.kind == "choice":
-            return " or ".join(repr(c) for c in self.choices)
-        if self.kind == "bool":
-            return "True or False"
-        if self.high is not None:
-            return f"a string of at most {self.high:g} characters" + (", not blank" if self.low else "")
-        return "a string"
-
-    def check(self, value: Any, error: type[Exception] = GuidanceError, label: str | None = None) -> Any:
-        """The value if allowed (numbers as float / int), else `error` naming the parameter and the range."""
-        label = label or self.name
-        if value is None and self.default is None and self.kind != "choice":
-            return None
-        if self.kind == "text":
-            return check_text(value, label, error, self.low or 0, self.high)
-        if self.kind in ("number", "integer"):
-            integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            if (
-                (self.kind == "integer" and not integral)
-                or not real
-                or not (integral or math.isfinite(value))
-            ):
-                raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
-            if not self.low <= value <= self.high:
-                raise error(f"{label}={short_repr(value)} is out of range; allowed: {self.allowed()}")
-            return int(value) if self.kind == "integer" else float(value)
-        if self.kind == "choice" and not any(type(value) is type(c) and value == c for c in self.choices):
-            raise error(f"{label}={short_repr(value)} is not supported; allowed: {self.allowed()}")
-        if self.kind == "bool":
-            if _is_numpy_bool(value):
-                return bool(value)
-            if not isinstance(value, bool):
-                raise error(f"{label}={short_repr(value)} must be {self.allowed()}")
-        return value
-
-    def narrowed(self, low: float | None = None, high: float | None = None, default: Any = ...) -> Setting:
-        """This setting with a narrower range (and another default) for one front end, e.g. a demo's inputs kept
-        small for responsiveness; a range outside this one is a ValueError, so a surface cannot widen it."""
-        low = self.low if low is None else low
-        high = self.high if high is None else high
-        if not self.low <= low <= high <= self.high:
-            raise ValueError(
-                f"{self.name}: [{low:g}, {high:g}] does not lie in [{self.low:g}, {self.high:g}]"
-            )
-        return replace(self, low=low, high=high, default=self.default if default is ... else default)
-
-
-def check_window(
-    start: float,
-    stop: float,
-    error: type[Exception] = GuidanceError,
-    labels: tuple[str, str] = ("start", "stop"),
-) -> None:
-    """Raise `error` naming both unless start < stop: a step window (the fraction of the steps in which a
-    technique runs) that holds no step would silently leave the technique off."""
-    if not start < stop:
-        raise error(f"{labels[0]}={short_repr(start)} must be below {labels[1]}={short_repr(stop)}")
-
-
-def _is_numpy_bool(value: Any) -> bool:
-    """A numpy bool scalar (or 0-d bool array): the only non-`bool` a "bool" setting takes (as `bool(value)`)."""
-    return type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and value.dtype == bool
-
-
-def check_finite(value: Any, label: str, error: type[Exception] = GuidanceError) -> None:
-    """Raise `error` naming `label` if a tensor or array (or a list / tuple of them, or of numbers) holds NaN or
-    infinity: diffusers samples on, and NaN latents give all-NaN images without an error."""
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            check_finite(item, f"{label}[{i}]", error)
-        return
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        finite = math.isfinite(value)
-    elif type(value).__module__.startswith("torch") and hasattr(value, "is_floating_point"):
-        import torch
-
-        finite = not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
-    elif type(value).__module__ == "numpy" and hasattr(value, "dtype"):
-        import numpy as np
-
-        finite = value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
-    else:
-        return
-    if not finite:
-        raise error(f"{label} contains NaN or infinite values; allowed: finite numbers only")
-
-
-def check_text(
-    value: Any, label: str, error: type[Exception] = GuidanceError, low: float = 0, high: float | None = None
-) -> str:
-    """The value if it is a str of valid Unicode (no lone surrogates, no control characters but tab and
-    newline) with `low`..`high` characters (`low` counts non-blank ones), else `error` naming it."""
-    if not isinstance(value, str):
-        raise error(f"{label}={short_repr(value)} must be a string, not {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(f"{label}={short_repr(value)} is not valid Unicode text (undecodable bytes?)") from None
-    bad = next((c for c in value if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
-    if bad is not None:
-        raise error(
-            f"{label}={short_repr(value)} contains the control character {bad!r}; allowed: printable text"
-        )
-    if low and len(value.strip()) < low:
-        raise error(f"{label}={short_repr(value)} is empty; allowed: a non-blank string")
-    if high is not None and len(value) > high:
-        raise error(f"{label} has {len(value)} characters; allowed: at most {high:g}")
-    return value
-
-
 def _settings(*items: Setting) -> dict[str, Setting]:
     return {s.name: s for s in items}
 
@@ -198,9 +60,9 @@ SOFTPAG_SETTINGS = _settings(
     Setting("pag_heads", None, "text",
             help="Which attention heads to perturb, e.g. 'L2H1,L4H0' (layer 2 head 1, layer 4 head 0) or a "
                  "preset name. Empty: no head guidance."),
-    Setting("pag_scale", 3.0, "number", -SCALE_LIMIT, SCALE_LIMIT,
+    replace(GROUP_SCALE, name="pag_scale", default=3.0,
             help="How strongly to steer away from the perturbed prediction (w). 0 = off; 1-3 is typical."),
-    Setting("pag_strength", 1.0, "number", 0, 1,
+    replace(HEAD_STRENGTH, name="pag_strength", default=1.0,
             help="How far each chosen head's attention is pulled toward 'look only at yourself' (u): "
                  "0 = untouched, 1 = fully."),
     Setting("pag_identity", "joint", "choice", choices=IDENTITIES,

@@ -9,7 +9,6 @@ Notation (the paper's, extended): ``L<layer>H<head>`` selects one head of a laye
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import unicodedata
@@ -19,12 +18,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from guidance.checks import Setting, short_repr
 from guidance.strictjson import loads_strict, refused_values
 
 PRESET_FORMAT = "headhunter-preset"
 ATTENTIONS = ("attn", "attn2")
 SCALE_LIMIT = 100.0  # |w| of a head group, the same bound as the pipelines' pag_scale
 MAX_INDEX = 99_999  # layer and head indices (the largest real models have fewer than 100 layers)
+# The checks of a head's strength u and a group's scale w; `guidance.config` builds the pipelines' pag_strength and
+# pag_scale from them (their defaults and help added), so a selection and a call allow the same values.
+HEAD_STRENGTH = Setting("strength u", None, "number", 0, 1)
+GROUP_SCALE = Setting("scale", None, "number", -SCALE_LIMIT, SCALE_LIMIT)
+INDEX = Setting("index", 0, "integer", 0, MAX_INDEX)
 MAX_GROUPS = 64
 MAX_HEADS = 10_000  # entries over all groups
 MAX_NAME = 100  # characters of a group name
@@ -321,15 +326,6 @@ def is_notation(text: str) -> bool:
 # -------------------------------------------------------------------------------------------------------------
 
 
-def short_repr(value: Any, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters so that an error message stays one readable line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int beyond Python's digit limit for str()
-        return "<an integer with thousands of digits>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # Bidirectional-text controls, which reorder what a terminal shows (the "Trojan Source" characters).
 _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -346,10 +342,6 @@ def _unsafe(c: str) -> bool:
 
 def _escaped(c: str) -> str:
     return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _bounded_list(value: Any, limit: int, what: str, parameter: str) -> list:
@@ -407,12 +399,7 @@ def _check_group(group: HeadGroup, parameter: str) -> None:
         raise HeadSelectionError(
             f"{parameter}: group name {short_repr(group.name)} must be printable text of 1..{MAX_NAME} characters"
         )
-    scale = group.scale
-    if scale is not None and (not _finite_number(scale) or abs(scale) > SCALE_LIMIT):
-        raise HeadSelectionError(
-            f"{parameter}: group {group.name!r}: scale={short_repr(scale)} must be a finite number in "
-            f"[{-SCALE_LIMIT:g}, {SCALE_LIMIT:g}] (the range of pag_scale)"
-        )
+    GROUP_SCALE.check(group.scale, HeadSelectionError, f"{parameter}: group {group.name!r}: scale")
     for head in group.heads:
         if not isinstance(head, HeadEntry):
             raise HeadSelectionError(
@@ -429,33 +416,15 @@ def _label(head: HeadEntry) -> str:
         return short_repr(head)
 
 
-def _check_strength(u: Any, label: str, parameter: str) -> float | None:
-    if u is None:
-        return None
-    if not _finite_number(u) or not 0.0 <= u <= 1.0:
-        raise HeadSelectionError(
-            f"{parameter}: entry {label}: strength u={short_repr(u)} must be a number in [0, 1]"
-        )
-    return float(u)
-
-
-def _check_index(value: Any, what: str, label: str, parameter: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INDEX:
-        raise HeadSelectionError(
-            f"{parameter}: entry {label}: {what} index {short_repr(value)} must be an integer in 0..{MAX_INDEX}"
-        )
-    return value
-
-
 def _make_entry(layer: Any, head: Any, u: Any, attention: Any, label: str, parameter: str) -> HeadEntry:
     if not isinstance(attention, str) or attention not in ATTENTIONS:
         raise HeadSelectionError(
             f"{parameter}: entry {label}: attention {attention!r} must be one of {ATTENTIONS}"
         )
     return HeadEntry(
-        _check_index(layer, "layer", label, parameter),
-        _check_index(head, "head", label, parameter),
-        _check_strength(u, label, parameter),
+        INDEX.check(layer, HeadSelectionError, f"{parameter}: entry {label}: layer index"),
+        INDEX.check(head, HeadSelectionError, f"{parameter}: entry {label}: head index"),
+        HEAD_STRENGTH.check(u, HeadSelectionError, f"{parameter}: entry {label}: strength u"),
         attention,
     )
 

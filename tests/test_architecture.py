@@ -171,7 +171,7 @@ def demo_inputs(loaded, tiny_folder):
 def test_softpag_defaults_agree_on_every_surface():
     from guidance.config import SOFTPAG_SETTINGS, SoftPAGConfig
     from guidance.guider import SoftPAGGuidance
-    from guidance.heads import SCALE_LIMIT
+    from guidance.heads import GROUP_SCALE, HEAD_STRENGTH
     from guidance.search import SearchSettings
     from pipelines.headhunter import SoftPAGMixin
     from tools.batch import DEFAULTS, FIELDS
@@ -201,10 +201,15 @@ def test_softpag_defaults_agree_on_every_surface():
     settings = SearchSettings(prompts=["p"], seeds=[0])
     assert search.pag_scale == settings.pag_scale == config["pag_scale"]
     assert search.pag_identity == settings.identity == config["pag_identity"]
-    assert (SOFTPAG_SETTINGS["pag_scale"].low, SOFTPAG_SETTINGS["pag_scale"].high) == (
-        -SCALE_LIMIT,
-        SCALE_LIMIT,
-    )
+    for setting, shared in (
+        (SOFTPAG_SETTINGS["pag_scale"], GROUP_SCALE),
+        (SOFTPAG_SETTINGS["pag_strength"], HEAD_STRENGTH),
+    ):
+        assert (setting.kind, setting.low, setting.high) == (
+            shared.kind,
+            shared.low,
+            shared.high,
+        )  # a selection's
 
 
 def test_demo_defaults_come_from_the_config(demo_inputs):

@@ -69,7 +69,9 @@ PYTHON_CASES = [
     Case("heads=42", {"pag_heads": 42}, "pag_heads=42 is not a head selection"),
     Case("layer out of range", {"pag_heads": "L9H0"}, "layer 9 is out of range"),
     Case("head out of range", {"pag_heads": "L0H9"}, "head 9 is out of range"),
-    Case("u=2", {"pag_heads": "L1H1=2"}, "strength u=2.0 must be a number in [0, 1]"),
+    Case(
+        "u=2", {"pag_heads": "L1H1=2"}, "strength u=2.0 is out of range; allowed: a finite number in [0, 1]"
+    ),
     Case("u=nan", {"pag_heads": "L1H1=nan"}, "strength u=nan"),
     Case("empty heads", {"pag_heads": ""}, "at least one head"),
     Case("half entry", {"pag_heads": "L1"}, "cannot read 'L1'"),
@@ -93,7 +95,7 @@ PYTHON_CASES = [
     Case(
         "selection layer -1",
         {"pag_heads": HeadSelection((HeadGroup((HeadEntry(-1, 1),)),))},
-        "layer index -1",
+        "layer index=-1 is out of range",
     ),
     Case(
         "selection groups list", {"pag_heads": HeadSelection(["L1H1"])}, "groups must be a tuple of HeadGroup"

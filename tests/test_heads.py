@@ -39,10 +39,10 @@ def test_json_roundtrip(tmp_path):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("L1H10=1.5", r"L1H10=1.5: strength u=1.5 must be a number in \[0, 1\]"),
+        ("L1H10=1.5", r"L1H10=1.5: strength u=1.5 is out of range; allowed: a finite number in \[0, 1\]"),
         ("L1H10=nan", "strength u=nan"),
-        ("L-1H2", r"layer index -1 must be an integer in 0\.\.99999"),
-        ([(1.5, 2)], "layer index 1.5 must be an integer in 0"),
+        ("L-1H2", r"layer index=-1 is out of range; allowed: an integer in \[0, 99999\]"),
+        ([(1.5, 2)], r"layer index=1.5 must be an integer in \[0, 99999\]"),
         ("L1H2, L1H2", "duplicate entry L1H2"),
         ("layer1", "cannot read 'layer1'"),
         ("", "at least one head"),
@@ -95,13 +95,13 @@ def test_bad_preset_json(tmp_path):
         ({"groups": None}, "'groups'=None must be a JSON list"),
         (
             {"groups": [{"heads": ["L1H1"], "scale": 1e6}]},
-            r"scale=1000000.0 must be a finite number in \[-100, 100\]",
+            r"scale=1000000.0 is out of range; allowed: a finite number in \[-100, 100\]",
         ),
         ({"groups": [{"heads": ["L1H1"]}], "extra": 1}, "unknown preset key 'extra'"),
         ({"groups": [{"heads": ["L1H1"]}], "model": 5}, "preset key 'model'=5 must be a JSON string"),
         (
             HeadSelection((HeadGroup((HeadEntry(1, 1, 5.0),)),)),
-            r"strength u=5.0 must be a number in \[0, 1\]",
+            r"strength u=5.0 is out of range; allowed: a finite number in \[0, 1\]",
         ),
         (HeadSelection((HeadGroup((HeadEntry(1, 1),), "", None),)), "group name '' must be printable"),
     ],
