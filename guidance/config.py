@@ -3,10 +3,11 @@
 Every front end derives from these: the pipelines' `pag_*` / `structured*` keyword defaults, `SoftPAGGuidance`'s,
 the UpFusion pipeline's and `orbit`'s, the CLI flags, the batch job keys, the demo's inputs and the head search's
 settings (`test_*_defaults_agree_on_every_surface` in `tests/test_architecture.py` fail if one drifts). A `Setting`
-(`guidance.checks`, re-exported here with the other checks) describes one call argument (default, type, range, help in plain words); `check` raises an error that names the
-parameter, the value and what is allowed, and is the one check every surface uses (a front end passes its own error
-type and its own label; `narrowed` gives a front end a part of the range, e.g. the demo's, kept small for
-responsiveness). `check_window` checks every step window (start < stop).
+(`guidance.checks`, re-exported here with the other checks) describes one call argument (default, type, range,
+help in plain words); `check` raises an error that names the parameter, the value and what is allowed, and is the
+one check every surface uses (a front end passes its own error type and its own label; `narrowed` gives a front end
+a part of the range, e.g. the demo's, kept small for responsiveness). `check_window` checks every step window
+(start < stop).
 """
 
 from __future__ import annotations
