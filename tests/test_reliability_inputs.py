@@ -266,8 +266,12 @@ VIEWS_CASES = [
     Case(
         f"{TOO_MANY} azimuths", _views("--azimuth", *[str(k) for k in range(TOO_MANY)]), "at most 360 views"
     ),
-    Case("--orbit 361", _views("--orbit", str(TOO_MANY)), "--orbit 361 is out of range; allowed: 1 to 360"),
-    Case("--orbit 2000", _views("--orbit", "2000"), "--orbit 2000 is out of range"),
+    Case(
+        "--orbit 361",
+        _views("--orbit", str(TOO_MANY)),
+        "--orbit=361 is out of range; allowed: an integer in [1, 360]",
+    ),
+    Case("--orbit 2000", _views("--orbit", "2000"), "--orbit=2000 is out of range"),
     Case(
         "--orbit-elevation nan", _views("--orbit", "3", "--orbit-elevation", "nan"), "--orbit-elevation=nan"
     ),
