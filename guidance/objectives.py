@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from guidance.config import SEARCH_SETTINGS
+
 Images = Sequence[Image.Image]
 
 
@@ -225,7 +227,7 @@ def get_objective(spec: str | Objective, guard: str | Objective | None = None, m
                   min_score: float | None = None, prefix: str = "") -> Objective:  # fmt: skip
     """An objective from its name (`toy-quality`, `clip:<model>`, `pickscore:<model>`, ...), optionally
     constrained by `guard`: its mean must stay >= `min_score` (absolute) and/or drop at most `max_drop` below the
-    unguided images (relative; 0.05 when neither is given). `prefix` goes before the prompts of a `clip:` /
+    unguided images (relative; `SEARCH_SETTINGS["max_drop"]`'s default, 0.05, when neither is given). `prefix` goes before the prompts of a `clip:` /
     `pickscore:` objective (the paper's CLIP score: "A photo depicts ")."""
     if isinstance(spec, Objective):
         objective = spec
@@ -244,5 +246,6 @@ def get_objective(spec: str | Objective, guard: str | Objective | None = None, m
         objective = _REGISTERED[spec]()
     if guard is None:
         return objective
-    max_drop = 0.05 if max_drop is None and min_score is None else max_drop
+    if max_drop is None and min_score is None:
+        max_drop = SEARCH_SETTINGS["max_drop"].default
     return Constrained(objective, get_objective(guard), max_drop, min_score)
