@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import textwrap
@@ -446,89 +445,14 @@ def _check_search(args: argparse.Namespace) -> list[str]:
     return _read_prompts(args)
 
 
-def _score(value: float) -> str:
-    """A search score in the report: -inf is a candidate whose guard objective failed."""
-    return f"{value:.4f}" if math.isfinite(value) else "guard failed"
-
-
-def _guard_words(guard: str | None, max_drop: float | None, min_score: float | None) -> str | None:
-    """What the guard objective asks, in words (None without one)."""
-    if guard is None:
-        return None
-    rules = ([f"drop at most {max_drop:g} below the unguided images' score"] if max_drop is not None else []) + (
-        [f"stay at or above {min_score:g}"] if min_score is not None else [])  # fmt: skip
-    return f"`{guard}` must {' and '.join(rules)}"
-
-
-def search_report(name: str, settings, search, guard: str | None, head_map: dict | None, layers: dict | None,
-                  history: list[dict]) -> list[str]:  # fmt: skip
-    """report.md of a head search, in words: what was scored and how to read it, the head map, the layers, and
-    why each greedy round was adopted or not, a failed guard (a score of -inf) said as such."""
-    from guidance.search import label
-
-    pairs, held = len(search.search_pairs), len(search.validation_pairs)
-    unguided = f"{search.baseline:.4f}" + (
-        f" on the search pairs, {search.baseline_validation:.4f} on the validation pairs" if held else "")  # fmt: skip
-    lines = [
-        f"# Head search: {name}", "",
-        f"model `{settings.model}`, {len(settings.prompts)} prompts x {len(settings.seeds)} seeds ({pairs} search "
-        f"pairs, {held} validation pairs), {settings.steps} steps, CFG {settings.guidance_scale}, w "
-        f"{settings.pag_scale}, search u {settings.strength}", "",
-        "## How to read this", "",
-        f"- A score is the objective averaged over the search pairs (higher is better); the unguided images score "
-        f"{unguided}.",
-    ]  # fmt: skip
-    if guard:
-        lines.append(f"- Guard: {guard}. A candidate whose images break that scores **guard failed** (-inf here; "
-                     "`null` with `\"guard\": \"failed\"` in preset.json): it cannot be adopted, whatever its "
-                     "objective.")  # fmt: skip
-    if settings.early_stop:
-        where = "validation pairs" if held else "search pairs (no validation split)"
-        lines.append(f"- Each greedy round adds the {settings.k} best heads to the selection; a round is adopted "
-                     f"only if the new selection beats the best earlier one (the unguided images before round 1) "
-                     f"on the {where}; the first round that does not ends the search.")  # fmt: skip
-    else:
-        lines.append(f"- Each greedy round adds the {settings.k} best heads; profile `{settings.profile}` has no "
-                     "early stop, so every round is adopted.")  # fmt: skip
-    lines += ["", f"unguided: {search.baseline:.4f}"]
-    if head_map is not None:
-        best = sorted(head_map, key=lambda h: -head_map[h])[:10]
-        failed = [label((h,)) for h in head_map if not math.isfinite(head_map[h])]
-        lines += ["", "## Single heads (headmap.png)", "",
-                  "best single heads: " + ", ".join(f"{label((h,))} {_score(head_map[h])}" for h in best)]  # fmt: skip
-        if failed:
-            lines.append(f"{len(failed)} of {len(head_map)} heads failed the guard alone (crossed grey cells in "
-                         f"headmap.png): {', '.join(failed)}")  # fmt: skip
-    if layers is not None:
-        lines += ["", "## Whole layers", "",
-                  "layer-level PAG: " + ", ".join(f"L{layer} {_score(v)}" for layer, v in layers.items())]  # fmt: skip
-    lines += ["", "## Rounds", ""]
-    for record in history:
-        validation = "" if record["validation"] is None else f", validation {_score(record['validation'])}"
-        lines.append(f"round {record['round']}: +{', '.join(record['added'])} -> {_score(record['score'])}"
-                     f"{validation} ({record['why']})")  # fmt: skip
-        if not math.isfinite(record["score"]) or (record["validation"] is not None
-                                                  and not math.isfinite(record["validation"])):  # fmt: skip
-            lines.append(f"  the selection {record['heads'] if record['adopted'] else label(tuple(record['tried']))}"
-                         f" broke the guard ({guard or 'its guard objective'}), so its score is -inf: it was not "
-                         "adopted")  # fmt: skip
-    selected = history[-1]["selected"] if history else []
-    lines.append("")
-    if selected:
-        lines.append(f"Selected: {label(tuple(selected))} (adopted in round "
-                     f"{max(r['round'] for r in history if r['adopted'])}).")  # fmt: skip
-    else:
-        lines.append("no round beat the unguided images on the validation pairs: no heads help this objective "
-                     "here, so no preset.json is written")  # fmt: skip
-    return lines
-
-
 def _search(args: argparse.Namespace) -> int:
-    """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out."""
+    """Run a head search and write preset.json, headmap.png (with --sweep) and report.md to --out
+    (`tools.search_run.search_to_folder`), and print the report."""
     from guidance.adapters import heads_layout
     from guidance.objectives import get_objective
-    from guidance.search import HeadSearch, SearchSettings, heatmap, label, preset, search_profile
+    from guidance.search import SearchSettings, search_profile
     from guidance.swap import denoiser_of
+    from tools.search_run import guard_words, search_objective, search_to_folder
 
     model = check_model(args.model)
     prompts = _check_search(args)
@@ -541,47 +465,22 @@ def _search(args: argparse.Namespace) -> int:
     steps, cfg = (GENERATION_SETTINGS[k].default for k in ("num_inference_steps", "guidance_scale"))
     defaults = dict(steps=recommended.get("num_inference_steps", steps), size=recommended.get("height"),
                     guidance_scale=recommended.get("guidance_scale", cfg))  # fmt: skip
-    min_score = profile.min_score(args.guard)
-    max_drop = args.max_drop
-    if max_drop is None and min_score is None:  # the profile has no absolute threshold for this guard
-        max_drop = SEARCH_SETTINGS["max_drop"].default
-    objective = get_objective(args.objective, args.guard, max_drop, min_score, profile.clip_prefix)
+    objective, max_drop, min_score = search_objective(args.objective, args.guard, profile, args.max_drop)
     settings = SearchSettings.from_profile(
         args.profile, arch, prompts, args.seeds, defaults, steps=args.num_inference_steps, size=args.size,
         guidance_scale=args.guidance_scale, pag_scale=args.pag_scale, strength=args.search_strength,
         identity=args.pag_identity, batch=args.batch, k=args.k, rounds=args.rounds, model=model_name(args.model),
         objective=objective.name, extra=model_call_extras(model),
     )  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    search = HeadSearch(pipe, objective, settings, cache=out / "cache")
-    scores: dict = {"unguided": search.baseline}
-    head_map = search.head_map() if args.sweep else None
-    if head_map is not None:
-        heatmap(head_map, search.baseline, out / "headmap.png")
-        scores["head_map"] = {label((h,)): v for h, v in head_map.items()}
-    layers = search.layer_scores() if args.layers else None
-    if layers is not None:
-        scores["layers"] = {f"L{layer}": v for layer, v in layers.items()}
-    history = search.greedy()
-    scores["rounds"] = history
-    if search.rank != 0:  # under accelerate launch, rank 0 writes the outputs
+    done = search_to_folder(pipe, objective, settings, Path(args.out), sweep=args.sweep, layers=args.layers,
+                            use_strength=args.use_strength, name=args.objective,
+                            guard=guard_words(args.guard, max_drop, min_score))  # fmt: skip
+    if done is None:  # under accelerate launch, rank 0 writes and prints the outputs
         return 0
-    selected = history[-1]["selected"]
-    guard = _guard_words(args.guard, max_drop, min_score)
-    report = search_report(objective.name, settings, search, guard, head_map, layers, history)
-    if not selected:  # round 1 did not beat the unguided images on the validation pairs
-        (out / "preset.json").unlink(missing_ok=True)  # a preset from an earlier run in this folder is stale
-    else:
-        preset(selected, settings, args.use_strength, scores, name=args.objective, layout=search.layout).save(
-            out / "preset.json"
-        )
-        report += [f"The heads go into `preset.json` at u {args.use_strength:g} (the strength to use them at; "
-                   f"the search used u {settings.strength:g}) and w {settings.pag_scale:g}."]  # fmt: skip
-    (out / "report.md").write_text("\n".join(report) + "\n")
+    report, found = done
     print("\n".join(report))
-    if selected:
-        print(out / "preset.json")
+    if found is not None:
+        print(found)
     return 0
 
 
