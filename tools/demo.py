@@ -24,8 +24,18 @@ from PIL import Image, ImageDraw
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError
 from guidance.config import STRUCTURED_SETTINGS, UPFUSION_SETTINGS, Setting, check_text
 from guidance.heads import HeadEntry, HeadGroup, short_repr
-from guidance.search import HeadSearch, SearchSettings, label, preset
+from guidance.search import HeadSearch, SearchSettings, label
 from guidance.swap import denoiser_of
+from tools.search_run import (  # noqa: F401 (guard_failure, profile_text: the demo's names for app.py and tests)
+    SearchResult,
+    guard_failure,
+    head_map_line,
+    profile_text,
+    round_guard,
+    run_search,
+    search_rounds,
+    write_preset,
+)
 from tools.settings import ASSETS, LATER_SETTINGS, Vocabulary, model_vocabulary
 
 PAG = {name.removeprefix("pag_"): setting for name, setting in SOFTPAG_SETTINGS.items()}
@@ -686,63 +696,6 @@ class FollowedSearch(HeadSearch):
         )
 
 
-def score_text(value: float) -> str:
-    """A search score in the report; -inf is a candidate whose guard objective failed."""
-    return f"{value:.4f}" if math.isfinite(value) else "-inf (guard failed)"
-
-
-def guard_failure(search: HeadSearch, candidate, pairs: str) -> str:
-    """Why `candidate` scored -inf on `pairs` (`search` or `validation`): its mean guard score against the limit
-    of `guidance.objectives.Constrained` (the unguided images' mean minus `max_drop`, and/or `min_score`)."""
-    objective = search.objective
-    guard = getattr(objective, "guard", None)
-    if guard is None:
-        return "its objective returned -inf"
-    indices = search._indices(pairs)
-    per_pair = search.per_pair([tuple(candidate), ()], indices)
-    mean = float(np.mean(np.asarray(per_pair[tuple(candidate)])[..., -1]))
-    unguided = float(np.mean(np.asarray(per_pair[()])[..., -1]))
-    limits = []
-    if objective.max_drop is not None:
-        limits.append(
-            f"{unguided - objective.max_drop:.4f} (the unguided images' {unguided:.4f} minus {objective.max_drop:g})"
-        )
-    if objective.min_score is not None:
-        limits.append(f"{objective.min_score:g} (absolute)")
-    return (
-        f"the guard {guard.name} averaged {mean:.4f} on the {pairs} pairs, below its limit "
-        + " and ".join(limits)
-    )
-
-
-def search_rounds(
-    history: list[dict], baseline: float, explain: Callable[[dict], str] | None = None
-) -> tuple[list[str], list]:
-    """Report lines (rounds counted from 1) and the adopted selection. A round that does not beat the best
-    earlier selection (the unguided images first) is not adopted; a record's own `adopted` and `why` (from
-    `HeadSearch.greedy`) win. A round whose score is -inf says why through `explain(record)`."""
-    lines, selected, best = [], [], baseline
-    for number_, record in enumerate(history, start=1):
-        score = float(record["score"])
-        adopted = record.get("adopted", score > best)
-        added = ", ".join(record.get("added", []))
-        why = record.get("why") or ("adopted" if adopted else f"not adopted: not better than {best:.4f}")
-        validation = record.get("validation")
-        scores = score_text(score) + (
-            "" if validation is None else f" (validation {score_text(float(validation))})"
-        )
-        line = f"Round {number_}: added {added} → {scores}; {why}"
-        infinite = not math.isfinite(score) or (validation is not None and not math.isfinite(validation))
-        if infinite and explain is not None:
-            line += f". Guard: {explain(record)}"
-        lines.append(line)
-        if adopted:
-            selected, best = list(record["selected"]), max(best, score)
-    if not selected:
-        lines.append("No round beat the unguided image: no heads to use for this objective.")
-    return lines, selected
-
-
 class SearchRun:
     """One head search for the demo, run by `run` in a worker thread; `outputs()` reads, from any thread, what
     it has so far: the head map, the report, the found preset with its heads and w, and the progress in words.
@@ -775,31 +728,21 @@ class SearchRun:
         )
         name = self.objective.name
         self.report.append(f"Unguided {name}: **{search.baseline:.4f}** (higher is better)")
-        if self.sweep:
-            search.begin("Head map: every head perturbed alone")
-            scores = search.head_map()
-            path = self.out / "headmap.png"
-            self.head_map = str(head_map_png(scores, search.baseline, name, path))
-            best = sorted(scores, key=lambda h: -scores[h])[:5]
-            line = "Best single heads: " + ", ".join(f"{label((h,))} {score_text(scores[h])}" for h in best)
-            failed = [h for h in scores if not math.isfinite(scores[h])]
-            if failed:
-                line += (
-                    f". {len(failed)} head(s) failed the guard (score -inf; grey with a cross in the map), e.g. "
-                    f"{label((failed[0],))}: {guard_failure(search, (failed[0],), 'search')}"
-                )
-            self.report.append(line)
-        s = self.settings
-        search.begin(f"Greedy rounds (up to {s.rounds} of {s.k} head(s) each)")
-        history = search.greedy(s.k, s.rounds)
-        lines, selected = search_rounds(history, search.baseline, lambda r: _round_guard(search, r))
+
+        def finished(phase: str, result: SearchResult) -> None:
+            if phase == "head_map":  # shown while the greedy rounds run
+                path = self.out / "headmap.png"
+                self.head_map = str(head_map_png(result.head_map, search.baseline, name, path))
+                self.report.append(head_map_line(search, result.head_map))
+
+        result = run_search(search, self.sweep, begin=search.begin, finished=finished)
+        lines, _ = search_rounds(result.history, search.baseline, lambda r: round_guard(search, r))
         self.report += lines
-        if not selected:
+        s, target = self.settings, getattr(self.objective, "target", self.objective)
+        written = write_preset(self.out, result, s, self.use_strength, target.name, layout=search.layout)
+        if written is None:
             return
-        rounds = [{**r, "round": i} for i, r in enumerate(history, start=1)]
-        found = preset(selected, s, self.use_strength, {"unguided": search.baseline, "rounds": rounds},
-                       getattr(self.objective, "target", self.objective).name, layout=search.layout)  # fmt: skip
-        path = found.save(self.out / "preset.json")
+        found, path = written
         w = effective_scales(found, s.pag_scale)[0]
         self.found = (str(path), str(found), w)
         self.report.append(
@@ -828,36 +771,6 @@ class SearchRun:
     def outputs(self) -> tuple:
         """(head map PNG, report, preset file, heads with u, w, progress) as they stand."""
         return (self.head_map, "\n\n".join(self.report), *self.found, self.status())
-
-
-def profile_text(settings: SearchSettings) -> str:
-    """What a search profile set, in one line of the report (the validation pairs as they are for these pairs)."""
-    cfg = "off" if settings.guidance_scale <= 1 else f"{settings.guidance_scale:g}"
-    pairs = len(settings.prompts) * len(settings.seeds)
-    held = int(settings.validation * pairs)
-    if held:
-        validation = f"{held} of the {pairs} prompt-seed pairs held out to judge each round"
-    elif settings.validation:
-        validation = f"no pair held out ({settings.validation:.0%} of {pairs} is none): rounds judged on the search pairs"
-    else:
-        validation = "no validation pairs"
-    stop = (
-        "a round is adopted only if it beats the best earlier one"
-        if settings.early_stop
-        else "every round is adopted"
-    )
-    return (
-        f"Profile **{settings.profile}**: {settings.steps} steps, CFG {cfg}, w {settings.pag_scale:g}, search u "
-        f"{settings.strength:g}, {settings.k} head(s) per round, up to {settings.rounds} round(s), {validation}; "
-        f"{stop}."
-    )
-
-
-def _round_guard(search: HeadSearch, record: dict) -> str:
-    """Why a greedy round's tried set scored -inf: on its validation pairs where those judged it."""
-    validation = record.get("validation")
-    pairs = "validation" if validation is not None and not math.isfinite(validation) else "search"
-    return guard_failure(search, tuple(map(tuple, record["tried"])), pairs)
 
 
 # ------------------------------------------------------------------------------------------------------------
