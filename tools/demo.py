@@ -26,13 +26,14 @@ from guidance.config import STRUCTURED_SETTINGS, UPFUSION_SETTINGS, Setting, che
 from guidance.heads import HeadEntry, HeadGroup, short_repr
 from guidance.search import HeadSearch, SearchSettings, label
 from guidance.swap import denoiser_of
-from tools.search_run import (  # noqa: F401 (guard_failure, profile_text: the demo's names for app.py and tests)
+from tools.search_run import (  # noqa: F401 (guard_failure, profile_text, search_objective: for app.py and tests)
     SearchResult,
     guard_failure,
     head_map_line,
     profile_text,
     round_guard,
     run_search,
+    search_objective,
     search_rounds,
     write_preset,
 )
