@@ -144,7 +144,7 @@ def test_search_reports_rounds_from_one_and_use_copies_heads_u_and_w(client):
 
 def test_the_paper_profile_fills_k_and_rounds_and_turns_cfg_off(server):
     _, demo = server
-    assert demo_app.profile_fields("paper", demo.layout.arch)[:2] == (3, 5)
+    assert demo.profile_fields("paper")[:2] == (3, 5)
     settings = demo.search_settings("paper", ["a red circle"], 1, 3, 5, 2)
     assert (settings.guidance_scale, settings.validation, settings.early_stop) == (0.0, 0.0, False)
     about = tools.profile_text(settings)
