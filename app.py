@@ -35,7 +35,6 @@ import torch  # noqa: E402
 from guidance.config import GENERATION_SETTINGS, SEARCH_SETTINGS, STRUCTURED_SETTINGS  # noqa: E402
 from guidance.heads import printable  # noqa: E402
 from guidance.search import SEARCH_PROFILES  # noqa: E402
-from pipelines import HeadHunterPipeline  # noqa: E402
 from pipelines.loading import ModelFolderError  # noqa: E402
 from tools.demo import (  # noqa: E402
     DIFFERENCE_GAIN,
@@ -72,7 +71,7 @@ from tools.demo_model import (  # noqa: E402
 )
 from tools.demo_structured import StructuredModel  # noqa: E402
 from tools.demo_views import YOUR_IMAGES, ViewsModel  # noqa: E402
-from tools.settings import DEFAULT_MODEL, PRESETS, recommended_settings  # noqa: E402
+from tools.settings import DEFAULT_MODEL, PRESETS  # noqa: E402
 
 # The CFG sliders' top: the toy models' 3 and the paper's UpFusion 9 inside, in steps a hand can set; the checks
 # (and the API) take the whole range.
@@ -910,12 +909,9 @@ def main(argv: list[str] | None = None) -> None:
     structured = StructuredPrompts(args.structured_model or STRUCTURED_MODEL, args.device, args.dtype, limits)
     if args.structured_model and structured.reason:
         parser.exit(2, f"app.py: error: --structured-model {args.structured_model}: {structured.reason}\n")
-    model = args.model or str(DEFAULT_MODEL)
-    before_loading(recommended_settings(model).get("max_sequence_length"))
     try:
-        pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, args.dtype)).to(args.device)
-        pipe.set_progress_bar_config(disable=True)
-        demo = Demo(pipe, model, limits, name=args.model or "assets/toy-sd3")
+        demo = Demo.load(args.model or str(DEFAULT_MODEL), args.device, args.dtype, limits,
+                         name=args.model or "assets/toy-sd3")  # fmt: skip
     except ModelFolderError as error:  # one line naming the folder, the component and what to do
         parser.exit(2, f"app.py: error: {printable(str(error))}\n")
     app = build_app(demo, NovelViews(device=args.device, max_steps=limits.max_steps), structured)

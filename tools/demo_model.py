@@ -63,6 +63,7 @@ from tools.demo import (
     unused_head_settings,
     whole,
 )
+from tools.search_run import search_objective
 from tools.settings import (
     PRESETS,
     model_call_extras,
@@ -212,6 +213,18 @@ class DemoModel:
         self.default_preset = DEFAULT_PRESET if DEFAULT_PRESET in self.presets else CUSTOM
         self.scratch = Path(tempfile.mkdtemp(prefix="headhunter-demo-"))
         self._stops: dict[tuple[str, str], threading.Event] = {}
+
+    @classmethod
+    def load(
+        cls, model: str | Path, device: str, dtype: str, limits: Limits = Limits(), name: str | None = None
+    ):
+        """The model `model` (a folder or hub id) loaded on `device` in `dtype` (a torch dtype's name), without its
+        loading bars or the truncation notice at its trained T5 length; a folder that cannot serve raises
+        `ModelFolderError` naming the folder, the component and what to do."""
+        before_loading(recommended_settings(model).get("max_sequence_length"))
+        pipe = HeadHunterPipeline.from_pretrained(model, dtype=getattr(torch, dtype)).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, model, limits, name=name)
 
     def _compatible_presets(self, folder: Path) -> dict[str, HeadSelection]:
         """Presets in `folder` whose heads exist in the loaded model: name -> selection. Each file is read alone;
@@ -503,8 +516,6 @@ class DemoModel:
 
     def check_search(self, objective, prompts, seeds, k, rounds, steps, sweep, profile, guard):
         """(objective, settings) from the checked search inputs, before any work."""
-        from guidance.objectives import get_objective
-
         choice("Objective", objective, SEARCH_OBJECTIVES)
         prompts = text("Prompts", prompts, limit=MAX_SEARCH_PROMPTS * MAX_PROMPT_CHARS)
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
@@ -522,11 +533,8 @@ class DemoModel:
         guard = choice("Guard", guard, [NO_GUARD, *SEARCH_OBJECTIVES])
         if guard == objective:
             raise DemoInputError(f"Guard: {guard!r} is the objective itself; choose another guard or 'none'")
-        chosen = search_profile(profile, self.layout.arch)
         guard = None if guard == NO_GUARD else guard
-        min_score = chosen.min_score(guard)
-        max_drop = SEARCH_SETTINGS["max_drop"].default if min_score is None else None
-        obj = get_objective(objective, guard, max_drop, min_score, chosen.clip_prefix)
+        obj, _, _ = search_objective(objective, guard, search_profile(profile, self.layout.arch))
         settings = self.search_settings(profile, lines, seeds, k, rounds, steps)
         settings.objective = obj.name
         return obj, settings
