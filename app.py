@@ -298,7 +298,7 @@ class Demo(DemoModel):
     @shows_refusals
     def reuse(self, history: list, index: int | None):
         """The inputs that made the clicked gallery item."""
-        return super().reuse(history, index)
+        return self.gallery_inputs(history, index)
 
     def profile_fields(self, profile: str):
         """Choosing a profile: its k and rounds go into the inputs, and its settings are described."""

@@ -474,7 +474,7 @@ class DemoModel:
             return shown_at((w, h))
         return "small images enlarged with nearest neighbour to about 512 px; the note gives the factor"
 
-    def reuse(self, history: list, index: int | None):
+    def gallery_inputs(self, history: list, index: int | None):
         """The inputs that made gallery item `index`: prompt, seed, sizes, CFG, heads, w, window."""
         if index is None or not history or not 0 <= index < len(history):
             raise DemoInputError("Gallery: click an image in the gallery first")
