@@ -13,6 +13,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -158,7 +159,8 @@ class SoftPAGMixin:
         """Generate with the parent pipeline's arguments plus SoftPAG guidance.
 
         pag_heads: heads to perturb: "L1H10,L5H3", (layer, head[, u]) tuples, a HeadSelection or a preset JSON path.
-            None turns SoftPAG off (the parent pipeline runs unchanged).
+            None turns SoftPAG off (the parent pipeline runs unchanged; other `pag_*` arguments moved from their
+            defaults are named in a warning, since they then change nothing).
         pag_scale: guidance scale w of the perturbed branch (one per head group, or one for all).
         pag_strength: u for entries that carry none; 0 leaves a head untouched, 1 makes its map the identity.
         pag_identity: "joint" (identity over the whole joint sequence, the paper's) or "image" (only the
@@ -189,6 +191,10 @@ class SoftPAGMixin:
     ):  # fmt: skip
         """The call, with its scheduler held: the parent's alone without heads, else inside `SoftPAG.applied`."""
         if pag_heads is None and pag_heads_per_image is None:
+            _warn_unused(
+                pag_scale=pag_scale, pag_strength=pag_strength, pag_identity=pag_identity, pag_start=pag_start,
+                pag_stop=pag_stop, pag_shared_prefix=pag_shared_prefix, pag_every=pag_every, pag_branch=pag_branch,
+            )  # fmt: skip
             return super().__call__(*args, **kwargs)
         config = SoftPAGConfig.from_call(
             pag_heads=pag_heads, pag_scale=pag_scale, pag_strength=pag_strength, pag_identity=pag_identity,
@@ -202,6 +208,27 @@ class SoftPAGMixin:
         pag = SoftPAG(denoiser_of(self), config, name, self._to_prediction(), self.generic_adapter)
         with pag.applied(self, self._cond_rows(kwargs), self._rescales):
             return super().__call__(*args, **kwargs)
+
+
+def _warn_unused(**given) -> None:
+    """Warn, naming them, about `pag_*` arguments moved from their defaults in a call without heads: SoftPAG is off
+    there, so they change nothing (an option is never ignored silently)."""
+    moved = [f"{name}={value!r}" for name, value in given.items() if _differs(value, _DEFAULTS[name])]
+    if moved:
+        warnings.warn(
+            f"{', '.join(moved)}: no effect without pag_heads (SoftPAG is off in this call); give pag_heads, "
+            "or a preset, to perturb heads",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _differs(value, default) -> bool:
+    """Whether `value` is not the default (anything that cannot be compared, e.g. an array, counts as moved)."""
+    try:
+        return bool(value != default)
+    except Exception:
+        return True
 
 
 def _parent_default(cls: type, name: str):

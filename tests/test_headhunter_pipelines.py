@@ -440,3 +440,20 @@ def test_a_recorded_negative_prompt_follows_a_list_of_prompts():
     alone = pipe("a blue circle", generator=torch.Generator().manual_seed(1), **call).images
     assert both.shape[0] == 2
     np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+
+
+def test_pag_settings_without_heads_warn_by_name_and_change_nothing(loaded):
+    """SoftPAG is off without pag_heads: moved pag_* settings are named in a warning (never ignored silently), and
+    the image is the plain one; a call leaving them at their defaults does not warn."""
+    import warnings
+
+    pipe = loaded("sd3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = pipe("a red circle", generator=torch.Generator().manual_seed(0), **CALL).images
+    assert not [w for w in caught if "pag_heads" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"pag_scale=5\.0, pag_stop=0\.5: no effect without pag_heads"):
+        moved = pipe(
+            "a red circle", generator=torch.Generator().manual_seed(0), pag_scale=5.0, pag_stop=0.5, **CALL
+        ).images
+    np.testing.assert_array_equal(moved, plain)
