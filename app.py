@@ -45,7 +45,6 @@ from tools.demo import (  # noqa: E402
     VIEW_SETTINGS,
     DemoInputError,
     Stopped,
-    guidance_record,  # noqa: F401 (tests/test_settings.py reads the demo's record from here)
 )
 from tools.demo_api import ApiInput, check_inputs  # noqa: E402
 from tools.demo_model import (  # noqa: E402
@@ -62,7 +61,6 @@ from tools.demo_model import (  # noqa: E402
     SEARCH_K,
     SEARCH_OBJECTIVES,
     SEARCH_ROUNDS,
-    SEARCH_USE_STRENGTH,  # noqa: F401 (tests/test_architecture.py checks it against the search settings)
     STOPPED,
     DemoModel,
     Limits,

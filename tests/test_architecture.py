@@ -297,7 +297,9 @@ def test_search_defaults_agree_on_every_surface(demo_inputs):
     )
     assert components["search-k"].value == SEARCH_SETTINGS["k"].default
     assert components["search-rounds"].value == SEARCH_SETTINGS["rounds"].default
-    assert app.SEARCH_USE_STRENGTH == SEARCH_SETTINGS["use_strength"].default
+    from tools.demo_model import SEARCH_USE_STRENGTH
+
+    assert SEARCH_USE_STRENGTH == SEARCH_SETTINGS["use_strength"].default
 
 
 def test_upfusion_defaults_agree_on_every_surface(demo_inputs, tmp_path):

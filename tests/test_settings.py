@@ -72,16 +72,16 @@ def test_model_names_are_never_absolute_paths_of_this_machine(tmp_path, monkeypa
 
 
 def test_the_record_serves_the_demo(tmp_path):
-    """The demo's own record (app.guidance_record, which the demo's tests check) is a part of image_record's."""
-    import app
+    """The demo's own record (tools.demo.guidance_record, which the demo's tests check) is a part of image_record's."""
     from guidance.heads import HeadSelection
+    from tools.demo import guidance_record
 
     selection = HeadSelection.parse("style: L0H1=0.25, L1H0")
     pag = {"pag_scale": 1.5, "pag_strength": 1.0, "pag_identity": "image", "pag_start": 0.1, "pag_stop": 0.9}
     record = image_record(
         "sd3", {"prompt": "a red circle", "seed": 3}, {**pag, "pag_heads": selection}, "custom"
     )
-    expected = app.guidance_record(selection, pag)
+    expected = guidance_record(selection, pag)
     assert {k: record[k] for k in expected} == expected and record["pag_preset"] == "custom"
     assert record["model"] == "sd3" and record["guidance"] == "softpag"
 
