@@ -51,8 +51,10 @@ from tools.settings import (
     check_structured,
     image_record,
     output_images,
+    pipeline_call,
     record_parameters,
     save_png,
+    with_true_cfg,
     write_atomically,
 )
 
@@ -548,6 +550,8 @@ class BatchRunner:
         """(call arguments, SoftPAG keywords or None) of an item, as the pipeline gets them."""
         settings = item.settings
         call = {**self.extras, **{k: settings[k] for k in CALL_KEYS if settings.get(k) is not None}}
+        if self.pipe is not None:
+            call = with_true_cfg(call, self.pipe)  # a true-CFG model's CFG is the job's guidance_scale
         if not settings.get("pag_heads"):
             return call, None
         return call, {
@@ -576,6 +580,7 @@ class BatchRunner:
         generators = [torch.Generator().manual_seed(item.seed) for item in group]
         prompts = [item.settings["prompt"] for item in group]
         # the prompt by name (FLUX.2's first positional argument is an input image); a video as its frames
+        call = pipeline_call(call, self.pipe)
         return output_images(self.pipe(prompt=prompts, generator=generators, **call, **(pag or {})))
 
     def check_done(self, items: list[Item], redo_changed: bool = False) -> None:

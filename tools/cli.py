@@ -43,6 +43,7 @@ from tools.settings import (
     model_name,
     model_vocabulary,
     output_images,
+    pipeline_call,
     png_target,
     read_png_record,
     read_presets,
@@ -52,7 +53,9 @@ from tools.settings import (
     record_parameters,
     resolve_heads,
     save_png,
+    search_with_true_cfg,
     structured_support,
+    with_true_cfg,
 )
 
 TYPES = {"number": float, "integer": int, "text": str}
@@ -289,10 +292,11 @@ def _write(pipe, path: Path, image: _Image) -> None:
     """Make `image` with `pipe` and write it with its record (a video as an animated PNG)."""
     import torch
 
-    call = {k: v for k, v in image.made.items() if k != "seed" and not (k == "noun_phrases" and not v)}
-    generator = torch.Generator(device="cpu").manual_seed(image.made["seed"])
-    picture = output_images(pipe(generator=generator, **call, **image.pag))[0]
-    record = {**image_record(image.model, image.made, image.pag), **image.kept}
+    made = with_true_cfg(image.made, pipe)
+    call = {k: v for k, v in made.items() if k != "seed" and not (k == "noun_phrases" and not v)}
+    generator = torch.Generator(device="cpu").manual_seed(made["seed"])
+    picture = output_images(pipe(generator=generator, **pipeline_call(call, pipe), **image.pag))[0]
+    record = {**image_record(image.model, made, image.pag), **image.kept}
     save_png(picture, path, record_parameters(record), record)
     print(path)
 
@@ -472,6 +476,7 @@ def _search(args: argparse.Namespace) -> int:
         identity=args.pag_identity, batch=args.batch, k=args.k, rounds=args.rounds, model=model_name(args.model),
         objective=objective.name, extra=model_call_extras(model),
     )  # fmt: skip
+    settings = search_with_true_cfg(settings, pipe)
     done = search_to_folder(pipe, objective, settings, Path(args.out), sweep=args.sweep, layers=args.layers,
                             use_strength=args.use_strength, name=args.objective,
                             guard=guard_words(args.guard, max_drop, min_score))  # fmt: skip

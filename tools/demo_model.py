@@ -67,10 +67,13 @@ from tools.search_run import search_objective
 from tools.settings import (
     PRESETS,
     model_call_extras,
+    pipeline_call,
     png_parameters,
     read_presets,
     recommended_settings,
     save_png,
+    search_with_true_cfg,
+    with_true_cfg,
 )
 
 Progress = Callable[[object, str], None]  # progress(a fraction or (done, total), what is running)
@@ -317,7 +320,7 @@ class DemoModel:
         )
         if negative:
             call["negative_prompt"] = negative
-        return call
+        return with_true_cfg(call, self.pipe)  # a true-CFG model's CFG is the slider's
 
     def check_guidance(
         self,
@@ -416,7 +419,10 @@ class DemoModel:
 
         try:
             output = self.pipe(
-                generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step, **call, **pag
+                generator=torch.Generator().manual_seed(seed),
+                callback_on_step_end=on_step,
+                **pipeline_call(call, self.pipe),
+                **pag,
             )
         except PIPELINE_REFUSALS as error:
             raise DemoInputError(str(error)) from None
@@ -509,10 +515,11 @@ class DemoModel:
         defaults = dict(steps=self.default_steps, size=height if height == width else None,
                         guidance_scale=float(self.default_cfg))  # fmt: skip
         size = height if self.sizes.trained_only and height == width else None
-        return SearchSettings.from_profile(
+        settings = SearchSettings.from_profile(
             profile, self.layout.arch, prompts, list(range(seeds)), defaults, steps=steps, k=k, rounds=rounds,
             size=size, model=self.name, extra=self.extras,
         )  # fmt: skip
+        return search_with_true_cfg(settings, self.pipe)
 
     def check_search(self, objective, prompts, seeds, k, rounds, steps, sweep, profile, guard):
         """(objective, settings) from the checked search inputs, before any work."""

@@ -8,7 +8,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from guidance.config import SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, SoftPAGConfig, StructuredError
@@ -82,6 +82,47 @@ def model_call_extras(model: str | Path) -> dict:
     if "true_cfg_scale" in extras:
         extras["negative_prompt"] = ""
     return extras
+
+
+def takes_true_cfg(pipe) -> bool:
+    """Whether `pipe` does its CFG through `true_cfg_scale` and ignores `guidance_scale`: a pipeline whose CFG
+    argument is `true_cfg_scale` (FLUX.1, Qwen-Image) on a denoiser without a guidance embedding (Qwen-Image,
+    FLUX.1 schnell, the toy FLUX). FLUX.1 dev keeps `guidance_scale` as its distilled guidance."""
+    from guidance.swap import denoiser_of
+
+    if getattr(type(pipe), "_cfg_argument", None) != "true_cfg_scale":
+        return False
+    return not getattr(denoiser_of(pipe).config, "guidance_embeds", False)
+
+
+def with_true_cfg(call: dict, pipe) -> dict:
+    """`call` with the front ends' one CFG scale, `guidance_scale`, where `pipe` takes it: on a pipeline that
+    `takes_true_cfg` it is copied to `true_cfg_scale` (with an empty negative prompt where none is given, which
+    turns that CFG on), so the value a user sets is the one sampled and recorded (before, the folder's recorded
+    `true_cfg_scale` won and the flag or slider changed nothing). Other pipelines: `call` as it is."""
+    if "guidance_scale" not in call or not takes_true_cfg(pipe):
+        return call
+    out = dict(call, true_cfg_scale=call["guidance_scale"])
+    if out.get("negative_prompt") is None:
+        out["negative_prompt"] = ""
+    return out
+
+
+def pipeline_call(call: dict, pipe) -> dict:
+    """The arguments `pipe` gets for a `with_true_cfg` call: without `guidance_scale` where `pipe` ignores it
+    (Qwen-Image would print a notice that it does); it stays in the record."""
+    if "guidance_scale" in call and takes_true_cfg(pipe):
+        return {k: v for k, v in call.items() if k != "guidance_scale"}
+    return call
+
+
+def search_with_true_cfg(settings, pipe):
+    """A head search's `SearchSettings` where `pipe` `takes_true_cfg`: the search's CFG also as `true_cfg_scale`
+    in its extra call arguments (the CLI's and the demo's searches)."""
+    if not takes_true_cfg(pipe):
+        return settings
+    extra = with_true_cfg({**settings.extra, "guidance_scale": settings.guidance_scale}, pipe)
+    return replace(settings, extra={k: v for k, v in extra.items() if k != "guidance_scale"})
 
 
 def recommended_call(model: str | Path, steps: int = 20, guidance_scale: float = 5.0) -> dict:
