@@ -459,23 +459,33 @@ def _guard_failed_mark(draw: ImageDraw.ImageDraw, x: int, y: int, size: int) -> 
     draw.line([(x + 3, y + size - 4), (x + size - 4, y + 3)], fill=GUARD_FAILED_MARK, width=2)
 
 
-def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | Path, cell: int = 32) -> Path:
-    """A layers x heads PNG of score - baseline (blue below, white at the baseline, red above), with a legend: the
-    colour scale with its values, and the mark of a head whose guard objective failed (its score -inf: grey,
-    hatched, crossed), which no score's colour resembles."""
+def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | Path, cell: int = 32,
+            title: str | None = None) -> Path:  # fmt: skip
+    """The head map, the one picture of it (the command's headmap.png and the demo's): a layers x heads PNG of
+    score - baseline (blue below, white at the baseline, red above), `cell` px a head, titled with `title` (the
+    objective's name) where given, with a legend: the colour scale with its values, and the mark of a head whose
+    guard objective failed (its score -inf: grey, hatched, crossed), which no score's colour resembles, with how
+    many heads failed."""
     from PIL import ImageFont
 
     layers = sorted({layer for layer, _ in scores})
     heads = sorted({head for _, head in scores})
     finite = [v - baseline for v in scores.values() if math.isfinite(v)]
+    failed = len(scores) - len(finite)
     span = max((abs(v) for v in finite), default=1.0) or 1.0
     font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
     bar_x, bar_h = MAP_LEFT + cell * len(heads) + 28, 200
-    width = max(bar_x + 150, 480)
+    lines = [f"score - unguided ({baseline:.4g}), per head: red raises it, blue lowers it"]
+    if title is not None:
+        lines.insert(0, f"Head map: {title}, each head perturbed alone")
+    failed_text = f"guard failed (score -inf): {failed} head(s)"
+    width = max(bar_x + 150, bar_x + 36 + round(small.getlength(failed_text)), 480,
+                16 + max(round(font.getlength(line)) for line in lines))  # fmt: skip
     height = max(MAP_TOP + cell * len(layers) + 16, MAP_TOP + bar_h + 70)
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((8, 8), f"score - unguided ({baseline:.4g}), per head", fill="black", font=font)
+    for i, line in enumerate(lines):
+        draw.text((8, 6 + 18 * i), line, fill="black", font=font)
     for (layer, head), value in scores.items():
         x, y = MAP_LEFT + heads.index(head) * cell, MAP_TOP + layers.index(layer) * cell
         if math.isfinite(value):
@@ -503,7 +513,7 @@ def heatmap(scores: dict[tuple[int, int], float], baseline: float, path: str | P
         draw.text((bar_x + 28, y), text, fill="black", font=small, anchor="lm")
     draw.text((bar_x, MAP_TOP - 22), "score - unguided", fill="black", font=small)
     _guard_failed_mark(draw, bar_x, MAP_TOP + bar_h + 16, 20)
-    draw.text((bar_x + 28, MAP_TOP + bar_h + 26), "guard failed", fill="black", font=small, anchor="lm")
+    draw.text((bar_x + 28, MAP_TOP + bar_h + 26), failed_text, fill="black", font=small, anchor="lm")
     path = Path(path)
     image.save(path)
     return path

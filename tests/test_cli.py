@@ -133,8 +133,9 @@ def test_search_command_writes_preset_heatmap_report(tiny_folder, tmp_path):
     assert len(data["scores"]["head_map"]) == 16 and len(data["scores"]["layers"]) == 4
     from guidance.search import MAP_LEFT, MAP_TOP
 
-    width, height = Image.open(out / "headmap.png").size  # 4 x 4 cells of 32 px, the legend to their right
-    assert width >= MAP_LEFT + 4 * 32 + 150 and height >= MAP_TOP + 4 * 32
+    image = Image.open(out / "headmap.png").convert("L")  # 4 x 4 cells of 32 px, the legend to their right
+    assert image.width >= MAP_LEFT + 4 * 32 + 150 and image.height >= MAP_TOP + 4 * 32
+    assert min(image.crop((8, 24, 300, 40)).getdata()) < 100  # titled with the objective, as the demo's map
     assert "round 1" in (out / "report.md").read_text()
     # The found preset drives generation.
     assert main(["generate", "x", "--model", tiny_folder("sd3"), "--out", str(tmp_path / "g.png"), "--steps", "1",

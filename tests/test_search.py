@@ -263,6 +263,20 @@ def test_outputs(tmp_path):
     assert any(p != (255, 255, 255) for p in legend)
     marks = {image.getpixel((bar_x + i, MAP_TOP + 216 + j)) for i in range(20) for j in range(20)}
     assert GUARD_FAILED_FILL in marks and GUARD_FAILED_MARK in marks
+    # Untitled (the benchmark's): one line of words above the map; titled (the command's and the demo's, with the
+    # objective's name): two, the picture widened to the title, the map and legend where they were.
+    assert min(image.crop((8, 24, 300, 40)).convert("L").getdata()) > 200
+    long = "saturation (guard brightness >= 2) " * 2
+    titled = Image.open(heatmap(scores, 0.5, tmp_path / "titled.png", title=long)).convert("RGB")
+    assert min(titled.crop((8, 24, 300, 40)).convert("L").getdata()) < 100
+    assert (
+        titled.width > image.width
+        and min(titled.crop((titled.width - 40, 4, titled.width, 24)).convert("L").getdata()) < 100
+    )
+    assert (
+        titled.crop((0, MAP_TOP - 8, image.width, image.height)).tobytes()
+        == image.crop((0, MAP_TOP - 8, image.width, image.height)).tobytes()
+    )
     sel = preset([(0, 1), (1, 1)], settings(model="tiny", objective="red"), 0.5, {"best": 0.7})
     path = sel.save(tmp_path / "p.json")
     data = json.loads(path.read_text())

@@ -332,7 +332,7 @@ def search_to_folder(pipe, objective, settings: SearchSettings, out: Path, *, sw
 
     def finished(phase: str, result: SearchResult) -> None:
         if phase == "head_map" and search.rank == 0:
-            heatmap(result.head_map, search.baseline, out / "headmap.png")
+            heatmap(result.head_map, search.baseline, out / "headmap.png", title=objective.name)
 
     result = run_search(search, sweep, layers, finished=finished)
     if search.rank != 0:
