@@ -10,7 +10,6 @@ Gradio error.
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 import time
@@ -24,7 +23,7 @@ from PIL import Image, ImageDraw
 from guidance import SOFTPAG_SETTINGS, HeadSelection, HeadSelectionError
 from guidance.config import STRUCTURED_SETTINGS, UPFUSION_SETTINGS, Setting, check_text
 from guidance.heads import HeadEntry, HeadGroup, short_repr
-from guidance.search import HeadSearch, SearchSettings, label
+from guidance.search import HeadSearch, SearchSettings, heatmap, label
 from guidance.swap import denoiser_of
 from tools.search_run import (  # noqa: F401 (guard_failure, profile_text, search_objective: for app.py and tests)
     SearchResult,
@@ -503,78 +502,11 @@ def side_by_side(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.I
     return out
 
 
-def _diverging(t: float) -> tuple[int, int, int]:
-    """Blue (-1) - white (0) - red (+1)."""
-    t = max(-1.0, min(1.0, t))
-    fade = int(255 * (1 - abs(t)))
-    return (255, fade, fade) if t >= 0 else (fade, fade, 255)
-
-
-GUARD_FAILED = (150, 150, 150)  # grey with a black cross: a head whose guard objective failed (score -inf)
-
-
-def _cross(draw: ImageDraw.ImageDraw, x: int, y: int, size: int) -> None:
-    draw.line([x + 3, y + 3, x + size - 4, y + size - 4], fill="black", width=2)
-    draw.line([x + 3, y + size - 4, x + size - 4, y + 3], fill="black", width=2)
-
-
-def head_map_png(scores: dict, baseline: float, objective: str, path: Path, cell: int = 22) -> Path:
-    """The head map: layers x heads of (score - unguided), a symmetric colour bar centred on 0, a title and a
-    legend; a head whose guard objective failed (score -inf) is grey with a cross, not "hurts most"."""
-    layers = sorted({layer for layer, _ in scores})
-    heads = sorted({head for _, head in scores})
-    finite = [v - baseline for v in scores.values() if math.isfinite(v)]
-    failed = [key for key, v in scores.items() if not math.isfinite(v)]
-    span = max((abs(v) for v in finite), default=0.0) or 1e-6
-    left, top, bar = 36, 48, 16
-    grid_w, grid_h = cell * len(heads), cell * len(layers)
-    height = max(grid_h, 120)
-    legend_y = top + height + 28
-    title = f"Head map: {objective}, each head perturbed alone"
-    image = Image.new(
-        "RGB", (max(left + grid_w + 24 + bar + 70, 330, 12 + 6 * len(title)), legend_y + 64), "white"
-    )
-    draw = ImageDraw.Draw(image)
-    draw.text((6, 6), title, fill="black")
-    draw.text((6, 22), "colour = score minus unguided (red helps, blue hurts)", fill="black")
-    for (layer, head), value in scores.items():
-        x, y = left + heads.index(head) * cell, top + layers.index(layer) * cell
-        if math.isfinite(value):
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_diverging((value - baseline) / span))
-        else:
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=GUARD_FAILED)
-            _cross(draw, x, y, cell)
-    for i, head in enumerate(heads):
-        draw.text((left + i * cell + 3, top + grid_h + 4), f"H{head}", fill="black")
-    for i, layer in enumerate(layers):
-        draw.text((4, top + i * cell + 5), f"L{layer}", fill="black")
-    bx = left + grid_w + 24
-    for y in range(height):
-        draw.line([bx, top + y, bx + bar, top + y], fill=_diverging(1 - 2 * y / (height - 1)))
-    for y, value in ((0, span), (height // 2, 0.0), (height - 1, -span)):
-        draw.text((bx + bar + 4, top + y - 6), f"{value:+.3g}", fill="black")
-    draw.text((bx - 4, top + height + 8), "score - unguided", fill="black")
-    _legend(
-        draw,
-        6,
-        legend_y,
-        [
-            ((255, 0, 0), None, "red: raises the objective most (top of the bar)"),
-            ((0, 0, 255), None, "blue: lowers it most"),
-            (GUARD_FAILED, "cross", f"guard failed (score -inf): {len(failed)} head(s)"),
-        ],
-    )
-    image.save(path)
-    return path
-
-
 def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, entries: list) -> None:
-    """Legend rows: a swatch (with a cross where asked) and its words."""
-    for i, (colour, mark, words) in enumerate(entries):
+    """Legend rows: a swatch and its words."""
+    for i, (colour, words) in enumerate(entries):
         top = y + i * 20
         draw.rectangle([x, top, x + 15, top + 15], fill=colour, outline="black")
-        if mark == "cross":
-            _cross(draw, x, top, 16)
         draw.text((x + 22, top + 2), words, fill="black")
 
 
@@ -612,14 +544,14 @@ def chosen_heads_png(selection: HeadSelection | None, heads_per_layer: dict, pat
             shade = tuple(int(255 - (255 - c) * (0.25 + 0.75 * u)) for c in colour)
             x, y = left + h.head * cell, top + sorted(layers).index(h.layer) * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline="black")
-    entries = [((255, 255, 255), None, "empty: untouched head")]
+    entries = [((255, 255, 255), "empty: untouched head")]
     entries += [
-        (GROUP_COLOURS[g % len(GROUP_COLOURS)], None, f"group '{group.name}': {len(group.heads)} head(s)")
+        (GROUP_COLOURS[g % len(GROUP_COLOURS)], f"group '{group.name}': {len(group.heads)} head(s)")
         for g, group in enumerate(groups)
     ]
-    entries.append(((255, 255, 255), None, "paler fill = smaller strength u (u = 1 full colour)"))
+    entries.append(((255, 255, 255), "paler fill = smaller strength u (u = 1 full colour)"))
     if others:
-        entries.append(((255, 255, 255), None, "also: " + ", ".join(h.label for h in others)[:60]))
+        entries.append(((255, 255, 255), "also: " + ", ".join(h.label for h in others)[:60]))
     _legend(draw, 6, legend_y, entries)
     image.save(path)
     return path
@@ -733,7 +665,7 @@ class SearchRun:
         def finished(phase: str, result: SearchResult) -> None:
             if phase == "head_map":  # shown while the greedy rounds run
                 path = self.out / "headmap.png"
-                self.head_map = str(head_map_png(result.head_map, search.baseline, name, path))
+                self.head_map = str(heatmap(result.head_map, search.baseline, path, title=name))
                 self.report.append(head_map_line(search, result.head_map))
 
         result = run_search(search, self.sweep, begin=search.begin, finished=finished)
