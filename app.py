@@ -239,8 +239,10 @@ class Demo(DemoModel):
 
     @shows_refusals
     def choose_preset(self, preset: str):
-        """Picking a preset: its heads and w go into the inputs."""
-        return self.chosen_preset(preset)
+        """Picking a preset: its heads and w go into the inputs, and a named preset's recommended head settings
+        (or the defaults) into the identity, start, stop, every and branch inputs, so they show what applies."""
+        settings = self.preset_head_settings(preset)
+        return (*self.chosen_preset(preset), *(settings if settings is not None else (gr.skip(),) * 5))
 
     @shows_refusals
     def read_preset_file(self, path: str | None):
@@ -566,8 +568,12 @@ def _generate_tab(demo: Demo) -> dict:
 
 def _wire_generate_inputs(demo: Demo, ui: dict, inputs: list, history, picked, last_seed) -> None:
     """Preset <-> heads/w, the heads map, seed buttons, gallery reuse, preset upload (none an API endpoint)."""
-    ui["preset"].input(demo.choose_preset, [ui["preset"]], [ui["heads"], ui["pag_scale"]], **PRIVATE)
-    for edited in ("heads", "pag_scale", "strength"):
+    head_settings = [ui[k] for k in ("identity", "start", "stop_at", "every", "branch")]
+    ui["preset"].input(
+        demo.choose_preset, [ui["preset"]], [ui["heads"], ui["pag_scale"], *head_settings], **PRIVATE
+    )
+    # an input moved by hand makes the call the user's own: "custom", no preset settings filled in behind it
+    for edited in ("heads", "pag_scale", "strength", "identity", "start", "stop_at", "every", "branch"):
         ui[edited].input(lambda: CUSTOM, None, [ui["preset"]], **PRIVATE)
     ui["heads"].change(demo.heads_map, [ui["heads"]], [ui["heads_map"]], **PRIVATE)
     ui["random_seed"].click(random_seed, None, [ui["seed"]], **PRIVATE)

@@ -83,3 +83,24 @@ def test_a_preset_s_recommended_settings_apply_in_the_demo_and_are_recorded(
     monkeypatch.chdir(elsewhere)
     assert main(["generate", "--from-png", "made.png", "--out", "again.png"]) == 0
     assert np.array_equal(np.asarray(Image.open("again.png")), np.asarray(Image.open("made.png")))
+
+
+def test_picking_a_preset_shows_its_recommended_head_settings(server):
+    """The inputs show what applies: a preset's recommended stop (and the defaults for the rest) go into the head
+    settings when it is picked; custom leaves them as they are."""
+    import gradio as gr
+
+    _, demo = server
+    demo.presets["with-settings"] = HeadSelection.parse(
+        {"settings": {"pag_stop": 0.5, "pag_every": 2}, "groups": [{"name": "g", "heads": ["L0H1"]}]}
+    )
+    try:
+        heads, w, *settings = demo.choose_preset("with-settings")
+    finally:
+        del demo.presets["with-settings"]
+    defaults = {k: SOFTPAG_SETTINGS[k].default for k in ("pag_identity", "pag_start", "pag_branch")}
+    assert settings == [defaults["pag_identity"], defaults["pag_start"], 0.5, 2, defaults["pag_branch"]]
+    assert heads == "g: L0H1=1"
+    custom = demo.choose_preset("custom")
+    assert custom[:2] == ("", SOFTPAG_SETTINGS["pag_scale"].default)
+    assert all(isinstance(value, type(gr.skip())) for value in custom[2:]) and len(custom) == 7

@@ -264,6 +264,15 @@ class DemoModel:
         """Picking a preset in the menu (custom or a compatible one): its heads and w for the inputs."""
         return self.preset_values(choice("Preset", preset, [CUSTOM, *self.presets]))
 
+    def preset_head_settings(self, preset: str) -> tuple | None:
+        """(identity, start, stop, every, branch) a named preset's call uses: its recommended `"settings"`, the
+        defaults for the others, so the inputs show what will apply; None for custom (the inputs stay)."""
+        if choice("Preset", preset, [CUSTOM, *self.presets]) == CUSTOM:
+            return None
+        recommended = self.presets[preset].metadata.get("settings", {})
+        names = ("pag_identity", "pag_start", "pag_stop", "pag_every", "pag_branch")
+        return tuple(recommended.get(name, PAG[name.removeprefix("pag_")].default) for name in names)
+
     def preset_file_values(self, path: str) -> tuple[str, float, str]:
         """An uploaded preset: (its heads, its w, "custom"), read with the shipped presets' checks."""
         file = Path(path)
