@@ -41,7 +41,7 @@ from guidance.config import (
     Setting,
     check_window,
 )
-from guidance.heads import HeadSelection, HeadSelectionError, short_repr
+from guidance.heads import PRESET_SETTINGS, HeadSelection, HeadSelectionError, short_repr
 from guidance.ranks import barrier, process_index
 from guidance.strictjson import integer, loads_strict, refused_values
 from tools.settings import (
@@ -49,6 +49,7 @@ from tools.settings import (
     OutputError,
     StructuredSupport,
     check_structured,
+    explicit_over_preset,
     image_record,
     output_images,
     pipeline_call,
@@ -121,6 +122,7 @@ class Item:
     line: int
     seed: int
     settings: dict
+    explicit: tuple[str, ...] = ()  # the preset settings its job line or the run's defaults give explicitly
 
     @property
     def file(self) -> str:
@@ -309,8 +311,9 @@ def plan(
         seen[ident] = n
         base_seed = resolved.get("seed", int(hashlib.sha1(ident.encode()).hexdigest()[:8], 16))
         settings = {k: v for k, v in resolved.items() if k not in ("id", "seed", "num_images")}
+        explicit = tuple(sorted((set(job) | set(defaults)) & set(PRESET_SETTINGS)))
         for k in range(resolved["num_images"]):
-            items.append(Item(f"{ident}-{k}", n, base_seed + k, settings))
+            items.append(Item(f"{ident}-{k}", n, base_seed + k, settings, explicit))
     if problems and not skip_invalid:
         raise JobFileError(str(path), problems)
     return items, problems
@@ -494,7 +497,9 @@ def batches(items: list[Item], size: int) -> Iterator[list[Item]]:
     written group whole, so every image is the one an uninterrupted run makes (see docs/reliability.md)."""
     groups: dict[str, list[Item]] = {}
     for item in items:
-        key = json.dumps({k: v for k, v in item.settings.items() if k != "prompt"}, sort_keys=True)
+        key = json.dumps(
+            [{k: v for k, v in item.settings.items() if k != "prompt"}, item.explicit], sort_keys=True
+        )
         group = groups.setdefault(key, [])
         group.append(item)
         if len(group) == size:
@@ -546,35 +551,34 @@ class BatchRunner:
         with self._accelerate.split_between_processes(items) as share:
             return list(share)
 
-    def _call(self, item: Item) -> tuple[dict, dict | None]:
-        """(call arguments, SoftPAG keywords or None) of an item, as the pipeline gets them."""
+    def _call(self, item: Item) -> tuple[dict, dict | None, dict]:
+        """(call arguments, SoftPAG keywords or None, record entries) of an item, as the pipeline gets them; a
+        preset setting the job gives explicitly wins over the preset's (`explicit_over_preset`)."""
         settings = item.settings
         call = {**self.extras, **{k: settings[k] for k in CALL_KEYS if settings.get(k) is not None}}
         if self.pipe is not None:
             call = with_true_cfg(call, self.pipe)  # a true-CFG model's CFG is the job's guidance_scale
         if not settings.get("pag_heads"):
-            return call, None
-        return call, {
-            **{k: settings[k] for k in PAG_KEYS},
-            "pag_heads": self.resolve_heads(settings["pag_heads"]),
-        }
+            return call, None, {}
+        pag = {**{k: settings[k] for k in PAG_KEYS}, "pag_heads": self.resolve_heads(settings["pag_heads"])}
+        return (call, *explicit_over_preset(pag, set(item.explicit)))
 
     def expected(self, item: Item) -> dict:
         """The manifest record (but its time) of an item made now: `image_record` and where it was written."""
-        call, pag = self._call(item)
+        call, pag, kept = self._call(item)
         prompt = item.settings["prompt"]
         if call.get("structured"):
             from pipelines.structured import structured_phrases
 
             call["noun_phrases"] = structured_phrases(prompt)  # recorded; the call parses the prompt again
-        made = image_record(self.model, {"prompt": prompt, "seed": item.seed, **call}, pag)
+        made = {**image_record(self.model, {"prompt": prompt, "seed": item.seed, **call}, pag), **kept}
         return {"id": item.id, "file": item.file, "line": item.line, **made, "batch_size": self.batch_size,
                 "version": self.version}  # fmt: skip
 
     def _generate(self, group: list[Item]):
         import torch
 
-        call, pag = self._call(group[0])
+        call, pag, _ = self._call(group[0])
         if call.get("negative_prompt") is not None:
             call["negative_prompt"] = [call["negative_prompt"]] * len(group)
         generators = [torch.Generator().manual_seed(item.seed) for item in group]

@@ -41,11 +41,19 @@ def require_ray():
 
 
 def _item_row(item: Item) -> dict:
-    return {"id": item.id, "line": item.line, "seed": item.seed, "settings": item.settings}
+    return {
+        "id": item.id,
+        "line": item.line,
+        "seed": item.seed,
+        "settings": item.settings,
+        "explicit": item.explicit,
+    }
 
 
 def _items(text: str) -> list[Item]:
-    return [Item(r["id"], r["line"], r["seed"], r["settings"]) for r in json.loads(text)]
+    return [
+        Item(r["id"], r["line"], r["seed"], r["settings"], tuple(r["explicit"])) for r in json.loads(text)
+    ]
 
 
 class _Generate:

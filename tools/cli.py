@@ -37,6 +37,7 @@ from tools.settings import (
     check_model,
     check_structured,
     check_writable_folder,
+    explicit_over_preset,
     folder_heads_per_layer,
     image_record,
     model_call_extras,
@@ -318,7 +319,10 @@ def _from_flags(args: argparse.Namespace) -> tuple[_Image, str]:
 
         made["noun_phrases"] = structured_phrases(generation.prompt)  # the ones the call finds, recorded
     pag = {**{s.name: getattr(args, s.name) for s in PAG_FLAGS}, "pag_heads": heads} if heads else {}
-    return _Image(args.model, made, pag, {}), model
+    pag, kept = explicit_over_preset(
+        pag, getattr(args, "explicit", set())
+    )  # --pag-stop 1.0 over a preset's 0.3
+    return _Image(args.model, made, pag, kept), model
 
 
 # What a --from-png flag given explicitly replaces in the record: generation settings by name, SoftPAG below.

@@ -21,7 +21,8 @@ __all__ = [
     "check_model", "check_structured", "check_writable_folder", "folder_heads_per_layer", "image_record", "list_presets", "model_call_extras",
     "model_name", "output_images", "png_parameters", "png_target", "read_png_record", "read_presets",
     "recommended_call", "recommended_settings", "record_call", "record_model", "record_parameters", "resolve_heads",
-    "save_png", "structured_support", "Vocabulary", "model_vocabulary", "write_atomically",
+    "save_png", "structured_support", "Vocabulary", "model_vocabulary", "write_atomically", "takes_true_cfg",
+    "with_true_cfg", "pipeline_call", "search_with_true_cfg", "explicit_over_preset", "preset_entries",
 ]  # fmt: skip
 
 ASSETS_VARIABLE = "HEADHUNTER_ASSETS"
@@ -608,8 +609,25 @@ def image_record(
     return {
         **record,
         **_guidance(HeadSelection.parse(heads), pag),
-        **_preset(heads if preset is None else preset),
+        **preset_entries(heads if preset is None else preset),
     }
+
+
+def explicit_over_preset(pag: dict, explicit: set[str]) -> tuple[dict, dict]:
+    """(SoftPAG keywords, record entries) of a call whose heads may be a preset with recommended `"settings"`, with
+    the settings given explicitly (`explicit`: their names) kept even where they equal the default: the library
+    fills a preset's settings into the arguments left at their defaults and cannot tell `pag_stop=1.0` given from
+    left, so the preset's other settings are passed explicitly and its heads without settings; the record names
+    the preset still (`preset_entries`). Other calls: (`pag`, {})."""
+    heads = pag.get("pag_heads")
+    if not isinstance(heads, str) or not heads.strip() or is_notation(heads):
+        return pag, {}
+    selection = HeadSelection.parse(resolve_heads(heads))  # a preset's name or file
+    recommended = selection.metadata.get("settings", {})
+    if not set(recommended) & set(explicit):
+        return pag, {}
+    out = {**pag, **{k: v for k, v in recommended.items() if k not in explicit}}
+    return {**out, "pag_heads": selection.without_settings()}, preset_entries(heads)
 
 
 # Settings added after the record format: recorded only where they differ from their default, so that the
@@ -657,7 +675,7 @@ def _selection(groups: list[dict]) -> HeadSelection:
     ))  # fmt: skip
 
 
-def _preset(value) -> dict:
+def preset_entries(value) -> dict:
     """`pag_preset` (its name) and `pag_preset_sha256` (of its file) for a preset name, file or label."""
     if not isinstance(value, str | os.PathLike) or (isinstance(value, str) and is_notation(value)):
         return {}
