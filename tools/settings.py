@@ -12,7 +12,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from guidance.config import SOFTPAG_SETTINGS, STRUCTURED_SETTINGS, SoftPAGConfig, StructuredError
-from guidance.heads import HeadEntry, HeadGroup, HeadSelection, HeadSelectionError, is_notation, short_repr
+from guidance.heads import (
+    PRESET_SETTINGS,
+    HeadEntry,
+    HeadGroup,
+    HeadSelection,
+    HeadSelectionError,
+    is_notation,
+    short_repr,
+)
 from pipelines.files import write_atomically  # re-exported: the tools import it from here
 from pipelines.loading import SETTINGS_FILE, ModelFolderError, folder_recommendations
 
@@ -620,8 +628,13 @@ def explicit_over_preset(pag: dict, explicit: set[str]) -> tuple[dict, dict]:
     left, so the preset's other settings are passed explicitly and its heads without settings; the record names
     the preset still (`preset_entries`). Other calls: (`pag`, {})."""
     heads = pag.get("pag_heads")
-    if not isinstance(heads, str) or not heads.strip() or is_notation(heads):
-        return pag, {}
+    if (
+        not set(explicit) & set(PRESET_SETTINGS)
+        or not isinstance(heads, str)
+        or not heads.strip()
+        or is_notation(heads)
+    ):
+        return pag, {}  # nothing given that a preset could recommend: no preset file read
     selection = HeadSelection.parse(resolve_heads(heads))  # a preset's name or file
     recommended = selection.metadata.get("settings", {})
     if not set(recommended) & set(explicit):
